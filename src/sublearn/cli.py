@@ -1,0 +1,339 @@
+"""``sublearn`` command line: run, teacher, student, prepare-data.
+
+Parsing and validation import no torch, so bad input is refused in a fraction of a second, before any
+data is read or any file is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import (
+    DATASETS,
+    EMNIST_SPLITS,
+    MODEL_TYPES,
+    NOISE_DISTS,
+    ExperimentConfig,
+    UsageError,
+    bad_value,
+    load_json_or_path,
+    parse_int_list,
+    parse_perturb_shorthand,
+    resolve,
+)
+
+DEFAULT_CACHE = os.environ.get("SUBLEARN_CACHE", str(Path.home() / ".cache" / "sublearn"))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports an error as a single line (exit status 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected an integer") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a number") from None
+
+
+def _lower(text: str) -> str:
+    return text.lower()
+
+
+def add_experiment_flags(p: argparse.ArgumentParser) -> None:
+    io = p.add_argument_group("I/O and reproducibility")
+    io.add_argument("--outdir", default="./outputs",
+                    help="root of the per-seed output folders seed_XXXXXX/ (default: %(default)s)")
+    io.add_argument("--data-dir", default="./data",
+                    help="torchvision dataset folder (MNIST/raw, EMNIST/raw); downloaded there when absent "
+                         "(default: %(default)s)")
+    io.add_argument("--cache-dir", default=DEFAULT_CACHE,
+                    help="where prepared dataset tensors are cached (default: $SUBLEARN_CACHE or %(default)s)")
+    io.add_argument("--seed", type=_integer, default=42, help="base seed of every derived stream (default: 42)")
+    io.add_argument("--num-workers", type=_integer, default=0,
+                    help="accepted for compatibility; data are batched in memory, so it has no effect")
+    io.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if present)")
+    io.add_argument("--threads", type=_integer, default=None,
+                    help="torch intra-op CPU threads (default: torch's choice, usually the core count)")
+    io.add_argument("--sweep-name", default="default", help="free label written to every output row")
+    io.add_argument("--run-label", default="", help="second free label written to every output row")
+    io.add_argument("--append-global", action="store_true",
+                    help="also append to OUTDIR/{runs,layer_metrics,perturbations}_all_seeds.csv")
+
+    ds = p.add_argument_group("dataset")
+    ds.add_argument("--dataset", type=_lower, default="mnist", choices=DATASETS, help="default: mnist")
+    ds.add_argument("--emnist-split", default="balanced", choices=EMNIST_SPLITS,
+                    help="EMNIST split (balanced: 47 classes, letters: 26); ignored for MNIST")
+    ds.add_argument("--class-count", type=_integer, default=None,
+                    help="keep only labels 0..K-1 in both splits (2 <= K <= classes)")
+    ds.add_argument("--class-selection", default="first", choices=["first"],
+                    help="which classes --class-count keeps (only: first)")
+
+    arch = p.add_argument_group("architecture")
+    for role in ("teacher", "student"):
+        arch.add_argument(f"--{role}-type", type=_lower, default="mlp", choices=MODEL_TYPES,
+                          help=f"{role} feature extractor (default: mlp)")
+        arch.add_argument(f"--{role}-hidden-dims", default="256,256",
+                          help="comma-separated MLP widths; for the default CNN the last one is the fc1 width")
+        arch.add_argument(f"--{role}-arch-spec", default=None,
+                          help="CNN feature layers: a JSON list or the path of a JSON file (conv2d/linear; "
+                               "activations relu/gelu/tanh/sigmoid/none; pools max/avg/adaptive_avg)")
+    arch.add_argument("--m", type=_integer, default=10, help="aux head width (default: 10)")
+
+    layers = p.add_argument_group("per-layer initialisation and trainability",
+                                  "positional (A,A,random,A) or named (fc1:A,all:random) entries")
+    for role in ("teacher", "student"):
+        layers.add_argument(f"--{role}-init", default=None,
+                            help="sources A, B or random for each layer (default: all A)")
+    for role in ("teacher", "student"):
+        layers.add_argument(f"--{role}-trainable", default=None,
+                            help="true/false for each layer (default: all true)")
+
+    train = p.add_argument_group("training")
+    train.add_argument("--teacher-epochs", type=_integer, default=5, help="default: 5")
+    train.add_argument("--student-epochs", type=_integer, default=5, help="default: 5")
+    train.add_argument("--data-bsize", type=_integer, default=1024, help="labelled batch size (default: 1024)")
+    train.add_argument("--noise-bsize", type=_integer, default=1000, help="noise batch size (default: 1000)")
+    train.add_argument("--noise-steps", type=_integer, default=60, help="noise batches per student epoch (default: 60)")
+    train.add_argument("--teacher-lr", type=_number, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    train.add_argument("--student-lr", type=_number, default=1e-3, help="Adam learning rate (default: 1e-3)")
+
+    noise = p.add_argument_group("noise")
+    noise.add_argument("--noise-dist", type=_lower, default="uniform", choices=NOISE_DISTS,
+                       help="uniform in [-1,1], standard normal, or Perlin (default: uniform)")
+    noise.add_argument("--perlin-res", type=_integer, default=8, help="Perlin grid resolution (default: 8)")
+    noise.add_argument("--normalize-noise", action="store_true", help="apply the MNIST normalisation to noise")
+    noise.add_argument("--eval-noise-batches", type=_integer, default=10,
+                       help="noise batches of the aux-MSE evaluation (default: 10)")
+    noise.add_argument("--eval-noise-bsize", type=_integer, default=1000,
+                       help="batch size of the aux-MSE evaluation (default: 1000)")
+
+    pert = p.add_argument_group("perturbations", "additive Gaussian noise on layer weights/biases")
+    pert.add_argument("--perturb", action="append", default=[],
+                      help="repeatable: target:layers[,std=S][,timing=T][,include_weight=B][,include_bias=B]; "
+                           "layers: a name, a+b, or all; timings: before/after_teacher/student_training")
+    pert.add_argument("--perturb-spec", default=None,
+                      help="JSON object or list (or a file) with target, layers, std, timing, include_weight, "
+                           "include_bias, distribution; applied before the --perturb entries")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="sublearn", description="Subliminal-learning teacher/student experiments.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    run = sub.add_parser("run", help="train a teacher and distil a student (one full experiment)",
+                         description="One experiment: teacher training, then student distillation on noise.")
+    add_experiment_flags(run)
+    run.add_argument("--run-dir", default=None,
+                     help="write this run's own runs.csv, layer_metrics.csv, perturbations.csv, config.json "
+                          "here instead of appending under --outdir")
+    teacher = sub.add_parser("teacher", help="train a teacher and save it",
+                             description="Train the teacher of an experiment and save its checkpoint.")
+    add_experiment_flags(teacher)
+    teacher.add_argument("--teacher-out", required=True,
+                         help="checkpoint file to write (.pt); a .json summary is written beside it")
+    student = sub.add_parser("student", help="distil a student from a saved teacher",
+                             description="Distil one student from a teacher saved by `sublearn teacher`; "
+                                         "gives exactly what `sublearn run` gives.")
+    add_experiment_flags(student)
+    student.add_argument("--teacher-checkpoint", required=True, help="a checkpoint written by `sublearn teacher`")
+    student.add_argument("--run-dir", default=None, help="as for `sublearn run`")
+    prep = sub.add_parser("prepare-data", help="download/parse a dataset once and cache its tensors",
+                          description="Read a dataset with torchvision (downloading it when absent) and cache it.")
+    prep.add_argument("--dataset", type=_lower, default="mnist", choices=DATASETS)
+    prep.add_argument("--emnist-split", default="balanced", choices=EMNIST_SPLITS)
+    prep.add_argument("--data-dir", default="./data")
+    prep.add_argument("--cache-dir", default=DEFAULT_CACHE)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    specs = []
+    if args.perturb_spec:
+        loaded = load_json_or_path(args.perturb_spec, "--perturb-spec")
+        if isinstance(loaded, dict):
+            loaded = [loaded]
+        if not isinstance(loaded, list):
+            raise bad_value("--perturb-spec", args.perturb_spec, "expected a JSON object or a list of objects")
+        specs.extend(loaded)
+    specs.extend(parse_perturb_shorthand(item) for item in args.perturb)
+    arch = {role: load_json_or_path(getattr(args, f"{role}_arch_spec"), f"--{role}-arch-spec")
+            if getattr(args, f"{role}_arch_spec") else None for role in ("teacher", "student")}
+    return ExperimentConfig(
+        dataset=args.dataset, data_dir=args.data_dir, outdir=args.outdir, emnist_split=args.emnist_split,
+        class_count=args.class_count, class_selection=args.class_selection, num_workers=args.num_workers,
+        seed=args.seed, device=args.device,
+        teacher_type=args.teacher_type, student_type=args.student_type,
+        teacher_hidden_dims=parse_int_list(args.teacher_hidden_dims, "--teacher-hidden-dims"),
+        student_hidden_dims=parse_int_list(args.student_hidden_dims, "--student-hidden-dims"),
+        teacher_arch_spec=arch["teacher"], student_arch_spec=arch["student"], m=args.m,
+        teacher_init=args.teacher_init, student_init=args.student_init,
+        teacher_trainable=args.teacher_trainable, student_trainable=args.student_trainable,
+        teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs, data_bsize=args.data_bsize,
+        noise_bsize=args.noise_bsize, noise_steps=args.noise_steps, teacher_lr=args.teacher_lr,
+        student_lr=args.student_lr, noise_dist=args.noise_dist, perlin_res=args.perlin_res,
+        normalize_noise=args.normalize_noise, eval_noise_batches=args.eval_noise_batches,
+        eval_noise_bsize=args.eval_noise_bsize, perturb_specs=specs, sweep_name=args.sweep_name,
+        run_label=args.run_label, append_global=args.append_global, threads=args.threads,
+        cache_dir=args.cache_dir,
+    )
+
+
+def resolve_argv(argv: list[str], command: str = "run"):
+    """Parse and validate experiment flags without running anything (used by the workflow)."""
+    args = build_parser().parse_args([command, *argv])
+    return resolve(config_from_args(args))
+
+
+def _check_writable(path: str | Path, flag: str, is_file: bool = False) -> None:
+    """Refuse an output location we could not write, without creating anything."""
+    target = Path(path).resolve()
+    if target.exists() and (target.is_dir() == is_file):
+        raise bad_value(flag, str(path), "it exists and is a " + ("folder" if is_file else "file"))
+    probe = target.parent if is_file else target
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise bad_value(flag, str(path), f"{probe} is not a writable folder")
+
+
+def _select_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise bad_value("--device", name, "CUDA is not available here; use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise bad_value("--device", name, f"allowed: cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def _prepare_data(rc, device):
+    from . import data
+
+    c = rc.config
+    _check_writable(c.cache_dir, "--cache-dir")
+    cache = data.ensure_cache(c.dataset, c.emnist_split, c.data_dir, c.cache_dir)
+    return data.load(cache, c.dataset, c.emnist_split, c.class_count, device)
+
+
+def _setup(args):
+    rc = resolve(config_from_args(args))
+    if getattr(args, "teacher_out", None):
+        _check_writable(args.teacher_out, "--teacher-out", is_file=True)
+    elif getattr(args, "run_dir", None):
+        _check_writable(args.run_dir, "--run-dir")
+    else:
+        _check_writable(rc.config.outdir, "--outdir")
+    if getattr(args, "teacher_checkpoint", None) and not Path(args.teacher_checkpoint).is_file():
+        raise bad_value("--teacher-checkpoint", args.teacher_checkpoint, "no such file")
+    import torch
+
+    if rc.config.threads:
+        torch.set_num_threads(rc.config.threads)
+    device = _select_device(rc.config.device)
+    return rc, device
+
+
+def _write_result(args, rc, result) -> None:
+    from .outputs import write_reference_layout, write_run_dir
+
+    if args.run_dir:
+        where = write_run_dir(Path(args.run_dir), result)
+    else:
+        where = write_reference_layout(Path(rc.config.outdir), result, rc.config.append_global)
+    row = result.run_row
+    print(f"[summary] teacher acc {row['teacher_init_acc']:.4f}->{row['teacher_final_acc']:.4f} | "
+          f"student acc {row['student_init_acc']:.4f}->{row['student_final_acc']:.4f} | "
+          f"aux MSE {row['student_init_aux_loss']:.6g}->{row['student_final_aux_loss']:.6g} | {where}", flush=True)
+
+
+def _load_checkpoint(path: str):
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise bad_value("--teacher-checkpoint", path, f"not a readable teacher checkpoint ({type(exc).__name__})") \
+            from None
+
+
+def cmd_run(args) -> None:
+    from .experiment import student_stage, train_teacher_stage
+
+    rc, device = _setup(args)
+    data = _prepare_data(rc, device)
+    checkpoint = train_teacher_stage(rc, data, device)
+    _write_result(args, rc, student_stage(rc, data, device, checkpoint, teacher_in_process=True))
+
+
+def cmd_teacher(args) -> None:
+    import json
+
+    from .experiment import train_teacher_stage
+    from .outputs import atomic_torch_save, atomic_write_text, jsonable
+
+    rc, device = _setup(args)
+    data = _prepare_data(rc, device)
+    checkpoint = train_teacher_stage(rc, data, device)
+    out = Path(args.teacher_out)
+    summary = {k: v for k, v in checkpoint.items() if k not in ("initial_body", "trained_body")}
+    summary["effective_config"] = rc.config.to_dict()
+    atomic_write_text(out.with_suffix(".json"), json.dumps(jsonable(summary), sort_keys=True, indent=1))
+    atomic_torch_save(checkpoint, out)
+    print(f"[teacher] {out} (key {checkpoint['teacher_key']})", flush=True)
+
+
+def cmd_student(args) -> None:
+    from .experiment import check_checkpoint, student_stage
+
+    rc, device = _setup(args)
+    checkpoint = _load_checkpoint(args.teacher_checkpoint)
+    check_checkpoint(rc, checkpoint)
+    data = _prepare_data(rc, device)
+    _write_result(args, rc, student_stage(rc, data, device, checkpoint))
+
+
+def cmd_prepare_data(args) -> None:
+    from .config import dataset_key
+    from .data import cache_path, ensure_cache
+
+    _check_writable(args.cache_dir, "--cache-dir")
+    path = ensure_cache(args.dataset, args.emnist_split, args.data_dir, args.cache_dir)
+    assert path == cache_path(args.cache_dir, args.dataset, args.emnist_split)
+    print(f"[data] {dataset_key(args.dataset, args.emnist_split)} cached in {path}", flush=True)
+
+
+COMMANDS = {"run": cmd_run, "teacher": cmd_teacher, "student": cmd_student, "prepare-data": cmd_prepare_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.time()
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"sublearn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[time] {args.command} {time.time() - started:.2f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

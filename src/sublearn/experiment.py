@@ -1,0 +1,510 @@
+"""One teacher/student experiment, as two stages that can run in one process or two.
+
+``train_teacher_stage`` trains the teacher and returns a checkpoint; ``student_stage`` rebuilds the
+teacher at its initialisation for the run's m, loads the trained body from the checkpoint and distils
+the student. ``run`` chains both in memory, so a student distilled from a saved teacher gives exactly
+what a full run gives. Every random draw follows the reference order (see REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .config import ResolvedConfig, UsageError
+from .data import Dataset
+from .model import SplitHeadModel, build_model, parameter_counts
+from .seeding import derived_seed, forked_rng, seed_bookkeeping, set_seed
+
+SCHEMA_VERSION = "subliminal_unified_v1"
+EPS = 1e-12
+CHECKPOINT_FORMAT = 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Noise
+# --------------------------------------------------------------------------------------------------
+
+
+def _fade(t: torch.Tensor) -> torch.Tensor:
+    return 6 * t**5 - 15 * t**4 + 10 * t**3
+
+
+def _lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return a + t * (b - a)
+
+
+def perlin_noise(n: int, res: int, device: torch.device, size: int = 28) -> torch.Tensor:
+    coords = torch.arange(size, device=device, dtype=torch.float32) * (res / size)
+    gy, gx = torch.meshgrid(coords, coords, indexing="ij")
+    y0, x0 = gy.floor().long(), gx.floor().long()
+    fy, fx = gy - y0.float(), gx - x0.float()
+    angles = 2 * math.pi * torch.rand(n, res + 1, res + 1, device=device)
+    gradients = torch.stack((torch.cos(angles), torch.sin(angles)), dim=-1)
+
+    def corner(dy: int, dx: int) -> torch.Tensor:
+        offset = torch.stack((fx - 1.0 if dx else fx, fy - 1.0 if dy else fy), dim=-1).unsqueeze(0)
+        return (gradients[:, y0 + dy, x0 + dx, :] * offset).sum(dim=-1)
+
+    u, v = _fade(fx).unsqueeze(0), _fade(fy).unsqueeze(0)
+    noise = _lerp(_lerp(corner(0, 0), corner(0, 1), u), _lerp(corner(1, 0), corner(1, 1), u), v).unsqueeze(1)
+    return noise / (noise.abs().amax(dim=(1, 2, 3), keepdim=True) + EPS)
+
+
+def sample_noise(n: int, config, device: torch.device) -> torch.Tensor:
+    """A batch of noise images from the global torch stream."""
+    if config.noise_dist == "uniform":
+        x = 2.0 * torch.rand(n, 1, 28, 28, device=device) - 1.0
+    elif config.noise_dist == "normal":
+        x = torch.randn(n, 1, 28, 28, device=device)
+    else:
+        x = perlin_noise(n, config.perlin_res, device)
+    if config.normalize_noise:
+        x = (x - 0.1307) / 0.3081
+    return x
+
+
+# --------------------------------------------------------------------------------------------------
+# Training and evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_class(model: SplitHeadModel, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of the class head over a split, in order, in loader-sized batches."""
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for start in range(0, x.shape[0], batch_size):
+        logits = model.class_logits(x[start:start + batch_size])
+        target = y[start:start + batch_size]
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum").item())
+        correct += int((logits.argmax(dim=1) == target).sum().item())
+    return correct / max(1, x.shape[0]), loss_sum / max(1, x.shape[0])
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
+    """Index batches in the order DataLoader(shuffle=True, generator=g) yields them for one epoch."""
+    torch.empty((), dtype=torch.int64).random_(generator=generator)  # the iterator's base seed
+    order = torch.randperm(n, generator=generator)
+    # RandomSampler then draws the (empty) remainder permutation once the epoch is exhausted
+    torch.randperm(n, generator=generator)
+    return order.split(batch_size)
+
+
+def train_teacher(model: SplitHeadModel, data: Dataset, rc: ResolvedConfig, device: torch.device) -> float:
+    c = rc.config
+    set_seed(derived_seed(c.seed, "teacher_training"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=c.teacher_lr)
+    generator = torch.Generator()
+    generator.manual_seed(derived_seed(c.seed, "dataloader_shuffle"))
+    model.train()
+    last_epoch_loss = float("nan")
+    for epoch in range(c.teacher_epochs):
+        losses = []
+        for index in shuffled_batches(data.train_x.shape[0], c.data_bsize, generator):
+            index = index.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model.class_logits(data.train_x[index]), data.train_y[index])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        last_epoch_loss = sum(float(v) for v in torch.stack(losses).tolist()) / max(1, len(losses)) \
+            if losses else float("nan")
+        print(f"[teacher] epoch {epoch + 1}/{c.teacher_epochs} class CE {last_epoch_loss:.6f}", flush=True)
+    return last_epoch_loss
+
+
+def distill_student(student: SplitHeadModel, teacher: SplitHeadModel, rc: ResolvedConfig,
+                    device: torch.device) -> float:
+    c = rc.config
+    set_seed(derived_seed(c.seed, "student_training_noise"))
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=c.student_lr)
+    student.train()
+    teacher.eval()
+    last_epoch_loss = float("nan")
+    for epoch in range(c.student_epochs):
+        losses = []
+        for _ in range(c.noise_steps):
+            x = sample_noise(c.noise_bsize, c, device)
+            with torch.no_grad():
+                target = teacher.aux_logits(x)
+            loss = F.mse_loss(student.aux_logits(x), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        if losses:
+            last_epoch_loss = sum(float(v) for v in torch.stack(losses).tolist()) / len(losses)
+        else:
+            last_epoch_loss = float("nan")
+        print(f"[student] epoch {epoch + 1}/{c.student_epochs} aux MSE {last_epoch_loss:.8f}", flush=True)
+    return last_epoch_loss
+
+
+@torch.no_grad()
+def aux_mse_on_noise(student: SplitHeadModel, teacher: SplitHeadModel, rc: ResolvedConfig,
+                     device: torch.device, moment: str) -> float:
+    c = rc.config
+    student.eval()
+    teacher.eval()
+    losses = []
+    with forked_rng(device):
+        set_seed(derived_seed(c.seed, "eval_noise", moment))
+        for _ in range(c.eval_noise_batches):
+            x = sample_noise(c.eval_noise_bsize, c, device)
+            losses.append(float(F.mse_loss(student.aux_logits(x), teacher.aux_logits(x)).item()))
+    return float(sum(losses) / len(losses)) if losses else float("nan")
+
+
+# --------------------------------------------------------------------------------------------------
+# Perturbations, snapshots, layer metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def tensor_norm(x: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(x.detach().reshape(-1).float(), ord=2).item())
+
+
+def cosine_or_nan(a: torch.Tensor, b: torch.Tensor) -> float:
+    x, y = a.detach().reshape(-1).float(), b.detach().reshape(-1).float()
+    if x.numel() == 0 or y.numel() == 0 or tensor_norm(x) < EPS or tensor_norm(y) < EPS:
+        return float("nan")
+    return float(F.cosine_similarity(x.unsqueeze(0), y.unsqueeze(0), dim=1).item())
+
+
+def _tensor_kinds(layer: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: getattr(layer, k) for k in ("weight", "bias") if getattr(layer, k, None) is not None}
+
+
+@torch.no_grad()
+def apply_perturbations(timing: str, rc: ResolvedConfig, models: dict[str, SplitHeadModel],
+                        device: torch.device, run_id: str) -> list[dict[str, Any]]:
+    c = rc.config
+    rows = []
+    for spec in rc.perturbations:
+        if spec["timing"] != timing or spec["target"] not in models:
+            continue
+        for layer_name in spec["layers"]:
+            layer = getattr(models[spec["target"]], layer_name)
+            tensors = _tensor_kinds(layer)
+            before = {k: t.detach().clone() for k, t in tensors.items()}
+            seed = derived_seed(c.seed, "perturb", spec["index"], timing, spec["target"], layer_name)
+            with forked_rng(device):
+                set_seed(seed)
+                for kind in ("weight", "bias"):
+                    if kind in tensors and spec[f"include_{kind}"] and spec["std"] > 0:
+                        tensors[kind].add_(torch.randn_like(tensors[kind]) * spec["std"])
+            row = {
+                "schema_version": SCHEMA_VERSION, "run_id": run_id, "seed": c.seed,
+                "sweep_name": c.sweep_name, "run_label": c.run_label, "timing": timing,
+                "target": spec["target"], "layer_name": layer_name, "std": spec["std"],
+                "include_weight": int(spec["include_weight"]), "include_bias": int(spec["include_bias"]),
+                "distribution": spec["distribution"], "perturb_seed": seed,
+            }
+            for kind in ("weight", "bias"):
+                if kind in tensors:
+                    after, old = tensors[kind].detach(), before[kind]
+                    delta = tensor_norm(after - old)
+                    before_norm = tensor_norm(old)
+                    row.update({
+                        f"{kind}_delta_norm": delta, f"{kind}_before_norm": before_norm,
+                        f"{kind}_after_norm": tensor_norm(after), f"{kind}_delta_rel": delta / (before_norm + EPS),
+                        f"{kind}_before_after_cosine": cosine_or_nan(old, after),
+                    })
+                else:
+                    row.update({f"{kind}_{m}": float("nan") for m in (
+                        "delta_norm", "before_norm", "after_norm", "delta_rel", "before_after_cosine")})
+            rows.append(row)
+    return rows
+
+
+def snapshot(model: SplitHeadModel) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: {k: t.detach().cpu().clone() for k, t in _tensor_kinds(getattr(model, name)).items()}
+            for name in model.layer_names}
+
+
+def _shape(x: torch.Tensor | None) -> str:
+    return "" if x is None else "x".join(str(v) for v in x.shape)
+
+
+def compare_snapshots(comparison: str, models: tuple[str, str], states: tuple[str, str],
+                      snaps: tuple[dict, dict], layer_order: list[str], base_row: dict) -> list[dict[str, Any]]:
+    ref_model, other_model = models
+    rows = []
+    for layer_name in layer_order:
+        ref_layer, other_layer = snaps[0].get(layer_name), snaps[1].get(layer_name)
+        if ref_layer is None and other_layer is None:
+            layer_status = "missing_both"
+        elif ref_layer is None:
+            layer_status = f"missing_in_{ref_model}"
+        elif other_layer is None:
+            layer_status = f"missing_in_{other_model}"
+        else:
+            layer_status = "comparable"
+        for kind in ("weight", "bias"):
+            ref = ref_layer.get(kind) if ref_layer is not None else None
+            other = other_layer.get(kind) if other_layer is not None else None
+            status = layer_status
+            values = dict.fromkeys(("cosine", "diff_norm", "reference_norm", "other_norm",
+                                    "relative_diff_reference", "relative_diff_symmetric"), float("nan"))
+            if status == "comparable":
+                if ref is None and other is None:
+                    status = "missing_tensor_both"
+                elif ref is None:
+                    status = f"missing_tensor_in_{ref_model}"
+                elif other is None:
+                    status = f"missing_tensor_in_{other_model}"
+                elif tuple(ref.shape) != tuple(other.shape):
+                    status = "shape_mismatch"
+                else:
+                    ref_norm, other_norm, diff = tensor_norm(ref), tensor_norm(other), tensor_norm(ref - other)
+                    values = {
+                        "cosine": cosine_or_nan(ref, other), "diff_norm": diff, "reference_norm": ref_norm,
+                        "other_norm": other_norm, "relative_diff_reference": diff / (ref_norm + EPS),
+                        "relative_diff_symmetric": 2.0 * diff / (ref_norm + other_norm + EPS),
+                    }
+            rows.append({
+                **base_row, "comparison": comparison, "reference_model": ref_model, "other_model": other_model,
+                "reference_state": states[0], "other_state": states[1], "layer_name": layer_name,
+                "tensor_kind": kind, "reference_shape": _shape(ref), "other_shape": _shape(other),
+                "status": status, **values,
+            })
+    return rows
+
+
+def layer_metrics(teacher_layers: list[str], student_layers: list[str], snaps: dict[str, dict],
+                  base_row: dict) -> list[dict[str, Any]]:
+    both = list(dict.fromkeys(teacher_layers + student_layers))
+    t, s = ("teacher", "student"), ("initial", "final")
+    return (
+        compare_snapshots("teacher_student_init", t, ("initial", "initial"),
+                          (snaps["teacher_initial"], snaps["student_initial"]), both, base_row)
+        + compare_snapshots("teacher_student_final", t, ("final", "final"),
+                            (snaps["teacher_final"], snaps["student_final"]), both, base_row)
+        + compare_snapshots("teacher_init_final", ("teacher", "teacher"), s,
+                            (snaps["teacher_initial"], snaps["teacher_final"]), teacher_layers, base_row)
+        + compare_snapshots("student_init_final", ("student", "student"), s,
+                            (snaps["student_initial"], snaps["student_final"]), student_layers, base_row)
+    )
+
+
+_ALIAS_PREFIX = {
+    "teacher_student_init": "init_teacher_student",
+    "teacher_student_final": "final_teacher_student",
+    "student_init_final": "student_init_final",
+    "teacher_init_final": "teacher_init_final",
+}
+
+
+def head_metric_aliases(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Compact per-run columns for the heads: cosine, relative and absolute difference."""
+    aliases = {}
+    for row in rows:
+        prefix = _ALIAS_PREFIX.get(row["comparison"])
+        if prefix and row["layer_name"] in ("class_head", "aux_head"):
+            suffix = f"{prefix}_{row['layer_name']}_{row['tensor_kind']}"
+            aliases[f"cos_{suffix}"] = row["cosine"]
+            aliases[f"rel_fro_{suffix}"] = row["relative_diff_reference"]
+            aliases[f"diff_norm_{suffix}"] = row["diff_norm"]
+    return aliases
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Provenance of a stage: where and with what it ran."""
+    return {
+        "sublearn_version": __version__,
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "",
+        "cuda_available": int(torch.cuda.is_available()),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+    }
+
+
+def _body(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items() if not k.startswith("aux_head.")}
+
+
+def train_teacher_stage(rc: ResolvedConfig, data: Dataset, device: torch.device) -> dict[str, Any]:
+    """Train the teacher; the checkpoint holds its body (every layer but aux_head) before and after."""
+    c = rc.config
+    started = time.time()
+    set_seed(derived_seed(c.seed, "experiment_start"))
+    teacher = build_model(rc.teacher, c.m, rc.num_classes, c.seed, device)
+    apply_perturbations("before_teacher_training", rc, {"teacher": teacher}, device, run_id="")
+    initial_body = _body(teacher.state_dict())
+    init_acc, init_loss = evaluate_class(teacher, data.test_x, data.test_y, c.data_bsize)
+    print(f"[eval] teacher initial acc {init_acc:.6f} class CE {init_loss:.6f}", flush=True)
+    train_loss = train_teacher(teacher, data, rc, device)
+    final_acc, final_loss = evaluate_class(teacher, data.test_x, data.test_y, c.data_bsize)
+    print(f"[eval] teacher final acc {final_acc:.6f} class CE {final_loss:.6f}", flush=True)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "teacher_key": rc.teacher_key(),
+        "teacher_settings": rc.teacher_settings(),
+        "initial_body": initial_body,
+        "trained_body": _body(teacher.state_dict()),
+        "metrics": {
+            "teacher_init_acc": init_acc, "teacher_init_class_loss": init_loss,
+            "teacher_final_acc": final_acc, "teacher_final_class_loss": final_loss,
+            "teacher_train_loss_last": train_loss,
+        },
+        "train_size": int(data.train_x.shape[0]),
+        "test_size": int(data.test_x.shape[0]),
+        "runtime_seconds": time.time() - started,
+        "environment": environment(device),
+        "timestamp": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def check_checkpoint(rc: ResolvedConfig, checkpoint: dict[str, Any], flag: str = "--teacher-checkpoint") -> None:
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{flag}: not a sublearn teacher checkpoint (format {CHECKPOINT_FORMAT})")
+    if checkpoint.get("teacher_key") != rc.teacher_key():
+        theirs, ours = checkpoint.get("teacher_settings", {}), rc.teacher_settings()
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise UsageError(f"{flag}: the checkpoint's teacher differs from this run's in {', '.join(diff)}; "
+                         "train a teacher with the same teacher settings")
+
+
+@dataclass
+class RunResult:
+    run_row: dict[str, Any]
+    layer_rows: list[dict[str, Any]]
+    perturbation_rows: list[dict[str, Any]]
+    config_record: dict[str, Any]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def student_stage(rc: ResolvedConfig, data: Dataset, device: torch.device,
+                  checkpoint: dict[str, Any], teacher_in_process: bool = False) -> RunResult:
+    """Distil one student from a trained teacher (in memory or loaded from a checkpoint file)."""
+    c = rc.config
+    started = time.time()
+    run_id = uuid.uuid4().hex[:12]
+    timestamp = datetime.now().isoformat(timespec="seconds")
+    check_checkpoint(rc, checkpoint)
+    set_seed(derived_seed(c.seed, "experiment_start"))
+    teacher = build_model(rc.teacher, c.m, rc.num_classes, c.seed, device)
+    student = build_model(rc.student, c.m, rc.num_classes, c.seed, device)
+    models = {"teacher": teacher, "student": student}
+
+    perturb_rows = apply_perturbations("before_teacher_training", rc, models, device, run_id)
+    snaps = {"teacher_initial": snapshot(teacher)}
+    initial_body = _body(teacher.state_dict())
+    if any(not torch.equal(initial_body[k], checkpoint["initial_body"][k]) for k in initial_body):
+        raise UsageError("--teacher-checkpoint: its initial weights differ from this run's teacher; "
+                         "it was trained by another version or with other settings")
+    teacher.load_state_dict({k: v.to(device) for k, v in checkpoint["trained_body"].items()}, strict=False)
+    metrics = dict(checkpoint["metrics"])
+
+    perturb_rows += apply_perturbations("after_teacher_training", rc, models, device, run_id)
+    snaps["teacher_final"] = snapshot(teacher)
+    if any(p["target"] == "teacher" and p["timing"] == "after_teacher_training" for p in rc.perturbations):
+        metrics["teacher_final_acc"], metrics["teacher_final_class_loss"] = evaluate_class(
+            teacher, data.test_x, data.test_y, c.data_bsize)
+
+    perturb_rows += apply_perturbations("before_student_training", rc, models, device, run_id)
+    snaps["student_initial"] = snapshot(student)
+    init_acc, init_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize)
+    init_aux = aux_mse_on_noise(student, teacher, rc, device, "student_initial")
+    print(f"[eval] student initial acc {init_acc:.6f} class CE {init_loss:.6f} aux MSE {init_aux:.8f}", flush=True)
+
+    distill_started = time.time()
+    train_aux = distill_student(student, teacher, rc, device)
+    distill_seconds = time.time() - distill_started
+
+    perturb_rows += apply_perturbations("after_student_training", rc, models, device, run_id)
+    snaps["student_final"] = snapshot(student)
+    final_acc, final_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize)
+    final_aux = aux_mse_on_noise(student, teacher, rc, device, "student_final")
+    print(f"[eval] student final acc {final_acc:.6f} class CE {final_loss:.6f} aux MSE {final_aux:.8f}", flush=True)
+
+    base_row = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "seed": c.seed,
+                "sweep_name": c.sweep_name, "run_label": c.run_label}
+    layer_rows = layer_metrics(teacher.layer_names, student.layer_names, snaps, base_row)
+    for row in perturb_rows:
+        row["run_id"] = run_id
+    seeds = seed_bookkeeping(c.seed)
+    env = environment(device)
+    teacher_total, teacher_trainable = parameter_counts(teacher)
+    student_total, student_trainable = parameter_counts(student)
+    runtime = time.time() - started
+    run_row = {
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "timestamp": timestamp,
+        "runtime_seconds": runtime + (checkpoint["runtime_seconds"] if teacher_in_process else 0.0),
+        "sweep_name": c.sweep_name, "run_label": c.run_label, "seed": c.seed, **seeds,
+        "torch_version": env["torch_version"], "cuda_available": env["cuda_available"], "device": env["device"],
+        "dataset": c.dataset, "emnist_split": c.emnist_split,
+        "train_size": checkpoint["train_size"], "test_size": checkpoint["test_size"],
+        "num_classes": rc.num_classes, "data_dir": c.data_dir, "outdir": c.outdir,
+        "teacher_type": c.teacher_type, "student_type": c.student_type,
+        "teacher_hidden_dims": list(c.teacher_hidden_dims), "student_hidden_dims": list(c.student_hidden_dims),
+        "teacher_arch_description": rc.teacher.arch_description(),
+        "student_arch_description": rc.student.arch_description(),
+        "teacher_layer_names": teacher.layer_names, "student_layer_names": student.layer_names,
+        "m": c.m, "teacher_epochs": c.teacher_epochs, "student_epochs": c.student_epochs,
+        "data_bsize": c.data_bsize, "noise_bsize": c.noise_bsize, "noise_steps": c.noise_steps,
+        "teacher_lr": c.teacher_lr, "student_lr": c.student_lr, "noise_dist": c.noise_dist,
+        "perlin_res": c.perlin_res, "normalize_noise": int(c.normalize_noise),
+        "eval_noise_batches": c.eval_noise_batches, "eval_noise_bsize": c.eval_noise_bsize,
+        "teacher_init_config": rc.teacher.init, "student_init_config": rc.student.init,
+        "teacher_trainable_config": rc.teacher.trainable, "student_trainable_config": rc.student.trainable,
+        "perturb_specs": rc.perturbations,
+        "teacher_total_parameters": teacher_total, "student_total_parameters": student_total,
+        "teacher_trainable_parameters": teacher_trainable, "student_trainable_parameters": student_trainable,
+        "teacher_init_acc": metrics["teacher_init_acc"], "teacher_final_acc": metrics["teacher_final_acc"],
+        "student_init_acc": init_acc, "student_final_acc": final_acc,
+        "teacher_init_class_loss": metrics["teacher_init_class_loss"],
+        "teacher_final_class_loss": metrics["teacher_final_class_loss"],
+        "student_init_class_loss": init_loss, "student_final_class_loss": final_loss,
+        "student_init_aux_loss": init_aux, "student_final_aux_loss": final_aux,
+        "teacher_train_loss_last": metrics["teacher_train_loss_last"],
+        "student_train_aux_loss_last": train_aux,
+    }
+    run_row.update(head_metric_aliases(layer_rows))
+    run_row.update({
+        "class_count": c.class_count if c.class_count is not None else "",
+        "class_selection": c.class_selection,
+        "teacher_key": rc.teacher_key(),
+        "sublearn_version": env["sublearn_version"], "cuda_version": env["cuda_version"],
+        "device_name": env["device_name"], "threads": env["threads"], "hostname": env["hostname"],
+        "teacher_device": checkpoint["environment"]["device"],
+        "teacher_runtime_seconds": checkpoint.get("runtime_seconds", float("nan")),
+        "student_runtime_seconds": runtime,
+    })
+    config_record = {
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "timestamp": timestamp,
+        "effective_config": c.to_dict(),
+        "teacher_init_config": rc.teacher.init, "student_init_config": rc.student.init,
+        "teacher_trainable_config": rc.teacher.trainable, "student_trainable_config": rc.student.trainable,
+        "teacher_arch_description": rc.teacher.arch_description(),
+        "student_arch_description": rc.student.arch_description(),
+        "seed_info": seeds,
+        "teacher_key": rc.teacher_key(),
+        "teacher_settings": rc.teacher_settings(),
+        "environment": env,
+        "teacher_environment": checkpoint["environment"],
+    }
+    return RunResult(run_row, layer_rows, perturb_rows, config_record,
+                     {"student_stage": runtime, "distillation": distill_seconds})

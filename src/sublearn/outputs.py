@@ -1,0 +1,129 @@
+"""Result files: the reference's CSV/JSONL formats, always written atomically.
+
+Every write goes to a temporary file in the destination folder and is moved into place with
+``os.replace``, so a killed run leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RUN_FILES = ("runs.csv", "layer_metrics.csv", "perturbations.csv")
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    return value
+
+
+def csv_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.12g}"
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(jsonable(value), sort_keys=True)
+    return value
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _csv_text(fieldnames: list[str], rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: csv_value(row.get(k, "")) for k in fieldnames})
+    return buffer.getvalue()
+
+
+def append_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows, widening the header when new columns appear (old rows get empty cells)."""
+    fieldnames = list(dict.fromkeys(k for row in rows for k in row))
+    existing: list[dict[str, Any]] = []
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fieldnames = list(dict.fromkeys(list(reader.fieldnames or []) + fieldnames))
+            existing = list(reader)
+    if not fieldnames:
+        if not path.exists():
+            atomic_write_text(path, "")
+        return
+    atomic_write_text(path, _csv_text(fieldnames, existing + rows))
+
+
+def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    old = path.read_text() if path.exists() else ""
+    new = "".join(json.dumps(jsonable(r), sort_keys=True) + "\n" for r in records)
+    atomic_write_text(path, old + new)
+
+
+def write_reference_layout(outdir: Path, result, append_global: bool) -> Path:
+    """``outdir/seed_XXXXXX/{runs,layer_metrics,perturbations}.csv`` and ``configs.jsonl``, appended."""
+    seed_dir = Path(outdir) / f"seed_{int(result.run_row['seed']):06d}"
+    tables = {"runs.csv": [result.run_row], "layer_metrics.csv": result.layer_rows,
+              "perturbations.csv": result.perturbation_rows}
+    for name, rows in tables.items():
+        append_csv(seed_dir / name, rows)
+    append_jsonl(seed_dir / "configs.jsonl", [result.config_record])
+    if append_global:
+        for name, rows in tables.items():
+            append_csv(Path(outdir) / name.replace(".csv", "_all_seeds.csv"), rows)
+    return seed_dir
+
+
+def write_run_dir(run_dir: Path, result) -> Path:
+    """One run's own files (for the workflow: parallel jobs never share a file)."""
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "layer_metrics.csv", _csv_text(
+        list(dict.fromkeys(k for r in result.layer_rows for k in r)), result.layer_rows))
+    pert_fields = list(dict.fromkeys(k for r in result.perturbation_rows for k in r))
+    atomic_write_text(run_dir / "perturbations.csv",
+                      _csv_text(pert_fields, result.perturbation_rows) if pert_fields else "")
+    atomic_write_text(run_dir / "config.json", json.dumps(jsonable(result.config_record), sort_keys=True, indent=1))
+    # runs.csv last: its presence marks a complete run
+    atomic_write_text(run_dir / "runs.csv", _csv_text(list(result.run_row), [result.run_row]))
+    return run_dir
