@@ -330,7 +330,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     """Provenance of a stage: where and with what it ran."""
     return {
         "sublearn_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "cuda_version": torch.version.cuda or "",
         "cuda_available": int(torch.cuda.is_available()),
         "device": str(device),
