@@ -224,13 +224,13 @@ def _select_device(name: str):
     return device
 
 
-def _prepare_data(rc, device):
+def _prepare_data(rc, device, with_train: bool = True):
     from . import data
 
     c = rc.config
     _check_writable(c.cache_dir, "--cache-dir")
     cache = data.ensure_cache(c.dataset, c.emnist_split, c.data_dir, c.cache_dir)
-    return data.load(cache, c.dataset, c.emnist_split, c.class_count, device)
+    return data.load(cache, c.dataset, c.emnist_split, c.class_count, device, with_train)
 
 
 def _setup(args):
@@ -306,7 +306,7 @@ def cmd_student(args) -> None:
     rc, device = _setup(args)
     checkpoint = _load_checkpoint(args.teacher_checkpoint)
     check_checkpoint(rc, checkpoint)
-    data = _prepare_data(rc, device)
+    data = _prepare_data(rc, device, with_train=False)
     _write_result(args, rc, student_stage(rc, data, device, checkpoint))
 
 

@@ -58,6 +58,8 @@ def prepare(dataset: str, emnist_split: str, data_dir: str | Path, cache_file: s
     from torchvision import datasets  # only here: run jobs never import torchvision
 
     data_dir, cache_file = Path(data_dir), Path(cache_file)
+    folder = data_dir / raw_files(dataset, emnist_split)[0]
+    created = [p for p in (data_dir, folder.parent, folder) if not p.exists()]
     tv_datasets = {}
     for train in (True, False):
         try:
@@ -67,14 +69,17 @@ def prepare(dataset: str, emnist_split: str, data_dir: str | Path, cache_file: s
                 tv = datasets.EMNIST(str(data_dir), split=emnist_split, train=train, download=True)
         except (RuntimeError, OSError, ValueError) as exc:
             if _fingerprint(data_dir, dataset, emnist_split) is None:
+                for path in reversed(created):  # leave no empty folders behind a failed download
+                    if path.is_dir() and not any(path.iterdir()):
+                        path.rmdir()
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())
                 raise UsageError(_missing_message(data_dir, dataset, emnist_split,
-                                                  f"the download failed ({type(exc).__name__}: {exc})")) from None
-            folder, _ = raw_files(dataset, emnist_split)
-            raise UsageError(f"--data-dir: invalid value {str(data_dir)!r}; the IDX files in {data_dir / folder} "
-                             f"cannot be read ({type(exc).__name__}: {exc}); replace them with intact copies") from None
+                                                  f"the download failed ({reason})")) from None
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise UsageError(f"--data-dir: invalid value {str(data_dir)!r}; the IDX files in {folder} "
+                             f"cannot be read ({reason}); replace them with intact copies") from None
         except AssertionError as exc:
-            folder, _ = raw_files(dataset, emnist_split)
-            raise UsageError(f"--data-dir: invalid value {str(data_dir)!r}; the IDX files in {data_dir / folder} "
+            raise UsageError(f"--data-dir: invalid value {str(data_dir)!r}; the IDX files in {folder} "
                              f"are corrupt ({exc or 'bad header or size'}); replace them with intact copies") from None
         tv_datasets[train] = tv
     _check_shapes(tv_datasets, data_dir, dataset, emnist_split)
@@ -133,23 +138,26 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 def load(cache_file: str | Path, dataset: str, emnist_split: str, class_count: int | None,
-         device: torch.device) -> Dataset:
+         device: torch.device, with_train: bool = True) -> Dataset:
+    """The normalised splits; the training split only when asked (a student stage needs just the test
+    split, and the memory-mapped cache then reads only its pages)."""
     try:
-        payload = torch.load(cache_file, map_location="cpu", weights_only=True)
-        parts = [payload[k] for k in ("train_images", "train_labels", "test_images", "test_labels")]
+        payload = torch.load(cache_file, map_location="cpu", weights_only=True, mmap=True)
+        splits = {"train": (payload["train_images"], payload["train_labels"]),
+                  "test": (payload["test_images"], payload["test_labels"])}
     except Exception as exc:  # noqa: BLE001 - any unreadable cache is reported the same way
         raise UsageError(f"--cache-dir: invalid value {str(Path(cache_file).parent)!r}; {cache_file} is not a "
                          f"readable dataset cache ({type(exc).__name__}); delete it to rebuild it") from None
-    train_images, train_labels, test_images, test_labels = parts
-    if dataset == "emnist" and emnist_split == "letters":  # labels 1..26 -> 0..25
-        train_labels, test_labels = train_labels - 1, test_labels - 1
-    classes = num_classes_of(dataset, emnist_split)
-    if class_count is not None:  # keep labels 0..K-1, in their original order
-        keep_train, keep_test = train_labels < class_count, test_labels < class_count
-        train_images, train_labels = train_images[keep_train], train_labels[keep_train]
-        test_images, test_labels = test_images[keep_test], test_labels[keep_test]
-        classes = class_count
-    return Dataset(
-        normalise(train_images).to(device), train_labels.to(device),
-        normalise(test_images).to(device), test_labels.to(device), classes,
-    )
+    classes = class_count if class_count is not None else num_classes_of(dataset, emnist_split)
+    tensors = {}
+    for name, (images, labels) in splits.items():
+        if name == "train" and not with_train:
+            tensors[name] = (torch.empty(0, 1, 28, 28, device=device), torch.empty(0, dtype=torch.int64, device=device))
+            continue
+        if dataset == "emnist" and emnist_split == "letters":  # labels 1..26 -> 0..25
+            labels = labels - 1
+        if class_count is not None:  # keep labels 0..K-1, in their original order
+            keep = labels < class_count
+            images, labels = images[keep], labels[keep]
+        tensors[name] = (normalise(images).to(device), labels.clone().to(device))
+    return Dataset(*tensors["train"], *tensors["test"], classes)
