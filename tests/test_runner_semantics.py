@@ -9,7 +9,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sublearn.config import ExperimentConfig, UsageError, parse_bool, parse_init_source, parse_layer_config, resolve
+from sublearn.config import (
+    ExperimentConfig,
+    UsageError,
+    parse_bool,
+    parse_init_source,
+    parse_layer_config,
+    resolve,
+)
 from sublearn.experiment import apply_perturbations, perlin_noise, sample_noise, shuffled_batches
 from sublearn.model import build_model
 from sublearn.seeding import derived_seed, set_seed
