@@ -63,14 +63,14 @@ def perlin_noise(n: int, res: int, device: torch.device, size: int = 28) -> torc
 
 def sample_noise(n: int, config, device: torch.device) -> torch.Tensor:
     """A batch of noise images from the global torch stream."""
-    if config.noise_dist == "uniform":
-        x = 2.0 * torch.rand(n, 1, 28, 28, device=device) - 1.0
+    if config.noise_dist == "uniform":  # in place: same values as 2 * rand - 1, no temporaries
+        x = torch.rand(n, 1, 28, 28, device=device).mul_(2.0).sub_(1.0)
     elif config.noise_dist == "normal":
         x = torch.randn(n, 1, 28, 28, device=device)
     else:
         x = perlin_noise(n, config.perlin_res, device)
     if config.normalize_noise:
-        x = (x - 0.1307) / 0.3081
+        x = x.sub_(0.1307).div_(0.3081)
     return x
 
 
@@ -355,7 +355,9 @@ def train_teacher_stage(rc: ResolvedConfig, data: Dataset, device: torch.device)
     initial_body = _body(teacher.state_dict())
     init_acc, init_loss = evaluate_class(teacher, data.test_x, data.test_y, c.data_bsize)
     print(f"[eval] teacher initial acc {init_acc:.6f} class CE {init_loss:.6f}", flush=True)
+    train_started = time.time()
     train_loss = train_teacher(teacher, data, rc, device)
+    train_seconds = time.time() - train_started
     final_acc, final_loss = evaluate_class(teacher, data.test_x, data.test_y, c.data_bsize)
     print(f"[eval] teacher final acc {final_acc:.6f} class CE {final_loss:.6f}", flush=True)
     return {
@@ -372,6 +374,7 @@ def train_teacher_stage(rc: ResolvedConfig, data: Dataset, device: torch.device)
         "train_size": int(data.train_x.shape[0]),
         "test_size": int(data.test_x.shape[0]),
         "runtime_seconds": time.time() - started,
+        "train_seconds": train_seconds,
         "environment": environment(device),
         "timestamp": datetime.now().isoformat(timespec="seconds"),
     }
@@ -492,6 +495,8 @@ def student_stage(rc: ResolvedConfig, data: Dataset, device: torch.device,
         "teacher_device": checkpoint["environment"]["device"],
         "teacher_runtime_seconds": checkpoint.get("runtime_seconds", float("nan")),
         "student_runtime_seconds": runtime,
+        "teacher_train_seconds": checkpoint.get("train_seconds", float("nan")),
+        "student_train_seconds": distill_seconds,
     })
     config_record = {
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "timestamp": timestamp,

@@ -12,8 +12,8 @@ from .seeding import derived_seed, set_seed
 
 def activate(x: torch.Tensor, name: str | None) -> torch.Tensor:
     name = "none" if name is None else str(name).lower()
-    if name == "relu":
-        return F.relu(x)
+    if name == "relu":  # in place on a fresh layer output: autograd keeps only the result
+        return F.relu_(x)
     if name == "gelu":
         return F.gelu(x)
     if name == "tanh":
