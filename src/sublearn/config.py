@@ -375,7 +375,10 @@ class ExperimentConfig:
     cache_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        record["perturb_specs"] = [{k: v for k, v in spec.items() if not k.startswith("_")}
+                                   if isinstance(spec, dict) else spec for spec in self.perturb_specs]
+        return record
 
 
 @dataclass
