@@ -1,0 +1,47 @@
+# Snakemake workflow reproducing the paper's figures with the sublearn runner.
+# Rules live in workflow/rules, scripts in workflow/scripts, settings in config/ (see config/README.md).
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    """Every configured figure (PNG + PDF) and its tables."""
+    input:
+        expand(f"{R}/figures/{{figure}}.{{ext}}", figure=FIGURES, ext=["png", "pdf"]),
+        expand(f"{R}/tables/{{figure}}.csv", figure=FIGURES),
+    default_target: True
+    localrule: True
+
+
+# One target per figure: `snakemake --cores N fig2`
+for _figure in FIGURES:
+
+    rule:
+        name:
+            _figure
+        input:
+            f"{R}/figures/{_figure}.png",
+            f"{R}/figures/{_figure}.pdf",
+            f"{R}/tables/{_figure}.csv",
+        localrule: True
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/teachers.smk"
+include: "workflow/rules/students.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"

@@ -1,0 +1,343 @@
+"""The Snakemake workflow: config validation, planning, incremental reruns, kill -9 recovery, outputs.
+
+Each test runs Snakemake on the repository's Snakefile in its own working directory (`--directory`),
+with a small config written there as config/config.yaml, so tests never share results. The repository's
+workflow profile is switched off (`--workflow-profile none`) so that the tests see Snakemake's defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
+
+pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")
+
+SMALL = {"mem_mb": 1000, "runtime": 5}
+INIT_LABELS = {"same": "A,A,A,A", "rand_hidden": "random,random,A,A"}
+
+
+def base_config(data_dir: Path, figures: dict, seeds=(0, 1)) -> dict:
+    """A complete config with tiny models and few noise batches (seconds per run)."""
+    return {
+        "results_dir": "results",
+        "logs_dir": "logs",
+        "data_dir": str(data_dir),
+        "cache_dir": "resources/cache",
+        "synthetic_emnist": True,
+        "synthetic": {"dir": "resources/synthetic", "n_train": 940, "n_test": 235, "seed": 0},
+        "device": "cpu",
+        "threads": {"teacher": 1, "student": 1},
+        "resources": {k: dict(SMALL) for k in ("data", "teacher", "student", "merge", "plot")},
+        "seeds": list(seeds),
+        "defaults": {
+            "dataset": "mnist", "teacher_hidden_dims": "32,32", "student_hidden_dims": "32,32", "m": 10,
+            "teacher_epochs": 1, "student_epochs": 1, "data_bsize": 1024, "noise_bsize": 200,
+            "noise_steps": 5, "eval_noise_batches": 1, "eval_noise_bsize": 200,
+        },
+        "bootstrap": {"resamples": 200, "ci": 0.95, "seed": 0},
+        "figures": figures,
+    }
+
+
+def fig2_block(m=(3, 10)) -> dict:
+    return {"title": "test figure 2", "panels": [{
+        "name": "init", "flags": {"teacher_init": "A,A,A,A"},
+        "grid": {"m": list(m), "student_init": {"labels": dict(INIT_LABELS)}},
+        "plot": {"x": "m", "hue": "student_init", "cosine": True},
+    }]}
+
+
+def write_config(workdir: Path, cfg: dict) -> None:
+    (workdir / "config").mkdir(parents=True, exist_ok=True)
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def smk(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--workflow-profile", "none", "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    return out
+
+
+def planned(workdir: Path, *targets: str) -> dict[str, int]:
+    """Jobs a dry run would execute, per rule (empty when nothing is to be done)."""
+    out = ok(smk(workdir, "--dry-run", "--quiet", "rules", *(targets or ("all",))))
+    if "Nothing to be done" in out:
+        return {}
+    stats = out.split("Job stats:", 1)[1]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", stats, flags=re.M))
+    return {rule: int(n) for rule, n in counts.items() if rule != "total"}
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    path = tmp_path / "wf"
+    path.mkdir()
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning and validation (no runs)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_lint_is_clean():
+    result = subprocess.run([SNAKEMAKE, "--lint", "--workflow-profile", "none"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "Lints for" not in out, out[-4000:]
+
+
+def test_paper_dag_plans_every_run_quickly(workdir):
+    """The full paper config: ~16,000 students, one teacher per distinct teacher key, planned in < 60 s."""
+    (workdir / "config").mkdir()
+    shutil.copy(REPO / "config" / "config.yaml", workdir / "config" / "config.yaml")
+    started = time.time()
+    jobs = planned(workdir)
+    elapsed = time.time() - started
+    # fig2 720 + fig3 (920 + 760 + 80 + 40) + fig4 (7220 + 520 + 520) + fig5 1600 + fig6 3100
+    assert jobs["student"] == 16260
+    # fig2/fig4/fig5 and fig3's MLP-student panels share one teacher per seed; fig3's EMNIST panel has one
+    # per class count, the CNN panel its own, fig6 one per (D, dataset, class-head trainability)
+    assert jobs["teacher"] == 20 * (1 + 46 + 1 + 31 * 3 - 1)  # fig6 mnist D=256 is the shared teacher
+    assert jobs["merge_runs"] == 5 and all(jobs[f"plot_fig{i}"] == 1 for i in range(2, 7))
+    assert elapsed < 60, f"planning took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(colour="red"), "colour"),
+    (lambda c: c["threads"].update(student="one"), "one"),
+    (lambda c: c["figures"]["fig2"]["panels"][0]["flags"].update(learning_rate=0.1), "learning_rate"),
+    (lambda c: c["figures"]["fig2"]["panels"][0]["flags"].update(student_init="A,A,A"),
+     "figure fig2, panel init, point m-3_student_init-same: --student-init"),
+    (lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(m=["ten"]), "figure fig2, panel init"),
+    (lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(width=[1, 2]), "width are neither runner flags"),
+    (lambda c: c["figures"]["fig2"]["panels"][0]["flags"].update(student_hidden_dims="{d1},32"),
+     "{d1} is not a grid coordinate"),
+])
+def test_bad_config_is_refused_before_anything_runs(workdir, change, message):
+    cfg = base_config(Path("data"), {"fig2": fig2_block()})
+    change(cfg)
+    write_config(workdir, cfg)
+    result = smk(workdir, "--dry-run", "all")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    assert message in out, out[-3000:]
+    assert not (workdir / "results").exists() and not (workdir / "resources").exists()
+
+
+def test_missing_data_stops_with_the_runners_message(workdir):
+    cfg = base_config(workdir / "nowhere", {"fig2": fig2_block(m=(3,))}, seeds=(0,))
+    write_config(workdir, cfg)
+    result = smk(workdir, "resources/cache/mnist.pt")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "MNIST/raw" in out and "train-images-idx3-ubyte" in out and "data_dir" in out, out[-3000:]
+
+
+# --------------------------------------------------------------------------------------------------
+# Building on real MNIST
+# --------------------------------------------------------------------------------------------------
+
+
+def test_build_is_incremental(real_mnist, workdir):
+    cfg = base_config(real_mnist, {"fig2": fig2_block()})
+    write_config(workdir, cfg)
+    assert planned(workdir) == {"prepare_data": 1, "teacher": 2, "student": 8, "merge_runs": 1, "plot_fig2": 1,
+                                "all": 1}
+    ok(smk(workdir, "all"))
+
+    results = workdir / "results"
+    for ext in ("png", "pdf"):
+        assert (results / "figures" / f"fig2.{ext}").stat().st_size > 1000
+    tidy = pd.read_csv(results / "tables" / "fig2.csv")
+    assert len(tidy) == 8
+    assert list(tidy.columns[:6]) == ["figure", "panel", "point", "m", "student_init", "seed"]
+    assert sorted(tidy["student_init"].unique()) == ["rand_hidden", "same"]
+    assert set(tidy["student_init_config"].unique()) == {"A,A,A,A", "random,random,A,A"}
+    assert tidy["student_final_acc"].between(0, 1).all() and tidy["teacher_final_acc"].gt(0.5).all()
+    assert tidy.groupby("seed")["teacher_final_acc"].nunique().eq(1).all()  # one teacher per seed
+    assert len(pd.read_csv(results / "tables" / "fig2" / "runs_all_seeds.csv")) == 8
+    layers = pd.read_csv(results / "tables" / "fig2" / "layer_metrics_all_seeds.csv")
+    assert layers["run_id"].nunique() == 8
+    assert len(list((results / "teachers").glob("*.pt"))) == 2
+
+    # a finished target: nothing to do
+    assert "Nothing to be done" in ok(smk(workdir, "all"))
+
+    # one more seed: only its runs (and its teacher), then the merge and the plot
+    cfg["seeds"] = [0, 1, 2]
+    write_config(workdir, cfg)
+    assert planned(workdir) == {"teacher": 1, "student": 4, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    # one more grid value: only its runs; the teachers do not depend on m
+    cfg["figures"]["fig2"]["panels"][0]["grid"]["m"].append(25)
+    write_config(workdir, cfg)
+    assert planned(workdir) == {"teacher": 1, "student": 10, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+
+    # back to the built config, then a student setting: every student reruns, no teacher
+    cfg = base_config(real_mnist, {"fig2": fig2_block()})
+    write_config(workdir, cfg)
+    assert planned(workdir) == {}
+    changed = copy.deepcopy(cfg)
+    changed["defaults"]["noise_steps"] = 6
+    write_config(workdir, changed)
+    assert planned(workdir) == {"student": 8, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    # a teacher setting: new teacher keys, so new teachers and all their students
+    changed = copy.deepcopy(cfg)
+    changed["defaults"]["teacher_epochs"] = 2
+    write_config(workdir, changed)
+    assert planned(workdir) == {"teacher": 2, "student": 8, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    # a setting of one panel point only
+    changed = copy.deepcopy(cfg)
+    changed["figures"]["fig2"]["panels"][0]["grid"]["student_init"]["labels"]["rand_hidden"] = "random,A,A,A"
+    write_config(workdir, changed)
+    assert planned(workdir) == {"student": 4, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+
+    # a deleted run is recomputed alone
+    write_config(workdir, cfg)
+    (results / "runs" / "fig2" / "init" / "m-3_student_init-same" / "seed1" / "runs.csv").unlink()
+    assert planned(workdir) == {"student": 1, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    ok(smk(workdir, "all"))
+
+    # the HTML report holds the figure and its caption
+    ok(smk(workdir, "--report", "report.html"))
+    report = workdir / "report.html"
+    assert report.stat().st_size > 10_000
+
+
+def _children_running(workdir: Path, needle: str) -> list[int]:
+    """PIDs of processes whose working directory is `workdir` and whose command line holds `needle`
+    (all of them started by this test's Snakemake)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.readlink(proc / "cwd") != str(workdir):
+                continue
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if needle in cmdline and "bash" not in cmdline.split(" ", 1)[0]:
+            found.append(int(proc.name))
+    return found
+
+
+def _start_and_wait_for_student(workdir: Path) -> tuple[subprocess.Popen, int]:
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--workflow-profile", "none", "--cores", "1", "all"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        pids = _children_running(workdir, "sublearn.cli student")
+        if pids:
+            time.sleep(2)  # let it get going
+            return proc, pids[0]
+        assert proc.poll() is None, "snakemake ended before a student started"
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("no student started within 240 s")
+
+
+def test_killed_runs_are_recomputed(real_mnist, workdir):
+    """kill -9 of a student, then of the whole Snakemake process group: nothing left is taken for a
+    result, and the next run computes the run again."""
+    cfg = base_config(real_mnist, {"fig2": fig2_block(m=(3,))}, seeds=(0,))
+    cfg["figures"]["fig2"]["panels"][0]["grid"]["student_init"]["labels"] = {"same": "A,A,A,A"}
+    cfg["defaults"].update(noise_steps=3000)  # a student of ~10 s
+    write_config(workdir, cfg)
+    run_dir = workdir / "results" / "runs" / "fig2" / "init" / "m-3_student_init-same" / "seed0"
+
+    # 1. the student process dies: Snakemake records the failure and removes the incomplete output
+    proc, student = _start_and_wait_for_student(workdir)
+    os.kill(student, signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0
+    assert not (run_dir / "runs.csv").exists()
+    assert planned(workdir).get("student") == 1
+
+    # 2. Snakemake and its job die together (e.g. the machine goes down): the output stays marked
+    #    incomplete, and the next run refuses to trust it until told to redo it
+    proc, student = _start_and_wait_for_student(workdir)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    for _ in range(50):  # the student is in the same process group; wait until it is gone
+        if not _children_running(workdir, "sublearn.cli student"):
+            break
+        time.sleep(0.1)
+    assert not (run_dir / "runs.csv").exists()
+    ok(smk(workdir, "--unlock"))
+    refused = smk(workdir, "all")
+    assert refused.returncode != 0 and "incomplete" in (refused.stdout + refused.stderr).lower()
+    ok(smk(workdir, "--rerun-incomplete", "all"))
+    assert len(pd.read_csv(run_dir / "runs.csv")) == 1
+    assert "Nothing to be done" in ok(smk(workdir, "all"))
+
+
+def test_every_figure_builds(real_mnist, workdir):
+    """All five figures end to end on a minimal grid (1 seed, synthetic EMNIST)."""
+    depth = {"labels": {"minus_one": "32", "plus_one": "32,32,32"}}
+    cnn = [{"name": "conv1", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1,
+            "activation": "relu", "pool": {"type": "max", "kernel_size": 4}},
+           {"name": "fc1", "type": "linear", "out_features": 16, "activation": "relu"}]
+    dims = {"teacher_hidden_dims": "32,{d}", "student_hidden_dims": "32,{d}"}
+    perturb = "student:{head},std={std},timing=before_student_training"
+    figures = {
+        "fig2": fig2_block(m=(3, 10)),
+        "fig3": {"panels": [
+            {"name": "emnist_classes", "flags": {"dataset": "emnist", "m": 20}, "grid": {"class_count": [2, 47]}},
+            {"name": "first_width", "flags": {"student_hidden_dims": "{d1},32"}, "grid": {"d1": [8, 64]}},
+            {"name": "depth", "flags": {"student_hidden_dims": "{depth}",
+                                        "student_init": "all:random,class_head:A,aux_head:A"},
+             "grid": {"depth": depth, "m": [10]}},
+            {"name": "cnn_student", "flags": {"student_type": "cnn", "student_arch_spec": cnn,
+                                              "noise_dist": "perlin", "student_init": "all:random,class_head:A"},
+             "grid": {"m": [10]}},
+        ]},
+        "fig4": {"panels": [
+            {"name": "m_by_N", "grid": {"m": {"sqrt2_steps": [0, 2]}, "noise_steps": [1, 4]},
+             "plot": {"kind": "heatmap", "x": "noise_steps", "y": "m"}},
+            {"name": "m1", "flags": {"m": 1}, "grid": {"noise_steps": [1, 4]}},
+        ]},
+        "fig5": {"panels": [{"name": "heads", "flags": {"perturb": perturb},
+                             "grid": {"head": {"labels": {"aux": "aux_head", "class": "class_head"}},
+                                      "std": {"linspace": [0.0, 0.2, 2]}},
+                             "plot": {"x": "std", "hue": "head", "cosine": True}}]},
+        "fig6": {"panels": [
+            {"name": "mnist", "flags": dims, "grid": {"d": [1, 16]}},
+            {"name": "frozen_both", "flags": {**dims, "teacher_trainable": "class_head:false,aux_head:false",
+                                              "student_trainable": "class_head:false,aux_head:false"},
+             "grid": {"d": [1, 16]}, "plot": {"cosine": True}},
+        ]},
+    }
+    cfg = base_config(real_mnist, figures, seeds=(0,))
+    write_config(workdir, cfg)
+    ok(smk(workdir, "all"))
+    expected_rows = {"fig2": 4, "fig3": 7, "fig4": 6, "fig5": 4, "fig6": 4}
+    for figure, rows in expected_rows.items():
+        assert len(pd.read_csv(workdir / "results" / "tables" / f"{figure}.csv")) == rows, figure
+        assert (workdir / "results" / "figures" / f"{figure}.png").stat().st_size > 1000
+    fig3 = pd.read_csv(workdir / "results" / "tables" / "fig3.csv")
+    emnist = fig3[fig3["panel"] == "emnist_classes"]
+    assert sorted(emnist["num_classes"]) == [2, 47] and (emnist["m"] == 20).all()
+    fig5 = pd.read_csv(workdir / "results" / "tables" / "fig5" / "perturbations_all_seeds.csv")
+    assert len(fig5) > 0

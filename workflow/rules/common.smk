@@ -1,0 +1,455 @@
+# Shared helpers: the grid language, the table of runs, and the lookups the rules use.
+#
+# `runs_table(config)` is the one place where the config turns into runs. Everything else (rule inputs,
+# params, resources) reads plain dicts built once from it, keyed by wildcards, so planning ~16,000
+# jobs stays fast.
+
+import contextlib
+import dataclasses
+import inspect
+import io
+import itertools
+import json
+import math
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from snakemake.exceptions import WorkflowError
+
+REPO = Path(workflow.basedir)
+SRC = REPO / "src"
+
+# Jobs run the runner of this checkout (`python -m sublearn.cli`): src/ goes on PYTHONPATH (so a conda env
+# needs only the dependencies), and without --use-conda the interpreter running Snakemake comes first on
+# PATH, so `python` is the one that has torch even when its venv is not activated.
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p))
+if not any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method):
+    os.environ.update(PATH=os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", ""))))
+
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+from sublearn.cli import resolve_argv  # noqa: E402  (torch-free)
+from sublearn.config import UsageError, dataset_key  # noqa: E402
+
+R = config["results_dir"].rstrip("/")
+LOGS = config["logs_dir"].rstrip("/")
+
+# Runner flags a config may set, in the order they appear on a command line. Seed, paths, threads and
+# device belong to the workflow.
+FLAGS = (
+    "dataset", "emnist_split", "class_count", "class_selection", "teacher_type", "student_type",
+    "teacher_hidden_dims", "student_hidden_dims", "teacher_arch_spec", "student_arch_spec", "m",
+    "teacher_init", "student_init", "teacher_trainable", "student_trainable", "teacher_epochs",
+    "student_epochs", "data_bsize", "noise_bsize", "noise_steps", "teacher_lr", "student_lr", "noise_dist",
+    "perlin_res", "normalize_noise", "eval_noise_batches", "eval_noise_bsize", "perturb_spec", "perturb",
+)
+RESERVED_COORDS = {"figure", "panel", "point", "seed", "sweep_name", "run_label", "data_dir", "cache_dir",
+                   "threads", "device", "outdir", "run_dir", "teacher_out", "teacher_checkpoint"}
+LABEL_RE = re.compile(r"[^A-Za-z0-9.+-]+")
+TEMPLATE_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(WorkflowError):
+    pass
+
+
+wildcard_constraints:
+    figure=r"[A-Za-z][A-Za-z0-9_]*",
+    panel=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
+    point=r"[^/]+",
+    seed=r"\d+",
+    key=r"[0-9a-f]{16}",
+    dskey=r"mnist|emnist-balanced|emnist-letters",
+    split=r"balanced|letters",
+
+
+# --------------------------------------------------------------------------------------------------
+# The grid language
+# --------------------------------------------------------------------------------------------------
+
+
+def expand_values(spec, where):
+    """A value spec -> list of (label, value). Labels name points on disk and in legends."""
+    if isinstance(spec, list):
+        values = spec
+    elif "range" in spec:
+        a = spec["range"]
+        values = list(range(a[0], a[1] + 1, a[2] if len(a) > 2 else 1))
+    elif "linspace" in spec:
+        start, stop, count = spec["linspace"]
+        values = [float(v) for v in np.linspace(start, stop, int(count))]
+    elif "sqrt2_steps" in spec:
+        k0, k1 = spec["sqrt2_steps"]
+        values = [int(v) for v in np.unique(np.round(np.sqrt(2.0) ** np.arange(k0, k1 + 1)))]
+    elif "labels" in spec:
+        return [(str(k), v) for k, v in spec["labels"].items()]
+    else:  # the schema makes this unreachable
+        raise ConfigError(f"config: {where}: unknown value generator {sorted(spec)}")
+    if not values:
+        raise ConfigError(f"config: {where}: the generator {spec} gives no values")
+    return [(value_label(v), v) for v in values]
+
+
+def value_label(value):
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format(value, ".6g")
+    return LABEL_RE.sub(".", str(value)).strip(".") or "empty"
+
+
+def expand_seeds(spec):
+    if isinstance(spec, list):
+        return sorted(set(spec))
+    a, b = spec["range"]
+    return list(range(a, b + 1))
+
+
+def flag_text(value):
+    """A config value as the runner's command-line text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | dict):
+        if isinstance(value, list) and all(isinstance(v, int) for v in value):
+            return ",".join(str(v) for v in value)
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return str(value)
+
+
+def fill_template(text, coords, where, used):
+    def sub(match):
+        name = match.group(1)
+        if name not in coords:
+            raise ConfigError(f"config: {where}: {{{name}}} is not a grid coordinate of this panel "
+                              f"(coordinates: {', '.join(coords) or 'none'})")
+        used.add(name)
+        return flag_text(coords[name])
+
+    return TEMPLATE_RE.sub(sub, text)
+
+
+def build_argv(flags):
+    argv = []
+    for name in FLAGS:
+        if name not in flags:
+            continue
+        value = flags[name]
+        opt = f"--{name.replace('_', '-')}"
+        if name == "normalize_noise":
+            if value:
+                argv.append(opt)
+        elif name == "perturb":
+            for item in value if isinstance(value, list) else [value]:
+                argv += [opt, item]
+        else:
+            argv += [opt, flag_text(value)]
+    return argv
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation through the runner (torch-free), memoised: one parse per distinct seedless argv
+# --------------------------------------------------------------------------------------------------
+
+_RESOLVED = {}
+
+
+def resolve_runner(argv, command):
+    """resolve_argv, with argparse's exit turned into a one-line error message."""
+    key = (command, tuple(argv))
+    if key not in _RESOLVED:
+        extra = {"student": ["--teacher-checkpoint", "unused.pt"], "teacher": ["--teacher-out", "unused.pt"]}
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                _RESOLVED[key] = resolve_argv([*argv, *extra.get(command, [])], command)
+        except UsageError as exc:
+            _RESOLVED[key] = UsageError(str(exc))
+        except SystemExit:
+            text = stderr.getvalue().strip().splitlines()
+            _RESOLVED[key] = UsageError(text[-1] if text else "invalid runner flags")
+    result = _RESOLVED[key]
+    if isinstance(result, UsageError):
+        raise result
+    return result
+
+
+def with_seed(rc, seed):
+    return dataclasses.replace(rc, config=dataclasses.replace(rc.config, seed=seed))
+
+
+def teacher_argv(rc):
+    """The teacher's flags, canonical: equal for every run with the same teacher key, so that adding a
+    run never changes a teacher job's params. Student settings stay at the runner defaults."""
+    c = rc.config
+    plan = rc.teacher
+    body = [n for n in plan.layer_names if n != "aux_head"]
+    argv = ["--dataset", c.dataset]
+    if c.dataset == "emnist":
+        argv += ["--emnist-split", c.emnist_split]
+    if c.class_count is not None:
+        argv += ["--class-count", str(c.class_count)]
+    argv += ["--teacher-type", plan.model_type, "--teacher-hidden-dims", ",".join(map(str, plan.hidden_dims))]
+    if plan.model_type == "cnn":
+        argv += ["--teacher-arch-spec", json.dumps(plan.feature_spec, separators=(",", ":"), sort_keys=True)]
+    argv += ["--teacher-init", ",".join(f"{n}:{plan.init[n]}" for n in body),
+             "--teacher-trainable", ",".join(f"{n}:{str(plan.trainable[n]).lower()}" for n in body),
+             "--teacher-epochs", str(c.teacher_epochs), "--data-bsize", str(c.data_bsize),
+             "--teacher-lr", repr(float(c.teacher_lr))]
+    # Perturbations keep their positions (the random stream of a perturbation depends on its index): the
+    # ones that shape the trained teacher are written out, earlier others become no-op placeholders.
+    relevant = [p["target"] == "teacher" and p["timing"] == "before_teacher_training" for p in rc.perturbations]
+    last = max((i for i, r in enumerate(relevant) if r), default=-1)
+    for p, keep in zip(rc.perturbations[: last + 1], relevant[: last + 1], strict=True):
+        if keep:
+            layers = [n for n in p["layers"] if n != "aux_head"] or ["aux_head"]
+            argv += ["--perturb", f"teacher:{'+'.join(layers)},std={p['std']!r},timing=before_teacher_training,"
+                     f"include_weight={str(p['include_weight']).lower()},"
+                     f"include_bias={str(p['include_bias']).lower()}"]
+        else:
+            argv += ["--perturb", "student:all,std=0"]
+    return argv
+
+
+# --------------------------------------------------------------------------------------------------
+# Data locations
+# --------------------------------------------------------------------------------------------------
+
+
+def _data_dir_for(dskey):
+    if dskey.startswith("emnist") and config["synthetic_emnist"]:
+        return f"{config['synthetic']['dir'].rstrip('/')}/data"
+    candidates = config["data_dir"] if isinstance(config["data_dir"], list) else [config["data_dir"]]
+    folder, names = raw_files_of(dskey)
+    for candidate in candidates:
+        if all((Path(candidate) / folder / n).is_file() for n in names):
+            return candidate.rstrip("/")
+    return candidates[-1].rstrip("/")
+
+
+def raw_files_of(dskey):
+    """Folder and IDX file names torchvision reads for a dataset key (mirrors sublearn.data.raw_files)."""
+    if dskey == "mnist":
+        return "MNIST/raw", [f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+    split = dskey.split("-", 1)[1]
+    return "EMNIST/raw", [f"emnist-{split}-{p}-{k}-ubyte" for p in ("train", "test")
+                          for k in ("images-idx3", "labels-idx1")]
+
+
+def synthetic_raw_files(dskey):
+    folder, names = raw_files_of(dskey)
+    return [f"{config['synthetic']['dir'].rstrip('/')}/data/{folder}/{n}" for n in names]
+
+
+def cache_file(dskey):
+    if dskey.startswith("emnist") and config["synthetic_emnist"]:
+        return f"{config['synthetic']['dir'].rstrip('/')}/cache/{dskey}.pt"
+    return f"{config['cache_dir'].rstrip('/')}/{dskey}.pt"
+
+
+DATASET_KEYS = ("mnist", "emnist-balanced", "emnist-letters")
+DATA_DIRS = {k: _data_dir_for(k) for k in DATASET_KEYS}
+CACHE_FILES = {k: cache_file(k) for k in DATASET_KEYS}
+DATASET_OF_CACHE = {v: k for k, v in CACHE_FILES.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# The table of runs
+# --------------------------------------------------------------------------------------------------
+
+
+def student_minutes(res, rc):
+    batches = rc.config.noise_steps * rc.config.student_epochs
+    return int(math.ceil(res.get("runtime", 15) + res.get("runtime_per_1000_noise_batches", 0) * batches / 1000))
+
+
+def runs_table(cfg):
+    """Config -> one row per run: figure, panel, point, coordinates, seed, argv, teacher key, run dir.
+
+    Validates every run with the runner's own parser and raises ConfigError naming the figure and panel.
+    """
+    rows = []
+    teacher_checked = {}
+    for figure, fig in cfg["figures"].items():
+        if fig is None:  # disabled (e.g. by an override config)
+            continue
+        seeds = expand_seeds(fig.get("seeds", cfg["seeds"]))
+        panel_names = [p["name"] for p in fig["panels"]]
+        if len(set(panel_names)) != len(panel_names):
+            raise ConfigError(f"config: figure {figure}: panel names repeat ({', '.join(panel_names)})")
+        for panel in fig["panels"]:
+            where = f"figure {figure}, panel {panel['name']}"
+            fixed = {**cfg["defaults"], **panel.get("flags", {})}
+            axes = []
+            for name, spec in panel["grid"].items():
+                if name in RESERVED_COORDS:
+                    hint = "; seeds come from `seeds`" if name == "seed" else ""
+                    raise ConfigError(f"config: {where}: grid coordinate {name!r} is reserved{hint}")
+                axes.append((name, expand_values(spec, f"{where}, grid {name}")))
+            resources = {**cfg["resources"]["student"], **panel.get("resources", {})}
+            used = set()
+            seen_points = {}
+            for combo in itertools.product(*(values for _, values in axes)):
+                coords = {name: value for (name, _), (_, value) in zip(axes, combo, strict=True)}
+                labels = {name: label for (name, _), (label, _) in zip(axes, combo, strict=True)}
+                point = "_".join(f"{n}-{labels[n]}" for n, _ in axes) or "base"
+                if point in seen_points:
+                    raise ConfigError(f"config: {where}: two grid points share the name {point!r}; "
+                                      "use distinct values or {labels: ...}")
+                seen_points[point] = coords
+                flags = {}
+                for name, value in fixed.items():
+                    if isinstance(value, str):
+                        value = fill_template(value, coords, f"{where}, flag {name}", used)
+                    elif isinstance(value, list) and name == "perturb":
+                        value = [fill_template(v, coords, f"{where}, flag {name}", used) for v in value]
+                    flags[name] = value
+                for name, value in coords.items():
+                    if name in FLAGS:
+                        flags[name] = value
+                        used.add(name)
+                argv = [*build_argv(flags), "--sweep-name", f"{figure}.{panel['name']}", "--run-label", point]
+                try:
+                    rc0 = resolve_runner([*argv, "--seed", "0"], "student")
+                except UsageError as exc:
+                    raise ConfigError(f"config: {where}, point {point}: {exc}") from None
+                targv0 = teacher_argv(rc0)
+                tkey = tuple(targv0)
+                if tkey not in teacher_checked:
+                    try:
+                        trc = resolve_runner([*targv0, "--seed", "0"], "teacher")
+                    except UsageError as exc:
+                        raise ConfigError(f"config: {where}, point {point}: teacher flags: {exc}") from None
+                    if trc.teacher_key() != rc0.teacher_key():
+                        raise ConfigError(f"config: {where}, point {point}: internal error: the teacher "
+                                          "command would train another teacher than this run's")
+                    teacher_checked[tkey] = True
+                dskey = dataset_key(rc0.config.dataset, rc0.config.emnist_split)
+                minutes = student_minutes(resources, rc0)
+                for seed in seeds:
+                    rc = with_seed(rc0, seed)
+                    run_dir = f"{R}/runs/{figure}/{panel['name']}/{point}/seed{seed}"
+                    rows.append({
+                        "figure": figure, "panel": panel["name"], "point": point, "seed": seed,
+                        **{f"coord:{n}": labels[n] if isinstance(spec, dict) and "labels" in spec else coords[n]
+                           for n, spec in panel["grid"].items()},
+                        "coords": {n: labels[n] if isinstance(spec, dict) and "labels" in spec else coords[n]
+                                   for n, spec in panel["grid"].items()},
+                        "argv": shlex.join([*argv, "--seed", str(seed)]),
+                        "teacher_key": rc.teacher_key(),
+                        "teacher_argv": shlex.join([*targv0, "--seed", str(seed)]),
+                        "dataset": dskey,
+                        "num_classes": rc0.num_classes,
+                        "run_dir": run_dir,
+                        "runtime": minutes,
+                        "mem_mb": resources.get("mem_mb", 4000),
+                    })
+            unused = [n for n, _ in axes if n not in used]
+            if unused:
+                raise ConfigError(f"config: {where}: grid coordinate(s) {', '.join(unused)} are neither runner "
+                                  "flags nor used as {name} in the panel's flags")
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Lookups for the rules (plain dicts keyed by wildcards)
+# --------------------------------------------------------------------------------------------------
+
+RUNS = runs_table(config)
+FIGURES = [name for name, fig in config["figures"].items() if fig is not None]
+
+RUN = {}
+TEACHER = {}
+FIG_RUNS = {f: [] for f in FIGURES}
+FIG_POINTS = {f: {} for f in FIGURES}
+for _r in RUNS[["figure", "panel", "point", "seed", "coords", "argv", "teacher_key", "teacher_argv",
+                "dataset", "run_dir", "runtime", "mem_mb"]].itertuples(index=False):
+    RUN[(_r.figure, _r.panel, _r.point, str(_r.seed))] = _r
+    if _r.teacher_key not in TEACHER:
+        TEACHER[_r.teacher_key] = {"argv": _r.teacher_argv, "dataset": _r.dataset}
+    FIG_RUNS[_r.figure].append(f"{_r.run_dir}/runs.csv")
+    FIG_POINTS[_r.figure].setdefault(_r.panel, {})[_r.point] = _r.coords
+del _r
+
+
+def run_of(w):
+    return RUN[(w.figure, w.panel, w.point, w.seed)]
+
+
+def _precomputed_signature(func):
+    """Snakemake inspects the signature of every input/params/resources function once per job; with
+    ~16,000 jobs, caching it on the function keeps planning fast."""
+    func.__signature__ = inspect.signature(func)
+    return func
+
+
+@_precomputed_signature
+def student_inputs(w):
+    run = run_of(w)
+    return {"teacher": f"{R}/teachers/{run.teacher_key}.pt", "cache": CACHE_FILES[run.dataset]}
+
+
+@_precomputed_signature
+def student_argv(w):
+    return run_of(w).argv
+
+
+@_precomputed_signature
+def student_mem_mb(w):
+    return run_of(w).mem_mb
+
+
+@_precomputed_signature
+def student_runtime(w):
+    return run_of(w).runtime
+
+
+@_precomputed_signature
+def teacher_cache(w):
+    return CACHE_FILES[TEACHER[w.key]["dataset"]]
+
+
+@_precomputed_signature
+def teacher_argv_of(w):
+    return TEACHER[w.key]["argv"]
+
+
+@_precomputed_signature
+def data_dir_of_input(w, input):
+    """The dataset folder of a job's cache input (derived from the input: not a rerun trigger)."""
+    return DATA_DIRS[DATASET_OF_CACHE[input.cache]]
+
+
+def figure_spec(figure):
+    """What a plot script needs to know about its figure (titles, plot hints, synthetic data)."""
+    fig = config["figures"][figure]
+    panels = []
+    for panel in fig["panels"]:
+        flags = {**config["defaults"], **panel.get("flags", {})}
+        datasets = set(RUNS.loc[(RUNS.figure == figure) & (RUNS.panel == panel["name"]), "dataset"])
+        grid = {}
+        for name, spec in panel["grid"].items():
+            kind = next(iter(spec)) if isinstance(spec, dict) else "list"
+            grid[name] = {"generator": kind, "labels": kind == "labels",
+                          "values": [lab if kind == "labels" else val for lab, val in expand_values(spec, name)]}
+        panels.append({
+            "name": panel["name"], "title": panel.get("title", panel["name"]), "grid": grid,
+            "plot": panel.get("plot", {}), "flags": {k: flag_text(v) for k, v in flags.items()},
+            "synthetic": bool(config["synthetic_emnist"]) and any(d.startswith("emnist") for d in datasets),
+        })
+    return {"figure": figure, "title": fig.get("title", figure), "panels": panels,
+            "seeds": expand_seeds(fig.get("seeds", config["seeds"])), "bootstrap": config["bootstrap"]}
+
+
+def caption_for(figure):
+    specific = REPO / "workflow" / "report" / f"{figure}.rst"
+    return f"../report/{figure}.rst" if specific.is_file() else "../report/figure.rst"

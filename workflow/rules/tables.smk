@@ -1,0 +1,23 @@
+# Tables: per figure, one tidy CSV (grid coordinates + reference columns) and the reference aggregates.
+
+
+rule merge_runs:
+    input:
+        runs=lambda w: FIG_RUNS[w.figure],
+    output:
+        tidy=f"{R}/tables/{{figure}}.csv",
+        runs=f"{R}/tables/{{figure}}/runs_all_seeds.csv",
+        layer_metrics=f"{R}/tables/{{figure}}/layer_metrics_all_seeds.csv",
+        perturbations=f"{R}/tables/{{figure}}/perturbations_all_seeds.csv",
+    log:
+        f"{LOGS}/tables/{{figure}}.log",
+    params:
+        points=lambda w: FIG_POINTS[w.figure],
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["merge"].get("mem_mb", 8000),
+        runtime=config["resources"]["merge"].get("runtime", 30),
+    conda:
+        "../../envs/plot.yaml"
+    script:
+        "../scripts/merge.py"

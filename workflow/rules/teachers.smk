@@ -1,0 +1,25 @@
+# Teachers: one job per distinct teacher key, shared by every student whose teacher settings are equal.
+
+
+rule teacher:
+    input:
+        cache=teacher_cache,
+    output:
+        pt=f"{R}/teachers/{{key}}.pt",
+        summary=f"{R}/teachers/{{key}}.json",
+    log:
+        f"{LOGS}/teachers/{{key}}.log",
+    params:
+        argv=teacher_argv_of,
+        device=config["device"],
+        data_dir=data_dir_of_input,
+    threads: config["threads"]["teacher"]
+    resources:
+        mem_mb=config["resources"]["teacher"].get("mem_mb", 4000),
+        runtime=config["resources"]["teacher"].get("runtime", 30),
+    conda:
+        "../../envs/torch-cpu.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} python -m sublearn.cli teacher {params.argv} "
+        "--threads {threads} --device {params.device} --data-dir {params.data_dir:q} "
+        '--cache-dir "$(dirname {input.cache:q})" --teacher-out {output.pt:q} > {log:q} 2>&1'

@@ -1,0 +1,72 @@
+"""Merge one figure's run folders into a tidy table and the reference-style aggregates.
+
+Fast for thousands of runs: files are read as text, grouped by header and parsed with one read_csv per
+distinct header instead of one per file.
+"""
+
+import io
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
+
+
+def read_many(paths):
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        text = Path(path).read_text()
+        if not text.strip():
+            continue  # e.g. perturbations.csv of a run without perturbations
+        header, _, body = text.partition("\n")
+        if body and not body.endswith("\n"):
+            body += "\n"
+        groups.setdefault(header, []).append(body)
+    frames = [pd.read_csv(io.StringIO(header + "\n" + "".join(bodies)), low_memory=False)
+              for header, bodies in groups.items()]
+    return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
+
+
+def main():
+    runs_files = list(snakemake.input.runs)
+    siblings = {name: [str(Path(f).with_name(f"{name}.csv")) for f in runs_files]
+                for name in ("layer_metrics", "perturbations")}
+    points = snakemake.params.points  # panel -> point -> {coordinate: value}
+    figure = snakemake.wildcards.figure
+
+    runs = read_many(runs_files)
+    if len(runs) != len(runs_files):
+        raise SystemExit(f"{figure}: {len(runs_files)} runs.csv files hold {len(runs)} rows; expected one each")
+    runs.to_csv(snakemake.output.runs, index=False)
+    for name, files in siblings.items():
+        read_many(files).to_csv(getattr(snakemake.output, name), index=False)
+
+    panel = runs["sweep_name"].astype(str).str.split(".", n=1).str[1]
+    point = runs["run_label"].astype(str)
+    coord_names = list(dict.fromkeys(c for pts in points.values() for coords in pts.values() for c in coords))
+    records = {(p, q): coords for p, pts in points.items() for q, coords in pts.items()}
+    missing = sorted({(p, q) for p, q in zip(panel, point, strict=True)} - set(records))
+    if missing:
+        raise SystemExit(f"{figure}: runs without a grid point in the config: {missing[:5]}")
+    coords = pd.DataFrame([records[(p, q)] for p, q in zip(panel, point, strict=True)], columns=coord_names)
+    for name in coord_names:
+        if name in runs.columns:  # a panel without this coordinate still has the run's own value (e.g. m)
+            coords[name] = coords[name].where(coords[name].notna(), runs[name])
+        numbers = pd.to_numeric(coords[name], errors="coerce")
+        if numbers.notna().all() and (numbers == numbers.round()).all():
+            coords[name] = numbers.astype("int64")  # 10, not 10.0, for integer grids
+    order = {(p, q): i for i, (p, q) in enumerate(records)}
+    head = pd.DataFrame({"figure": figure, "panel": panel, "point": point})
+    rest = runs.drop(columns=[c for c in coord_names if c in runs.columns])
+    tidy = pd.concat([head, coords, rest], axis=1)
+    tidy.insert(len(head.columns) + len(coord_names), "seed", tidy.pop("seed"))
+    tidy["_order"] = [order[(p, q)] for p, q in zip(panel, point, strict=True)]
+    tidy = tidy.sort_values(["_order", "seed"], kind="stable").drop(columns="_order")
+    tidy.to_csv(snakemake.output.tidy, index=False)
+    print(f"{figure}: {len(tidy)} runs, {len(records)} grid points, {tidy['seed'].nunique()} seeds")
+
+
+with open(snakemake.log[0], "w") as log:
+    sys.stdout = sys.stderr = log
+    main()
