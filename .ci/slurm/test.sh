@@ -196,6 +196,16 @@ for prof in "default" "slurm-cpu"; do
     fi
 done
 
+# the GPU profile's resource requests and groups do not invalidate anything either; only its
+# device=auto would (device is a parameter of every run), so keep the preset's device for this check
+smk "$S" "$WORK/switch-slurm-gpu.log" "$FIG" --workflow-profile profiles/slurm-gpu --configfile "$PRESET" \
+    --config device=cpu -n || true
+if grep -q "Nothing to be done" "$WORK/switch-slurm-gpu.log"; then
+    ok "switching to profiles/slurm-gpu (same device) reruns nothing"
+else
+    job_stats "$WORK/switch-slurm-gpu.log"; fail "profiles/slurm-gpu would rerun jobs"
+fi
+
 # ------------------------------------------------------------------------------------ SLURM, fake GPU
 G=$WORK/gpu/repo
 one=$(cd "$S" && find results -path '*/runs/*' -name runs.csv | sort | head -1)
