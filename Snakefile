@@ -9,6 +9,10 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# a short message naming the bad key first, then Snakemake's validation against the same schema
+include: "workflow/rules/validate.smk"
+
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -18,11 +22,14 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
+# The targets name every run too: Snakemake does not redo a deleted intermediate file on its own when
+# the files made from it are up to date, so a deleted or killed run would otherwise stay missing.
 rule all:
-    """Every configured figure (PNG + PDF) and its tables."""
+    """Every configured figure (PNG + PDF), its tables and its runs."""
     input:
         expand(f"{R}/figures/{{figure}}.{{ext}}", figure=FIGURES, ext=["png", "pdf"]),
         expand(f"{R}/tables/{{figure}}.csv", figure=FIGURES),
+        [run for figure in FIGURES for run in FIG_RUNS[figure]],
     default_target: True
     localrule: True
 
@@ -37,6 +44,7 @@ for _figure in FIGURES:
             f"{R}/figures/{_figure}.png",
             f"{R}/figures/{_figure}.pdf",
             f"{R}/tables/{_figure}.csv",
+            FIG_RUNS[_figure],
         localrule: True
 
 

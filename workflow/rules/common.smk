@@ -34,8 +34,8 @@ if not any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_me
 
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
-from sublearn.cli import resolve_argv  # noqa: E402  (torch-free)
-from sublearn.config import UsageError, dataset_key  # noqa: E402
+from sublearn.cli import build_parser, config_from_args, resolve_argv  # noqa: E402  (torch-free)
+from sublearn.config import UsageError, dataset_key, resolve  # noqa: E402
 
 R = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
@@ -161,6 +161,12 @@ def build_argv(flags):
 # --------------------------------------------------------------------------------------------------
 
 _RESOLVED = {}
+_PARSER = build_parser()
+
+
+def _resolve_argv(argv, command):
+    """sublearn.cli.resolve_argv with one parser for all runs (building it costs ~1 ms per call)."""
+    return resolve(config_from_args(_PARSER.parse_args([command, *argv])))
 
 
 def resolve_runner(argv, command):
@@ -171,7 +177,12 @@ def resolve_runner(argv, command):
         stderr = io.StringIO()
         try:
             with contextlib.redirect_stderr(stderr):
-                _RESOLVED[key] = resolve_argv([*argv, *extra.get(command, [])], command)
+                full = [*argv, *extra.get(command, [])]
+                _RESOLVED[key] = _resolve_argv(full, command)
+                if len(_RESOLVED) == 1:  # guard: the shared parser resolves exactly like the runner
+                    reference = resolve_argv(full, command)
+                    if reference.config.to_dict() != _RESOLVED[key].config.to_dict():
+                        raise WorkflowError("internal error: sublearn.cli.resolve_argv changed; update common.smk")
         except UsageError as exc:
             _RESOLVED[key] = UsageError(str(exc))
         except SystemExit:
@@ -434,7 +445,6 @@ def figure_spec(figure):
     fig = config["figures"][figure]
     panels = []
     for panel in fig["panels"]:
-        flags = {**config["defaults"], **panel.get("flags", {})}
         datasets = set(RUNS.loc[(RUNS.figure == figure) & (RUNS.panel == panel["name"]), "dataset"])
         grid = {}
         for name, spec in panel["grid"].items():
@@ -443,7 +453,7 @@ def figure_spec(figure):
                           "values": [lab if kind == "labels" else val for lab, val in expand_values(spec, name)]}
         panels.append({
             "name": panel["name"], "title": panel.get("title", panel["name"]), "grid": grid,
-            "plot": panel.get("plot", {}), "flags": {k: flag_text(v) for k, v in flags.items()},
+            "plot": panel.get("plot", {}),
             "synthetic": bool(config["synthetic_emnist"]) and any(d.startswith("emnist") for d in datasets),
         })
     return {"figure": figure, "title": fig.get("title", figure), "panels": panels,
