@@ -162,7 +162,7 @@ def test_gpu_profile_asks_for_gpus_only_for_training():
     assert "gpu" not in res["student"]
     assert set(res) <= {"teacher", "student"}  # merge and plot jobs ask for no GPU
     assert "gpu" not in data["default-resources"] and "gres" not in data["default-resources"]
-    assert data["config"]["device"] == "auto"  # GPU when CUDA is there, else CPU (recorded in runs.csv)
+    assert data["config"] == {"torch_env": "gpu"}  # the CUDA build; the runs' device (auto) is unchanged
 
 
 def test_cpu_profile_asks_for_no_gpu():

@@ -41,6 +41,7 @@ def base_config(data_dir: Path, figures: dict, seeds=(0, 1)) -> dict:
         "synthetic_emnist": True,
         "synthetic": {"dir": "resources/synthetic", "n_train": 940, "n_test": 235, "seed": 0},
         "device": "cpu",
+        "torch_env": "cpu",
         "threads": {"teacher": 1, "student": 1},
         "resources": {k: dict(SMALL) for k in ("data", "teacher", "student", "merge", "plot")},
         "seeds": list(seeds),

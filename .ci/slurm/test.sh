@@ -196,10 +196,8 @@ for prof in "default" "slurm-cpu"; do
     fi
 done
 
-# the GPU profile's resource requests and groups do not invalidate anything either; only its
-# device=auto would (device is a parameter of every run), so keep the preset's device for this check
-smk "$S" "$WORK/switch-slurm-gpu.log" "$FIG" --workflow-profile profiles/slurm-gpu --configfile "$PRESET" \
-    --config device=cpu -n || true
+# the GPU profile's resource requests, groups and CUDA env invalidate nothing either
+smk "$S" "$WORK/switch-slurm-gpu.log" "$FIG" --workflow-profile profiles/slurm-gpu --configfile "$PRESET" -n || true
 if grep -q "Nothing to be done" "$WORK/switch-slurm-gpu.log"; then
     ok "switching to profiles/slurm-gpu (same device) reruns nothing"
 else

@@ -39,6 +39,8 @@ from sublearn.config import UsageError, dataset_key, resolve  # noqa: E402
 
 R = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
+# conda env of the torch rules: the CPU or the CUDA build (not a rerun trigger in our profiles)
+TORCH_ENV = f"../../envs/torch-{config['torch_env']}.yaml"
 
 # Runner flags a config may set, in the order they appear on a command line. Seed, paths, threads and
 # device belong to the workflow.

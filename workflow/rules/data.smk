@@ -21,7 +21,7 @@ rule synthetic_emnist:
         runtime=config["resources"]["data"].get("runtime", 30),
     localrule: True
     conda:
-        "../../envs/torch-cpu.yaml"
+        TORCH_ENV
     script:
         "../scripts/synthetic_emnist.py"
 
@@ -43,7 +43,7 @@ rule prepare_data:
         runtime=config["resources"]["data"].get("runtime", 30),
     localrule: True
     conda:
-        "../../envs/torch-cpu.yaml"
+        TORCH_ENV
     shell:
         "python -m sublearn.cli prepare-data --dataset {params.dataset} --emnist-split {params.split} "
         "--data-dir {params.data_dir:q} --cache-dir {params.cache_dir:q} > {log:q} 2>&1 "

@@ -20,7 +20,7 @@ rule student:
         mem_mb=student_mem_mb,
         runtime=student_runtime,
     conda:
-        "../../envs/torch-cpu.yaml"
+        TORCH_ENV
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} python -m sublearn.cli student {params.argv} "
         "--threads {threads} --device {params.device} --data-dir {params.data_dir:q} "

@@ -18,7 +18,7 @@ rule teacher:
         mem_mb=config["resources"]["teacher"].get("mem_mb", 4000),
         runtime=config["resources"]["teacher"].get("runtime", 30),
     conda:
-        "../../envs/torch-cpu.yaml"
+        TORCH_ENV
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} python -m sublearn.cli teacher {params.argv} "
         "--threads {threads} --device {params.device} --data-dir {params.data_dir:q} "
