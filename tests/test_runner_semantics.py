@@ -193,3 +193,24 @@ def test_cnn_spec_layers_and_shapes():
     default = _plan(teacher_type="cnn", teacher_hidden_dims=[64])
     assert default.teacher.layer_names == ["conv1", "conv2", "fc1", "class_head", "aux_head"]
     assert build_model(default.teacher, 3, 10, 0, torch.device("cpu")).fc1.weight.shape == (64, 64 * 7 * 7)
+
+
+def test_cpu_adam_is_bit_identical_to_torch_adam():
+    from sublearn.experiment import CpuAdam
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(20, 16), torch.nn.Linear(16, 4), torch.nn.Linear(16, 3)]  # last: no gradient
+    twins = [torch.nn.Linear(20, 16), torch.nn.Linear(16, 4), torch.nn.Linear(16, 3)]
+    for a, b in zip(layers, twins, strict=True):
+        b.load_state_dict(a.state_dict())
+    ours = CpuAdam([p for m in layers for p in m.parameters()], lr=3e-3)
+    theirs = torch.optim.Adam([p for m in twins for p in m.parameters()], lr=3e-3)
+    for step in range(40):
+        x = torch.randn(32, 20)
+        for model, optimizer in ((layers, ours), (twins, theirs)):
+            loss = model[1](torch.relu(model[0](x))).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        for a, b in zip(layers, twins, strict=True):
+            assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias), step
