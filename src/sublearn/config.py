@@ -55,6 +55,16 @@ def dataset_key(dataset: str, emnist_split: str) -> str:
     return "mnist" if dataset == "mnist" else f"emnist-{emnist_split}"
 
 
+def raw_files(dataset: str, emnist_split: str) -> tuple[str, list[str]]:
+    """Folder (relative to the data directory) and IDX file names torchvision reads."""
+    if dataset == "mnist":
+        names = [f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+        return "MNIST/raw", names
+    names = [f"emnist-{emnist_split}-{p}-{k}-ubyte" for p in ("train", "test") for k in ("images-idx3", "labels-idx1")]
+    return "EMNIST/raw", names
+
+
+
 # --------------------------------------------------------------------------------------------------
 # Scalars
 # --------------------------------------------------------------------------------------------------

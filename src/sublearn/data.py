@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import UsageError, dataset_key, num_classes_of
+from .config import UsageError, dataset_key, num_classes_of, raw_files
 
 MEAN, STD = 0.1307, 0.3081
 CACHE_FORMAT = 1
@@ -27,15 +27,6 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-
-
-def raw_files(dataset: str, emnist_split: str) -> tuple[str, list[str]]:
-    """Folder (relative to the data directory) and IDX file names torchvision reads."""
-    if dataset == "mnist":
-        names = [f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
-        return "MNIST/raw", names
-    names = [f"emnist-{emnist_split}-{p}-{k}-ubyte" for p in ("train", "test") for k in ("images-idx3", "labels-idx1")]
-    return "EMNIST/raw", names
 
 
 def _fingerprint(data_dir: Path, dataset: str, emnist_split: str) -> list | None:

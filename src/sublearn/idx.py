@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import num_classes_of
-from .data import raw_files
+from .config import num_classes_of, raw_files
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

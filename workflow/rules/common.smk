@@ -35,7 +35,7 @@ if not any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_me
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 from sublearn.cli import build_parser, config_from_args, resolve_argv  # noqa: E402  (torch-free)
-from sublearn.config import UsageError, dataset_key, resolve  # noqa: E402
+from sublearn.config import UsageError, dataset_key, raw_files, resolve  # noqa: E402
 
 R = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
@@ -250,12 +250,9 @@ def _data_dir_for(dskey):
 
 
 def raw_files_of(dskey):
-    """Folder and IDX file names torchvision reads for a dataset key (mirrors sublearn.data.raw_files)."""
-    if dskey == "mnist":
-        return "MNIST/raw", [f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
-    split = dskey.split("-", 1)[1]
-    return "EMNIST/raw", [f"emnist-{split}-{p}-{k}-ubyte" for p in ("train", "test")
-                          for k in ("images-idx3", "labels-idx1")]
+    """Folder and IDX file names torchvision reads for a dataset key."""
+    dataset, _, split = dskey.partition("-")
+    return raw_files(dataset, split or "balanced")
 
 
 def synthetic_raw_files(dskey):
