@@ -7,6 +7,7 @@ data is read or any file is written.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -192,9 +193,15 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     )
 
 
+@functools.cache
+def _shared_parser() -> argparse.ArgumentParser:
+    return build_parser()
+
+
 def resolve_argv(argv: list[str], command: str = "run"):
-    """Parse and validate experiment flags without running anything (used by the workflow)."""
-    args = build_parser().parse_args([command, *argv])
+    """Parse and validate experiment flags without running anything (used by the workflow, thousands of
+    times: the parser is built once)."""
+    args = _shared_parser().parse_args([command, *argv])
     return resolve(config_from_args(args))
 
 

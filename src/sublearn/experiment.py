@@ -139,6 +139,12 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
     return order.split(batch_size)
 
 
+def epoch_mean(losses: list[torch.Tensor]) -> float:
+    """Mean of an epoch's batch losses, summed as Python floats in order like the reference's running sum
+    (one device sync per epoch instead of one per batch)."""
+    return sum(torch.stack(losses).tolist()) / len(losses) if losses else float("nan")
+
+
 def train_teacher(model: SplitHeadModel, data: Dataset, rc: ResolvedConfig, device: torch.device) -> float:
     c = rc.config
     set_seed(derived_seed(c.seed, "teacher_training"))
@@ -157,8 +163,7 @@ def train_teacher(model: SplitHeadModel, data: Dataset, rc: ResolvedConfig, devi
             loss.backward()
             optimizer.step()
             losses.append(loss.detach())
-        last_epoch_loss = sum(float(v) for v in torch.stack(losses).tolist()) / max(1, len(losses)) \
-            if losses else float("nan")
+        last_epoch_loss = epoch_mean(losses)
         print(f"[teacher] epoch {epoch + 1}/{c.teacher_epochs} class CE {last_epoch_loss:.6f}", flush=True)
     return last_epoch_loss
 
@@ -183,10 +188,7 @@ def distill_student(student: SplitHeadModel, teacher: SplitHeadModel, rc: Resolv
             loss.backward()
             optimizer.step()
             losses.append(loss.detach())
-        if losses:
-            last_epoch_loss = sum(float(v) for v in torch.stack(losses).tolist()) / len(losses)
-        else:
-            last_epoch_loss = float("nan")
+        last_epoch_loss = epoch_mean(losses)
         print(f"[student] epoch {epoch + 1}/{c.student_epochs} aux MSE {last_epoch_loss:.8f}", flush=True)
     return last_epoch_loss
 

@@ -34,8 +34,8 @@ if not any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_me
 
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
-from sublearn.cli import build_parser, config_from_args, resolve_argv  # noqa: E402  (torch-free)
-from sublearn.config import UsageError, dataset_key, raw_files, resolve  # noqa: E402
+from sublearn.cli import resolve_argv  # noqa: E402  (torch-free)
+from sublearn.config import UsageError, dataset_key, raw_files  # noqa: E402
 
 R = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
@@ -163,12 +163,6 @@ def build_argv(flags):
 # --------------------------------------------------------------------------------------------------
 
 _RESOLVED = {}
-_PARSER = build_parser()
-
-
-def _resolve_argv(argv, command):
-    """sublearn.cli.resolve_argv with one parser for all runs (building it costs ~1 ms per call)."""
-    return resolve(config_from_args(_PARSER.parse_args([command, *argv])))
 
 
 def resolve_runner(argv, command):
@@ -180,11 +174,7 @@ def resolve_runner(argv, command):
         try:
             with contextlib.redirect_stderr(stderr):
                 full = [*argv, *extra.get(command, [])]
-                _RESOLVED[key] = _resolve_argv(full, command)
-                if len(_RESOLVED) == 1:  # guard: the shared parser resolves exactly like the runner
-                    reference = resolve_argv(full, command)
-                    if reference.config.to_dict() != _RESOLVED[key].config.to_dict():
-                        raise WorkflowError("internal error: sublearn.cli.resolve_argv changed; update common.smk")
+                _RESOLVED[key] = resolve_argv(full, command)
         except UsageError as exc:
             _RESOLVED[key] = UsageError(str(exc))
         except SystemExit:
