@@ -152,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_flags(student)
     student.add_argument("--teacher-checkpoint", required=True, help="a checkpoint written by `sublearn teacher`")
     student.add_argument("--run-dir", default=None, help="as for `sublearn run`")
+    batch = sub.add_parser("batch", help="compute the runs of a run sheet, students of one stack in lockstep",
+                           description="Compute every unfinished run of a run sheet (JSON Lines: id, run_dir, "
+                                       "settings, coords). Runs that share a teacher and a noise stream distil "
+                                       "side by side; each run's folder is written as soon as it is done, "
+                                       "exactly as `sublearn student --run-dir` writes it.")
+    batch.add_argument("--sheet", required=True, help="the run sheet (.jsonl)")
+    batch.add_argument("--teacher-dir", required=True, help="folder of teacher checkpoints named TEACHER_KEY.pt")
+    batch.add_argument("--data-dir", default="./data", help="torchvision dataset folder (default: %(default)s)")
+    batch.add_argument("--cache-dir", default=DEFAULT_CACHE, help="prepared dataset tensors (default: %(default)s)")
+    batch.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    batch.add_argument("--threads", type=_integer, default=None, help="torch intra-op CPU threads")
+    batch.add_argument("--max-memory-mb", type=_number, default=None,
+                       help="split stacks so that the students distilled side by side fit this estimate")
+    batch.add_argument("--plan", action="store_true", help="print the stacks and their estimated cost; compute nothing")
+    batch.add_argument("--gflops", type=_number, default=100.0,
+                       help="sustained GFLOP/s of the device for --plan's time estimate (default: %(default)s)")
     prep = sub.add_parser("prepare-data", help="download/parse a dataset once and cache its tensors",
                           description="Read a dataset with torchvision (downloading it when absent) and cache it.")
     prep.add_argument("--dataset", type=_lower, default="mnist", choices=DATASETS)
@@ -327,7 +343,47 @@ def cmd_prepare_data(args) -> None:
     print(f"[data] {dataset_key(args.dataset, args.emnist_split)} cached in {path}", flush=True)
 
 
-COMMANDS = {"run": cmd_run, "teacher": cmd_teacher, "student": cmd_student, "prepare-data": cmd_prepare_data}
+def cmd_batch(args) -> None:
+    from . import batch
+
+    runs = batch.read_sheet(args.sheet)
+    _require_positive(args.threads, "--threads")
+    _require_positive(args.max_memory_mb, "--max-memory-mb")
+    _require_positive(args.gflops, "--gflops")
+    teachers = {}
+    for run in runs:
+        key = run.rc.teacher_key()
+        path = Path(args.teacher_dir) / f"{key}.pt"
+        if key not in teachers and not args.plan and not path.is_file():
+            raise bad_value("--teacher-dir", args.teacher_dir, f"run {run.id} needs the teacher {path.name}, "
+                            "which is not there; train it with `sublearn teacher`")
+        teachers[key] = path
+        if not args.plan:
+            _check_writable(run.run_dir, f"run {run.id}: run_dir")
+    todo = [r for r in runs if batch.finished_key(r.run_dir) != r.id]
+    plan = batch.plan_stacks(todo, args.max_memory_mb)
+    print(f"[batch] {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to compute in "
+          f"{len(plan)} stacks", flush=True)
+    if args.plan:
+        batch.print_plan(plan, args.gflops)
+        return
+    if not todo:
+        return
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _select_device(args.device)
+    batch.run_stacks(plan, teachers, device, args.data_dir, args.cache_dir, _check_writable)
+
+
+def _require_positive(value, flag: str) -> None:
+    if value is not None and not value > 0:
+        raise bad_value(flag, value, "must be a number > 0")
+
+
+COMMANDS = {"run": cmd_run, "batch": cmd_batch, "teacher": cmd_teacher, "student": cmd_student,
+            "prepare-data": cmd_prepare_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -391,6 +391,60 @@ class ExperimentConfig:
         return record
 
 
+# Settings of the job that runs an experiment, not of the experiment: the same run gives the same numbers
+# wherever its data live or its files go (threads and device are recorded with every result).
+JOB_SETTINGS = ("data_dir", "outdir", "cache_dir", "threads", "device", "num_workers", "append_global")
+LABEL_SETTINGS = ("sweep_name", "run_label")
+# raw spellings that the resolved model plans and perturbations replace in a run's identity
+_PLANNED_SETTINGS = ("teacher_type", "student_type", "teacher_hidden_dims", "student_hidden_dims",
+                     "teacher_arch_spec", "student_arch_spec", "teacher_init", "student_init",
+                     "teacher_trainable", "student_trainable", "perturb_specs")
+# what a run sheet may set for one run (the rest comes from the job)
+RUN_SETTINGS = tuple(f.name for f in fields(ExperimentConfig) if f.name not in JOB_SETTINGS)
+
+
+def sheet_settings(config: ExperimentConfig) -> dict[str, Any]:
+    """A config's run settings as a run sheet holds them (typed JSON values)."""
+    return {k: v for k, v in config.to_dict().items() if k in RUN_SETTINGS}
+
+
+def _type_ok(annotation: str, value: Any) -> bool:
+    if value is None:
+        return "None" in annotation
+    if annotation.startswith("bool"):
+        return isinstance(value, bool)
+    if annotation.startswith("int"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation.startswith("float"):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation.startswith("str"):
+        return isinstance(value, str)
+    if annotation.startswith("list[int]"):
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if annotation.startswith("list"):
+        return isinstance(value, list)
+    return True
+
+
+def config_from_settings(settings: dict[str, Any], where: str) -> ExperimentConfig:
+    """An ExperimentConfig from a run sheet's typed settings; an unknown key or a value of the wrong type
+    is refused with a message naming where it is, the key and what is allowed."""
+    if not isinstance(settings, dict):
+        raise UsageError(f"{where}: settings must be an object of {{setting: value}}")
+    types = {f.name: str(f.type) for f in fields(ExperimentConfig)}
+    for key, value in settings.items():
+        if key not in RUN_SETTINGS:
+            raise UsageError(f"{where}: unknown setting {key!r}; allowed: {', '.join(RUN_SETTINGS)}")
+        if not _type_ok(types[key], value):
+            raise UsageError(f"{where}: setting {key}: invalid value {value!r}; expected {types[key]}")
+    values = dict(settings)
+    if "teacher_lr" in values:
+        values["teacher_lr"] = float(values["teacher_lr"])
+    if "student_lr" in values:
+        values["student_lr"] = float(values["student_lr"])
+    return ExperimentConfig(**values)
+
+
 @dataclass
 class ModelPlan:
     """What a model will look like, known before torch builds it."""
@@ -447,6 +501,22 @@ class ResolvedConfig:
 
     def teacher_key(self) -> str:
         blob = json.dumps(self.teacher_settings(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def run_settings(self) -> dict[str, Any]:
+        """Everything a run's results depend on, in canonical form (equivalent spellings of a layer
+        config or a perturbation give the same dict); labels and job settings are left out."""
+        c = self.config
+        scalars = {k: v for k, v in c.to_dict().items()
+                   if k not in JOB_SETTINGS + LABEL_SETTINGS + _PLANNED_SETTINGS}
+        scalars["emnist_split"] = c.emnist_split if c.dataset == "emnist" else None
+        plans = {role: {"model": plan.arch_description(), "init": plan.init, "trainable": plan.trainable}
+                 for role, plan in (("teacher", self.teacher), ("student", self.student))}
+        return {**scalars, **plans, "num_classes": self.num_classes, "perturbations": self.perturbations}
+
+    def run_key(self) -> str:
+        """The run's identity: equal keys give equal results (on the same device and thread count)."""
+        blob = json.dumps(self.run_settings(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -439,9 +439,29 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def student_stage(rc: ResolvedConfig, data: Dataset, device: torch.device,
-                  checkpoint: dict[str, Any], teacher_in_process: bool = False) -> RunResult:
-    """Distil one student from a trained teacher (in memory or loaded from a checkpoint file)."""
+@dataclass
+class StudentRun:
+    """A student between its stages: built, perturbed and evaluated, ready to distil (alone or in a batch)."""
+
+    rc: ResolvedConfig
+    checkpoint: dict[str, Any]
+    teacher: SplitHeadModel
+    student: SplitHeadModel
+    run_id: str
+    timestamp: str
+    started: float
+    metrics: dict[str, float]
+    snaps: dict[str, dict]
+    perturb_rows: list[dict[str, Any]]
+    init_acc: float
+    init_loss: float
+    init_aux: float
+    teacher_in_process: bool = False
+
+
+def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, checkpoint: dict[str, Any],
+                    teacher_in_process: bool = False) -> StudentRun:
+    """Everything of a student run before distillation (steps 1-8 of the reference order)."""
     c = rc.config
     started = time.time()
     run_id = uuid.uuid4().hex[:12]
@@ -472,12 +492,29 @@ def student_stage(rc: ResolvedConfig, data: Dataset, device: torch.device,
     init_acc, init_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize)
     init_aux = aux_mse_on_noise(student, teacher, rc, device, "student_initial")
     print(f"[eval] student initial acc {init_acc:.6f} class CE {init_loss:.6f} aux MSE {init_aux:.8f}", flush=True)
+    return StudentRun(rc, checkpoint, teacher, student, run_id, timestamp, started, metrics, snaps, perturb_rows,
+                      init_acc, init_loss, init_aux, teacher_in_process)
 
+
+def student_stage(rc: ResolvedConfig, data: Dataset, device: torch.device,
+                  checkpoint: dict[str, Any], teacher_in_process: bool = False) -> RunResult:
+    """Distil one student from a trained teacher (in memory or loaded from a checkpoint file)."""
+    run = prepare_student(rc, data, device, checkpoint, teacher_in_process)
     distill_started = time.time()
-    train_aux = distill_student(student, teacher, rc, device)
-    distill_seconds = time.time() - distill_started
+    train_aux = distill_student(run.student, run.teacher, rc, device)
+    return finish_student(run, data, device, train_aux, time.time() - distill_started)
 
-    perturb_rows += apply_perturbations("after_student_training", rc, models, device, run_id)
+
+def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_aux: float,
+                   distill_seconds: float, extra: dict[str, Any] | None = None) -> RunResult:
+    """Everything after distillation (steps 10-11): perturbations, evaluations, metrics and records."""
+    rc, checkpoint, teacher, student = run.rc, run.checkpoint, run.teacher, run.student
+    c = rc.config
+    run_id, timestamp, started, metrics, snaps = run.run_id, run.timestamp, run.started, run.metrics, run.snaps
+    init_acc, init_loss, init_aux = run.init_acc, run.init_loss, run.init_aux
+    teacher_in_process = run.teacher_in_process
+    models = {"teacher": teacher, "student": student}
+    perturb_rows = run.perturb_rows + apply_perturbations("after_student_training", rc, models, device, run_id)
     snaps["student_final"] = snapshot(student)
     final_acc, final_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize)
     final_aux = aux_mse_on_noise(student, teacher, rc, device, "student_final")
@@ -530,6 +567,7 @@ def student_stage(rc: ResolvedConfig, data: Dataset, device: torch.device,
         "class_count": c.class_count if c.class_count is not None else "",
         "class_selection": c.class_selection,
         "teacher_key": rc.teacher_key(),
+        "run_key": rc.run_key(),
         "sublearn_version": env["sublearn_version"], "cuda_version": env["cuda_version"],
         "device_name": env["device_name"], "threads": env["threads"], "hostname": env["hostname"],
         "teacher_device": checkpoint["environment"]["device"],
@@ -537,6 +575,7 @@ def student_stage(rc: ResolvedConfig, data: Dataset, device: torch.device,
         "student_runtime_seconds": runtime,
         "teacher_train_seconds": checkpoint.get("train_seconds", float("nan")),
         "student_train_seconds": distill_seconds,
+        **(extra or {}),
     })
     config_record = {
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "timestamp": timestamp,

@@ -1,0 +1,401 @@
+"""Many runs in one process: a run sheet, stacks of students distilled in lockstep, and a cost model.
+
+A run sheet is the contract between the workflow and the runner: a JSON Lines file, one run per line,
+``{"id": ..., "run_dir": ..., "settings": {...}, "coords": {...}}``, where ``settings`` holds typed
+experiment settings (``sublearn.config.RUN_SETTINGS``) and ``coords`` the run's grid coordinates (kept
+for the record). ``id`` is the run's identity (``ResolvedConfig.run_key``); a finished run's folder
+carries it in ``runs.csv``, so a run whose folder already holds its result is never computed again.
+
+Lockstep: every run of one seed with the same noise settings consumes the same noise stream (its seed
+depends on the base seed only), and a run with N steps per epoch and E epochs consumes its first N x E
+batches. Runs that also share a trained teacher body (same teacher key, no teacher-body perturbation
+after training) therefore distil side by side: one noise draw and one teacher-body forward per step,
+then each member's own aux heads, loss, backward and Adam step, with exactly the arithmetic of a lone
+run. A member leaves the stack when its steps are done and its folder is written at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    IMAGE_SHAPE,
+    ModelPlan,
+    ResolvedConfig,
+    UsageError,
+    config_from_settings,
+    conv_output_hw,
+    resolve,
+)
+
+TEST_SPLIT_SIZE = {"mnist": 10_000, "emnist-balanced": 18_800, "emnist-letters": 20_800}
+TRAIN_SPLIT_SIZE = {"mnist": 60_000, "emnist-balanced": 112_800, "emnist-letters": 124_800}
+
+
+@dataclass
+class SheetRun:
+    id: str
+    run_dir: Path
+    rc: ResolvedConfig
+    coords: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sheets
+# --------------------------------------------------------------------------------------------------
+
+
+def sheet_record(run_id: str, run_dir: str, settings: dict[str, Any], coords: dict[str, Any]) -> str:
+    return json.dumps({"id": run_id, "run_dir": run_dir, "settings": settings, "coords": coords}, sort_keys=True)
+
+
+def read_sheet(path: str | Path) -> list[SheetRun]:
+    """Parse and validate every run of a sheet; the first bad run stops everything, before any training."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise UsageError(f"--sheet: invalid value {str(path)!r}; cannot read it ({exc.strerror})") from None
+    runs: list[SheetRun] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"--sheet {path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{where}: not a JSON object ({exc.msg})") from None
+        if not isinstance(record, dict) or set(record) - {"id", "run_dir", "settings", "coords"} \
+                or not {"id", "run_dir", "settings"} <= set(record):
+            raise UsageError(f"{where}: expected an object with id, run_dir, settings and optional coords")
+        run_id = str(record["id"])
+        where = f"{where}, run {run_id}"
+        if run_id in seen:
+            raise UsageError(f"{where}: the run id appears twice")
+        seen.add(run_id)
+        rc = resolve_in(config_from_settings(record["settings"], where), where)
+        if rc.run_key() != run_id:
+            raise UsageError(f"{where}: the id does not match the settings (their run key is {rc.run_key()})")
+        runs.append(SheetRun(run_id, Path(record["run_dir"]), rc, record.get("coords") or {}))
+    if not runs:
+        raise UsageError(f"--sheet: invalid value {str(path)!r}; it holds no runs")
+    return runs
+
+
+def resolve_in(config, where: str) -> ResolvedConfig:
+    try:
+        return resolve(config)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+def finished_key(run_dir: Path) -> str | None:
+    """The run key recorded in a finished run folder (runs.csv is written last), or None."""
+    import csv
+
+    try:
+        with open(run_dir / "runs.csv", newline="") as handle:
+            row = next(csv.DictReader(handle), None)
+    except OSError:
+        return None
+    return row.get("run_key") if row else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Stacks
+# --------------------------------------------------------------------------------------------------
+
+
+def _teacher_body_perturbations(rc: ResolvedConfig) -> list:
+    """Perturbations that change the trained teacher body before or during distillation."""
+    return [{**p, "layers": [n for n in p["layers"] if n != "aux_head"]} for p in rc.perturbations
+            if p["target"] == "teacher" and p["timing"] in ("after_teacher_training", "before_student_training")
+            and any(n != "aux_head" for n in p["layers"])]
+
+
+def stack_key(rc: ResolvedConfig) -> str:
+    """Runs with equal stack keys share every noise batch and every teacher-body forward pass."""
+    c = rc.config
+    return json.dumps({
+        "teacher": rc.teacher_key(), "noise": [c.noise_dist, c.perlin_res, c.normalize_noise, c.noise_bsize],
+        "teacher_body": _teacher_body_perturbations(rc)
+    }, sort_keys=True)
+
+
+def stacks(runs: list[SheetRun]) -> list[list[SheetRun]]:
+    groups: dict[str, list[SheetRun]] = {}
+    for run in runs:
+        groups.setdefault(stack_key(run.rc), []).append(run)
+    return list(groups.values())
+
+
+def plan_stacks(runs: list[SheetRun], max_memory_mb: float | None = None) -> list[list[SheetRun]]:
+    """Stacks, each split (in sheet order) so that its members' estimated memory fits the budget."""
+    out = []
+    for stack in stacks(runs):
+        part, used = [], 0.0
+        for run in stack:
+            need = memory_mb(run.rc)
+            if part and max_memory_mb is not None and used + need > max_memory_mb:
+                out.append(part)
+                part, used = [], 0.0
+            part.append(run)
+            used += need
+        out.append(part)
+    return out
+
+
+def dataset_key_of(rc: ResolvedConfig) -> str:
+    from .config import dataset_key
+
+    return dataset_key(rc.config.dataset, rc.config.emnist_split)
+
+
+def print_plan(plan: list[list[SheetRun]], gflops: float) -> None:
+    total_flops = total_seconds = 0.0
+    for index, stack in enumerate(plan):
+        flops = stack_flops(stack, dataset_key_of(stack[0].rc))
+        seconds = estimated_seconds(flops, gflops, len(stack), SECONDS_PER_RUN)
+        total_flops, total_seconds = total_flops + flops, total_seconds + seconds
+        c = stack[0].rc.config
+        print(f"[plan] stack {index}: {len(stack)} runs, seed {c.seed}, teacher {stack[0].rc.teacher_key()}, "
+              f"noise {c.noise_dist} x {c.noise_bsize}, {flops / 1e12:.3f} TFLOP, "
+              f"{max(memory_mb(r.rc) for r in stack) * len(stack):.0f} MB at most, ~{seconds:.0f} s", flush=True)
+    print(f"[plan] total {sum(map(len, plan))} runs, {len(plan)} stacks, {total_flops / 1e12:.3f} TFLOP, "
+          f"~{total_seconds:.0f} s at {gflops:g} GFLOP/s", flush=True)
+
+
+def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, data_dir: str, cache_dir: str,
+               check_writable: Callable[[str, str], None]) -> None:
+    """Train every stack; write each run's folder as soon as the run is done."""
+    import torch
+
+    from . import data as datasets
+
+    check_writable(cache_dir, "--cache-dir")
+    loaded: dict[tuple, Any] = {}
+    checkpoints: dict[str, dict] = {}
+    batch_started = time.time()
+    for index, stack in enumerate(plan):
+        c0 = stack[0].rc.config
+        data_key = (c0.dataset, c0.emnist_split, c0.class_count)
+        if data_key not in loaded:
+            cache = datasets.ensure_cache(c0.dataset, c0.emnist_split, data_dir, cache_dir)
+            loaded[data_key] = datasets.load(cache, *data_key, device, with_train=False)
+        data = loaded[data_key]
+        teacher_key = stack[0].rc.teacher_key()
+        if teacher_key not in checkpoints:
+            checkpoints = {teacher_key: load_checkpoint(teachers[teacher_key])}
+        print(f"[batch] stack {index + 1}/{len(plan)}: {len(stack)} students in lockstep", flush=True)
+        run_stack(stack, checkpoints[teacher_key], data, device, data_dir, cache_dir, batch_started)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def run_stack(stack: list[SheetRun], checkpoint: dict, data, device, data_dir: str, cache_dir: str,
+              batch_started: float) -> None:
+    from .experiment import finish_student, prepare_student
+    from .outputs import write_run_dir
+
+    run_of = {}
+    members = []
+    for run in stack:
+        run.rc.config.data_dir, run.rc.config.cache_dir = str(data_dir), str(cache_dir)
+        run.rc.config.outdir = str(run.run_dir)
+        member = prepare_student(run.rc, data, device, checkpoint)
+        run_of[id(member)] = run
+        members.append(member)
+
+    def done(member, last_loss: float, seconds: float) -> None:
+        run = run_of[id(member)]
+        extra = {"batch_stack_size": len(stack), "batch_seconds_so_far": time.time() - batch_started}
+        result = finish_student(member, data, device, last_loss, seconds, extra)
+        write_run_dir(run.run_dir, result)
+        row = result.run_row
+        print(f"[done] {run.id} m {row['m']} N {row['noise_steps']} student acc "
+              f"{row['student_init_acc']:.4f}->{row['student_final_acc']:.4f} -> {run.run_dir}", flush=True)
+        member.student = member.teacher = None  # free its weights now
+
+    distill_stack(members, device, done)
+
+
+def load_checkpoint(path: Path) -> dict:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UsageError(f"--teacher-dir: {path} is not a readable teacher checkpoint ({type(exc).__name__})") \
+            from None
+
+
+SECONDS_PER_RUN = 0.5  # per-run work outside the matmuls (models, snapshots, metrics, files), measured on CPU
+
+
+# --------------------------------------------------------------------------------------------------
+# Training a stack in lockstep
+# --------------------------------------------------------------------------------------------------
+
+
+def distill_stack(members: list, device, on_done: Callable[[Any, float, float], None]) -> None:
+    """Distil prepared students (``experiment.StudentRun``) of one stack side by side.
+
+    ``on_done(member, last_epoch_loss, seconds)`` is called as soon as a member's steps are done.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .experiment import adam, epoch_mean, sample_noise
+    from .seeding import derived_seed, set_seed
+
+    first = members[0].rc.config
+    set_seed(derived_seed(first.seed, "student_training_noise"))
+    state = []
+    for member in members:
+        c = member.rc.config
+        params = [p for p in member.student.parameters() if p.requires_grad]
+        member.student.train()
+        member.teacher.eval()
+        state.append({"member": member, "optimizer": adam(params, c.student_lr, device), "losses": [],
+                      "last": float("nan"), "steps": c.noise_steps * c.student_epochs, "per_epoch": c.noise_steps,
+                      "epochs_done": 0, "seconds": 0.0})
+    active = state
+    for member_state in [s for s in active if s["steps"] == 0]:
+        on_done(member_state["member"], member_state["last"], 0.0)
+    active = [s for s in active if s["steps"] > 0]
+    body = members[0].teacher  # every member's teacher has this body (same stack key)
+    step = 0
+    while active:
+        x = sample_noise(first.noise_bsize, first, device)
+        with torch.no_grad():
+            features = body.features(x)
+        step += 1
+        for s in active:
+            started = time.perf_counter()
+            member = s["member"]
+            with torch.no_grad():
+                target = member.teacher.aux_head(features)
+            loss = F.mse_loss(member.student.aux_logits(x), target)
+            s["optimizer"].zero_grad(set_to_none=True)
+            loss.backward()
+            s["optimizer"].step()
+            s["losses"].append(loss.detach())
+            if step % s["per_epoch"] == 0:
+                s["last"] = epoch_mean(s["losses"])
+                s["losses"] = []
+                s["epochs_done"] += 1
+            s["seconds"] += time.perf_counter() - started
+        for s in [s for s in active if step == s["steps"]]:
+            on_done(s["member"], s["last"], s["seconds"])
+        active = [s for s in active if step < s["steps"]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Cost model (FLOPs of float32 matmuls and convolutions)
+# --------------------------------------------------------------------------------------------------
+
+
+def layer_shapes(plan: ModelPlan, m: int, num_classes: int) -> list[tuple[str, int, int, int]]:
+    """(name, multiply-accumulates, parameters, output values) per image of every layer, in forward order
+    (heads last)."""
+    out: list[tuple[str, int, int, int]] = []
+    if plan.model_type == "mlp":
+        width = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+        for i, hidden in enumerate(plan.hidden_dims, start=1):
+            out.append((f"fc{i}", width * hidden, (width + 1) * hidden, hidden))
+            width = hidden
+    else:
+        channels, hw, width = IMAGE_SHAPE[0], IMAGE_SHAPE[1:], None
+        for entry in plan.feature_spec:
+            if entry["type"] == "conv2d":
+                kernel = entry.get("kernel_size", 3)
+                k = kernel * kernel if isinstance(kernel, int) else kernel[0] * kernel[1]
+                conv_hw = conv_output_hw({**entry, "pool": None}, hw, "--arch-spec")
+                cells = conv_hw[0] * conv_hw[1]
+                out.append((entry["name"], channels * entry["out_channels"] * k * cells,
+                            (channels * k + 1) * entry["out_channels"], entry["out_channels"] * cells))
+                channels, hw = entry["out_channels"], conv_output_hw(entry, hw, "--arch-spec")
+            else:
+                in_width = width if width is not None else channels * hw[0] * hw[1]
+                out.append((entry["name"], in_width * entry["out_features"], (in_width + 1) * entry["out_features"],
+                            entry["out_features"]))
+                width = entry["out_features"]
+        width = width if width is not None else channels * hw[0] * hw[1]
+    return out + [("class_head", width * num_classes, (width + 1) * num_classes, num_classes),
+                  ("aux_head", width * m, (width + 1) * m, m)]
+
+
+def layer_macs(plan: ModelPlan, m: int, num_classes: int) -> list[tuple[str, int]]:
+    return [(name, macs) for name, macs, _, _ in layer_shapes(plan, m, num_classes)]
+
+
+def _train_step_flops(plan: ModelPlan, macs: list[tuple[str, int]], head: str) -> int:
+    """Forward, weight gradients of trainable layers and input gradients above the first trainable layer,
+    along the body and one head, per image."""
+    path = [(n, v) for n, v in macs if n not in ("class_head", "aux_head") or n == head]
+    flops, below_trainable = 0, False
+    for name, value in path:
+        flops += 2 * value
+        if plan.trainable[name]:
+            flops += 2 * value
+        if below_trainable:
+            flops += 2 * value
+        below_trainable = below_trainable or plan.trainable[name]
+    return flops
+
+
+def run_flops(rc: ResolvedConfig, dataset_key: str) -> dict[str, float]:
+    """Estimated FLOPs of one student run: distillation (its own share, without the teacher body that a
+    stack shares), teacher forward passes, and evaluation."""
+    c = rc.config
+    s_macs = layer_macs(rc.student, c.m, rc.num_classes)
+    t_macs = layer_macs(rc.teacher, c.m, rc.num_classes)
+    s_fwd = 2 * sum(v for n, v in s_macs if n != "class_head")
+    t_body = 2 * sum(v for n, v in t_macs if n not in ("class_head", "aux_head"))
+    t_aux = 2 * dict(t_macs)["aux_head"]
+    steps = c.noise_steps * c.student_epochs
+    test = TEST_SPLIT_SIZE.get(dataset_key, 10_000)
+    if c.class_count:
+        test = test * c.class_count // rc.num_classes if c.class_count < rc.num_classes else test
+    s_class = 2 * sum(v for n, v in s_macs if n != "aux_head")
+    return {
+        "student": steps * c.noise_bsize * (_train_step_flops(rc.student, s_macs, "aux_head") + t_aux),
+        "teacher_body": steps * c.noise_bsize * t_body,
+        "evaluation": 2 * test * s_class + 2 * c.eval_noise_batches * c.eval_noise_bsize * (s_fwd + t_body + t_aux),
+    }
+
+
+def teacher_flops(rc: ResolvedConfig, dataset_key: str) -> float:
+    c = rc.config
+    macs = layer_macs(rc.teacher, c.m, rc.num_classes)
+    train = TRAIN_SPLIT_SIZE.get(dataset_key, 60_000)
+    test = TEST_SPLIT_SIZE.get(dataset_key, 10_000)
+    forward = 2 * sum(v for n, v in macs if n != "aux_head")
+    return c.teacher_epochs * train * _train_step_flops(rc.teacher, macs, "class_head") + 2 * test * forward
+
+
+def stack_flops(runs: list[SheetRun], dataset_key: str) -> float:
+    """FLOPs of a stack: every member's own work plus one teacher-body forward per step of its longest run."""
+    costs = [run_flops(r.rc, dataset_key) for r in runs]
+    return sum(c["student"] + c["evaluation"] for c in costs) + max(c["teacher_body"] for c in costs)
+
+
+def estimated_seconds(flops: float, gflops_per_s: float, runs: int, seconds_per_run: float) -> float:
+    return flops / (gflops_per_s * 1e9) + runs * seconds_per_run
+
+
+def memory_mb(rc: ResolvedConfig) -> float:
+    """Estimated memory of one member while it distils (float32): teacher weights, student weights with
+    gradients and Adam's two moments, and three copies (value, gradient, saved input) of every student
+    activation of one noise batch plus the teacher's."""
+    c = rc.config
+    student = layer_shapes(rc.student, c.m, rc.num_classes)
+    teacher = layer_shapes(rc.teacher, c.m, rc.num_classes)
+    weights = 4 * sum(p for _, _, p, _ in student) + sum(p for _, _, p, _ in teacher)
+    activations = c.noise_bsize * (3 * sum(o for _, _, _, o in student) + sum(o for _, _, _, o in teacher))
+    return 4 * (weights + activations) / 2**20

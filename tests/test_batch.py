@@ -1,0 +1,258 @@
+"""Batched execution: run sheets, stacking decisions, the exactness contract, partial reruns, the cost model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sublearn import batch
+from sublearn.cli import main, resolve_argv
+from sublearn.config import sheet_settings
+
+SMALL = ["--teacher-epochs", "1", "--student-epochs", "2", "--noise-steps", "3", "--noise-bsize", "64",
+         "--eval-noise-batches", "2", "--eval-noise-bsize", "50", "--data-bsize", "100",
+         "--teacher-hidden-dims", "24,16", "--student-hidden-dims", "24,16"]
+# one stack: mixed m, N, epochs, inits, trainability, frozen heads, and perturbations at all four timings
+# (the teacher's touches only its aux head, so the teacher body is shared)
+MIXED = {
+    "base": [],
+    "m3_N5": ["--m", "3", "--noise-steps", "5"],
+    "m7_one_epoch": ["--m", "7", "--student-epochs", "1", "--student-init", "random,random,A,A"],
+    "b_init_N1": ["--student-init", "B,A,B,random", "--noise-steps", "1", "--student-lr", "0.003"],
+    "frozen": ["--student-trainable", "fc1:false,class_head:false", "--m", "4"],
+    "frozen_aux": ["--student-trainable", "aux_head:false"],
+    "cnn_student": ["--student-type", "cnn", "--student-hidden-dims", "8", "--m", "5"],
+    "perturbed": ["--perturb", "student:fc1,std=0.2,timing=before_teacher_training",
+                  "--perturb", "teacher:aux_head,std=0.1,timing=after_teacher_training",
+                  "--perturb", "student:all,std=0.05",
+                  "--perturb", "student:class_head,std=0.1,timing=after_student_training"],
+    "no_distillation": ["--student-epochs", "0"],
+}
+COMPARED = ["teacher_init_acc", "teacher_final_acc", "student_init_acc", "student_final_acc",
+            "student_init_class_loss", "student_final_class_loss", "student_init_aux_loss",
+            "student_final_aux_loss", "student_train_aux_loss_last", "teacher_final_class_loss"]
+
+
+def resolved(tiny_data, tiny_cache, extra, seed=0):
+    return resolve_argv(["--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache), "--device", "cpu",
+                         "--seed", str(seed), *SMALL, *extra])
+
+
+def write_sheet(path: Path, rcs: dict, root: Path) -> dict:
+    dirs = {}
+    with open(path, "w") as handle:
+        for name, rc in rcs.items():
+            dirs[name] = root / name
+            handle.write(batch.sheet_record(rc.run_key(), str(dirs[name]), sheet_settings(rc.config),
+                                            {"name": name}) + "\n")
+    return dirs
+
+
+def train_teachers(rcs, tiny_data, tiny_cache, teacher_dir: Path) -> None:
+    done = set()
+    for rc in rcs:
+        if rc.teacher_key() in done:
+            continue
+        done.add(rc.teacher_key())
+        argv = ["teacher", *["--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache), "--device", "cpu"],
+                *SMALL, "--seed", str(rc.config.seed), "--threads", "1",
+                "--teacher-out", str(teacher_dir / f"{rc.teacher_key()}.pt")]
+        assert main(argv) == 0
+
+
+def lone_result(rc, data, checkpoint):
+    from sublearn.experiment import student_stage
+
+    return student_stage(rc, data, torch.device("cpu"), checkpoint)
+
+
+def test_stack_members_equal_lone_runs_bit_for_bit(tiny_data, tiny_cache):
+    """The exactness contract: every member of a lockstep stack equals the same run alone."""
+    from sublearn.data import ensure_cache, load
+    from sublearn.experiment import prepare_student
+    from sublearn.outputs import RUN_FILES  # noqa: F401 - the writer of both paths
+
+    rcs = {name: resolved(tiny_data, tiny_cache, extra) for name, extra in MIXED.items()}
+    assert len({batch.stack_key(rc) for rc in rcs.values()}) == 1
+    device = torch.device("cpu")
+    cache = ensure_cache("mnist", "balanced", tiny_data, tiny_cache)
+    data = load(cache, "mnist", "balanced", None, device, with_train=False)
+    from sublearn.experiment import train_teacher_stage
+
+    full = load(cache, "mnist", "balanced", None, device)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        checkpoint = train_teacher_stage(next(iter(rcs.values())), full, device)
+        lone = {name: lone_result(rc, data, checkpoint) for name, rc in rcs.items()}
+        members = {name: prepare_student(rc, data, device, checkpoint) for name, rc in rcs.items()}
+        name_of = {id(m): n for n, m in members.items()}
+        finished = {}
+
+        def done(member, loss, seconds):
+            from sublearn.experiment import finish_student
+
+            finished[name_of[id(member)]] = finish_student(member, data, device, loss, seconds)
+
+        batch.distill_stack(list(members.values()), device, done)
+    finally:
+        torch.set_num_threads(before)
+    assert set(finished) == set(MIXED)
+    for name in MIXED:
+        a, b = finished[name].run_row, lone[name].run_row
+        for column in COMPARED:
+            assert a[column] == b[column] or (a[column] != a[column] and b[column] != b[column]), (name, column)
+        for ra, rb in zip(finished[name].layer_rows, lone[name].layer_rows, strict=True):
+            assert (ra["diff_norm"], ra["other_norm"]) == (rb["diff_norm"], rb["other_norm"]) or ra["status"] != \
+                "comparable", (name, ra["comparison"], ra["layer_name"])
+        assert a["run_key"] == rcs[name].run_key()
+
+
+def test_stacking_decisions(tiny_data, tiny_cache):
+    base = resolved(tiny_data, tiny_cache, [])
+    same = [resolved(tiny_data, tiny_cache, x) for x in (["--m", "50"], ["--noise-steps", "9"],
+                                                          ["--student-type", "cnn"], ["--student-lr", "0.01"])]
+    apart = [resolved(tiny_data, tiny_cache, x) for x in (
+        ["--noise-dist", "normal"], ["--noise-bsize", "65"], ["--normalize-noise"], ["--teacher-epochs", "2"],
+        ["--perturb", "teacher:fc1,std=0.1,timing=after_teacher_training"])]
+    assert all(batch.stack_key(rc) == batch.stack_key(base) for rc in same)
+    assert all(batch.stack_key(rc) != batch.stack_key(base) for rc in apart)
+    assert batch.stack_key(resolved(tiny_data, tiny_cache, [], seed=1)) != batch.stack_key(base)
+    runs = [batch.SheetRun(rc.run_key(), Path(str(i)), rc, {}) for i, rc in enumerate([base, *same, *apart])]
+    assert sorted(map(len, batch.plan_stacks(runs))) == [1, 1, 1, 1, 1, 5]
+    per_run = batch.memory_mb(base)
+    budget = per_run * 2.5
+    parts = batch.plan_stacks(runs[:5], max_memory_mb=budget)
+    assert len(parts) >= 2 and sum(map(len, parts)) == 5
+    assert all(len(p) == 1 or sum(batch.memory_mb(r.rc) for r in p) <= budget for p in parts)
+
+
+def test_cost_model_counts_the_students_matmuls():
+    rc = resolve_argv([])  # the paper's default run: MLP 256,256, m 10, 5 x 60 batches of 1000
+    flops = batch.run_flops(rc, "mnist")
+    # forward, weight gradients and fc2/aux input gradients along the aux path: 0.363 TFLOP
+    per_image = 2 * (784 * 256 + 256 * 256 + 256 * 10) * 2 + 2 * (256 * 256 + 256 * 10) + 2 * 256 * 10
+    assert flops["student"] == 300 * 1000 * per_image
+    assert flops["teacher_body"] == 300 * 1000 * 2 * (784 * 256 + 256 * 256)
+    frozen = resolve_argv(["--student-trainable", "fc1:false"])
+    assert batch.run_flops(frozen, "mnist")["student"] < flops["student"]
+    assert batch.teacher_flops(rc, "mnist") > 5 * 60_000 * 3 * 2 * 784 * 256
+    wide = resolve_argv(["--m", "1024"])
+    assert batch.memory_mb(wide) > batch.memory_mb(rc)
+
+
+def _run_rows(run_dirs):
+    out = {}
+    for name, run_dir in run_dirs.items():
+        with open(run_dir / "runs.csv", newline="") as handle:
+            out[name] = next(csv.DictReader(handle))
+    return out
+
+
+def test_batch_cli_writes_run_folders_and_skips_finished_runs(tiny_data, tiny_cache, tmp_path, capsys):
+    rcs = {name: resolved(tiny_data, tiny_cache, MIXED[name]) for name in ("base", "m3_N5", "frozen")}
+    rcs["seed1"] = resolved(tiny_data, tiny_cache, ["--m", "3"], seed=1)
+    teachers = tmp_path / "teachers"
+    train_teachers(rcs.values(), tiny_data, tiny_cache, teachers)
+    sheet = tmp_path / "sheet.jsonl"
+    dirs = write_sheet(sheet, rcs, tmp_path / "runs")
+    common = ["batch", "--sheet", str(sheet), "--teacher-dir", str(teachers), "--data-dir", str(tiny_data),
+              "--cache-dir", str(tiny_cache), "--device", "cpu", "--threads", "1"]
+    assert main(common) == 0
+    assert "4 to compute in 2 stacks" in capsys.readouterr().out
+    rows = _run_rows(dirs)
+    for name, run_dir in dirs.items():
+        assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "layer_metrics.csv",
+                                                             "perturbations.csv", "runs.csv"]
+        assert rows[name]["run_key"] == rcs[name].run_key()
+    # the same run alone through `sublearn student` writes the same numbers
+    lone = tmp_path / "lone"
+    argv = ["student", "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache), "--device", "cpu", *SMALL,
+            *MIXED["m3_N5"], "--seed", "0", "--threads", "1", "--run-dir", str(lone),
+            "--teacher-checkpoint", str(teachers / f"{rcs['m3_N5'].teacher_key()}.pt")]
+    assert main(argv) == 0
+    lone_row = _run_rows({"x": lone})["x"]
+    for column in COMPARED:
+        assert lone_row[column] == rows["m3_N5"][column], column
+    # rerun: nothing to do; a deleted run is the only one computed
+    mtime = (dirs["base"] / "runs.csv").stat().st_mtime_ns
+    assert main(common) == 0
+    assert "4 already finished, 0 to compute" in capsys.readouterr().out
+    (dirs["frozen"] / "runs.csv").unlink()
+    assert main(common) == 0
+    assert "3 already finished, 1 to compute in 1 stacks" in capsys.readouterr().out
+    assert (dirs["base"] / "runs.csv").stat().st_mtime_ns == mtime
+    # --plan prints the cost and computes nothing
+    assert main([*common, "--plan", "--gflops", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "[plan] total 0 runs" in out
+
+
+BAD_SHEETS = [
+    (lambda r: {**r, "settings": {**r["settings"], "colour": "red"}}, "unknown setting 'colour'"),
+    (lambda r: {**r, "settings": {**r["settings"], "m": "10"}}, "setting m: invalid value '10'; expected int"),
+    (lambda r: {**r, "settings": {**r["settings"], "student_init": "A,A,C,A"}}, "allowed init sources"),
+    (lambda r: {**r, "id": "0123456789abcdef"}, "the id does not match the settings"),
+    (lambda r: {k: v for k, v in r.items() if k != "run_dir"}, "expected an object with id, run_dir"),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "message"), BAD_SHEETS)
+def test_bad_sheet_is_refused_before_any_training(corrupt, message, tiny_data, tiny_cache, tmp_path, capsys):
+    rc = resolved(tiny_data, tiny_cache, [])
+    record = json.loads(batch.sheet_record(rc.run_key(), str(tmp_path / "r"), sheet_settings(rc.config), {}))
+    other = resolved(tiny_data, tiny_cache, ["--m", "3"])
+    good = batch.sheet_record(other.run_key(), str(tmp_path / "good"), sheet_settings(other.config), {})
+    sheet = tmp_path / "sheet.jsonl"
+    sheet.write_text(good + "\n" + json.dumps(corrupt(record)) + "\n")
+    code = main(["batch", "--sheet", str(sheet), "--teacher-dir", str(tmp_path), "--data-dir", str(tiny_data),
+                 "--cache-dir", str(tiny_cache), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "line 2" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "good").exists()
+
+
+def test_missing_teacher_is_refused_naming_the_run(tiny_data, tiny_cache, tmp_path, capsys):
+    rc = resolved(tiny_data, tiny_cache, [])
+    sheet = tmp_path / "sheet.jsonl"
+    write_sheet(sheet, {"a": rc}, tmp_path / "runs")
+    code = main(["batch", "--sheet", str(sheet), "--teacher-dir", str(tmp_path / "none"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and rc.run_key() in err and f"{rc.teacher_key()}.pt" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_kill_during_a_batch_keeps_finished_runs_and_rerun_computes_the_rest(tiny_data, tiny_cache, tmp_path):
+    # a long run and short runs: the short ones finish (and are written) while the long one still trains
+    rcs = {f"short{m}": resolved(tiny_data, tiny_cache, ["--m", str(m)]) for m in (2, 3, 4)}
+    rcs["long"] = resolved(tiny_data, tiny_cache, ["--noise-steps", "10000"])
+    teachers = tmp_path / "teachers"
+    train_teachers(rcs.values(), tiny_data, tiny_cache, teachers)
+    sheet = tmp_path / "sheet.jsonl"
+    dirs = write_sheet(sheet, rcs, tmp_path / "runs")
+    cmd = [sys.executable, "-m", "sublearn.cli", "batch", "--sheet", str(sheet), "--teacher-dir", str(teachers),
+           "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache), "--device", "cpu", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not all((dirs[f"short{m}"] / "runs.csv").exists() for m in (2, 3, 4)):
+        assert time.time() < deadline and proc.poll() is None, "the short runs never finished"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (dirs["long"] / "runs.csv").exists()
+    assert not list(tmp_path.glob("runs/**/.*.tmp"))
+    stamps = {m: (dirs[f"short{m}"] / "runs.csv").stat().st_mtime_ns for m in (2, 3, 4)}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "3 already finished, 1 to compute" in out
+    assert (dirs["long"] / "runs.csv").exists()
+    assert stamps == {m: (dirs[f"short{m}"] / "runs.csv").stat().st_mtime_ns for m in (2, 3, 4)}
