@@ -16,14 +16,13 @@ from pathlib import Path
 from .config import (
     DATASETS,
     EMNIST_SPLITS,
+    FLAG_SETTINGS,
     MODEL_TYPES,
     NOISE_DISTS,
     ExperimentConfig,
     UsageError,
     bad_value,
-    load_json_or_path,
-    parse_int_list,
-    parse_perturb_shorthand,
+    config_from_flags,
     resolve,
 )
 
@@ -178,35 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    specs = []
-    if args.perturb_spec:
-        loaded = load_json_or_path(args.perturb_spec, "--perturb-spec")
-        if isinstance(loaded, dict):
-            loaded = [loaded]
-        if not isinstance(loaded, list):
-            raise bad_value("--perturb-spec", args.perturb_spec, "expected a JSON object or a list of objects")
-        specs.extend(loaded)
-    specs.extend(parse_perturb_shorthand(item) for item in args.perturb)
-    arch = {role: load_json_or_path(getattr(args, f"{role}_arch_spec"), f"--{role}-arch-spec")
-            if getattr(args, f"{role}_arch_spec") else None for role in ("teacher", "student")}
-    return ExperimentConfig(
-        dataset=args.dataset, data_dir=args.data_dir, outdir=args.outdir, emnist_split=args.emnist_split,
-        class_count=args.class_count, class_selection=args.class_selection, num_workers=args.num_workers,
-        seed=args.seed, device=args.device,
-        teacher_type=args.teacher_type, student_type=args.student_type,
-        teacher_hidden_dims=parse_int_list(args.teacher_hidden_dims, "--teacher-hidden-dims"),
-        student_hidden_dims=parse_int_list(args.student_hidden_dims, "--student-hidden-dims"),
-        teacher_arch_spec=arch["teacher"], student_arch_spec=arch["student"], m=args.m,
-        teacher_init=args.teacher_init, student_init=args.student_init,
-        teacher_trainable=args.teacher_trainable, student_trainable=args.student_trainable,
-        teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs, data_bsize=args.data_bsize,
-        noise_bsize=args.noise_bsize, noise_steps=args.noise_steps, teacher_lr=args.teacher_lr,
-        student_lr=args.student_lr, noise_dist=args.noise_dist, perlin_res=args.perlin_res,
-        normalize_noise=args.normalize_noise, eval_noise_batches=args.eval_noise_batches,
-        eval_noise_bsize=args.eval_noise_bsize, perturb_specs=specs, sweep_name=args.sweep_name,
-        run_label=args.run_label, append_global=args.append_global, threads=args.threads,
-        cache_dir=args.cache_dir,
-    )
+    flags = {name: getattr(args, name) for name in FLAG_SETTINGS if hasattr(args, name)}
+    flags["perturb"] = list(args.perturb)
+    return config_from_flags(flags)
 
 
 @functools.cache

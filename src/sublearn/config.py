@@ -401,6 +401,41 @@ _PLANNED_SETTINGS = ("teacher_type", "student_type", "teacher_hidden_dims", "stu
                      "teacher_trainable", "student_trainable", "perturb_specs")
 # what a run sheet may set for one run (the rest comes from the job)
 RUN_SETTINGS = tuple(f.name for f in fields(ExperimentConfig) if f.name not in JOB_SETTINGS)
+# the settings as the command line (and the workflow's config) spell them
+FLAG_SETTINGS = tuple(f.name for f in fields(ExperimentConfig) if f.name != "perturb_specs") + ("perturb",
+                                                                                                   "perturb_spec")
+
+
+def config_from_flags(flags: dict[str, Any]) -> ExperimentConfig:
+    """An ExperimentConfig from settings spelt as the CLI's flags (underscored names): the one translation
+    used by the command line and by the workflow's config. ``perturb`` holds shorthand strings and
+    ``perturb_spec`` a JSON object/list (or its text or file); widths may be "256,256" or a list; an arch
+    spec may be a list or its JSON text or file."""
+    values = dict(flags)
+    unknown = sorted(set(values) - set(FLAG_SETTINGS))
+    if unknown:
+        raise UsageError(f"unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(FLAG_SETTINGS)}")
+    specs: list = []
+    spec = values.pop("perturb_spec", None)
+    if spec is not None:
+        loaded = load_json_or_path(spec, "--perturb-spec") if isinstance(spec, str) else spec
+        loaded = [loaded] if isinstance(loaded, dict) else loaded
+        if not isinstance(loaded, list):
+            raise bad_value("--perturb-spec", spec, "expected a JSON object or a list of objects")
+        specs.extend(loaded)
+    shorthands = values.pop("perturb", None) or []
+    shorthands = [shorthands] if isinstance(shorthands, str) else shorthands
+    specs.extend(parse_perturb_shorthand(item) for item in shorthands)
+    for role in ("teacher", "student"):
+        if f"{role}_hidden_dims" in values:
+            values[f"{role}_hidden_dims"] = parse_int_list(values[f"{role}_hidden_dims"], f"--{role}-hidden-dims")
+        arch = values.get(f"{role}_arch_spec")
+        if isinstance(arch, str):
+            values[f"{role}_arch_spec"] = load_json_or_path(arch, f"--{role}-arch-spec")
+    for name in ("teacher_lr", "student_lr"):
+        if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
+            values[name] = float(values[name])
+    return ExperimentConfig(**values, perturb_specs=specs)
 
 
 def sheet_settings(config: ExperimentConfig) -> dict[str, Any]:
