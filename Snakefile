@@ -50,6 +50,6 @@ for _figure in FIGURES:
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"
-include: "workflow/rules/students.smk"
+include: "workflow/rules/batches.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"

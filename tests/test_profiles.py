@@ -24,7 +24,7 @@ SLURM_PROFILES = ["slurm-cpu", "slurm-gpu"]
 CONFIGS = [REPO / "config" / "config.yaml", REPO / "config" / "quick.yaml"]
 ENVS = sorted((REPO / "envs").glob("*.yaml"))
 # rules whose memory and wall time the workflow computes per job from config `resources`
-SIZED_BY_WORKFLOW = {"teacher", "student"}
+SIZED_BY_WORKFLOW = {"teacher"}  # and the batch rules (one per batch job, named batch_<id>)
 
 
 def load(path: Path) -> dict:
@@ -133,12 +133,11 @@ def test_slurm_profile_shape(name):
 
 
 @pytest.mark.parametrize("name", SLURM_PROFILES)
-def test_students_are_grouped_into_node_sized_jobs(name):
+def test_profiles_size_jobs_by_the_batch_plan_not_by_groups(name):
     data = load(PROFILES[name])
-    group = data["groups"]["student"]
-    assert 2 <= int(data["group-components"][group]) <= 64
-    # group jobs run their members one after another; `cores` is the group job's width and also caps
-    # every rule's threads: below the configured threads it would change results, above it wastes CPUs
+    # students run in batch jobs sized by the workflow; SLURM groups would add up their wall times
+    assert "groups" not in data and "group-components" not in data
+    # `cores` caps every rule's threads: below the configured threads it would change results
     assert int(data["cores"]) == max_config_threads()
 
 
@@ -146,7 +145,7 @@ def test_students_are_grouped_into_node_sized_jobs(name):
 def test_profiles_name_existing_rules_and_keep_per_job_sizes(name):
     data = load(PROFILES[name])
     rules = workflow_rules()
-    named = set(data.get("set-resources", {})) | set(data.get("set-threads", {})) | set(data["groups"])
+    named = set(data.get("set-resources", {})) | set(data.get("set-threads", {}))
     assert named <= rules, f"unknown rules {named - rules}; the workflow has {sorted(rules)}"
     for rule in SIZED_BY_WORKFLOW & set(data.get("set-resources", {})):
         # a constant here would replace the per-job wall time (noise batches, CNN panel) of config `resources`
@@ -157,12 +156,13 @@ def test_gpu_profile_asks_for_gpus_only_for_training():
     data = load(PROFILES["slurm-gpu"])
     res = data["set-resources"]
     assert res["teacher"]["gpu"] == 1  # sbatch --gpus=1
-    # a string resource is not summed over the members of a group job: one GPU per student group
-    assert isinstance(res["student"]["gres"], str) and res["student"]["gres"] == "gpu:1"
-    assert "gpu" not in res["student"]
-    assert set(res) <= {"teacher", "student"}  # merge and plot jobs ask for no GPU
+    assert set(res) <= {"teacher"}  # merge and plot jobs ask for no GPU
+    assert "gres" not in PROFILES["slurm-gpu"].read_text().replace("# ", "")  # one request style: --gpus
     assert "gpu" not in data["default-resources"] and "gres" not in data["default-resources"]
-    assert data["config"] == {"torch_env": "gpu"}  # the CUDA build; the runs' device (auto) is unchanged
+    # the CUDA build, and one GPU per batch job (workflow/rules/batches.smk); the runs' device is unchanged
+    assert data["config"] == {"torch_env": "gpu"}
+    assert 'BATCH_CLUSTER_RESOURCES = {"gpu": 1} if config["torch_env"] == "gpu"' in (
+        REPO / "workflow" / "rules" / "batches.smk").read_text()
 
 
 def test_cpu_profile_asks_for_no_gpu():

@@ -81,13 +81,38 @@ def ok(result: subprocess.CompletedProcess) -> str:
 
 
 def planned(workdir: Path, *targets: str) -> dict[str, int]:
-    """Jobs a dry run would execute, per rule (empty when nothing is to be done)."""
-    out = ok(smk(workdir, "--dry-run", "--quiet", "rules", *(targets or ("all",))))
+    """Jobs a dry run would execute, per rule (empty when nothing is to be done); the batch jobs (one rule
+    each) are counted together as "batch", with their sheets, and "runs" is the number of runs to compute."""
+    return job_counts(ok(smk(workdir, "--dry-run", "--quiet", "rules", *(targets or ("all",)))))
+
+
+def job_counts(out: str) -> dict[str, int]:
     if "Nothing to be done" in out:
         return {}
-    stats = out.split("Job stats:", 1)[1]
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", stats, flags=re.M))
-    return {rule: int(n) for rule, n in counts.items() if rule != "total"}
+    stats = out.split("Job stats:", 1)[1].split("\ntotal", 1)[0]  # Snakemake may print the table twice
+    counts: dict[str, int] = {}
+    for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", stats, flags=re.M):
+        if rule != "total":
+            key = "batch" if rule.startswith("batch_") else rule
+            counts[key] = counts.get(key, 0) + int(n)
+    plan = re.search(r"plan: (\d+) requested runs, (\d+) distinct, (\d+) to compute in (\d+) batch jobs", out)
+    if plan:
+        counts["runs"] = int(plan.group(3))
+        assert counts.get("batch") == int(plan.group(4))
+        assert counts.pop("sheet", 0) <= counts["batch"]  # a sheet of an interrupted batch may be there
+    return counts
+
+
+def plan_line(out: str) -> tuple[int, int, int, int]:
+    found = re.search(r"plan: (\d+) requested runs, (\d+) distinct, (\d+) to compute in (\d+) batch jobs", out)
+    assert found, out[-3000:]
+    return tuple(int(x) for x in found.groups())
+
+
+def run_dir_of(workdir: Path, figure: str, point: str, seed: int) -> Path:
+    tidy = pd.read_csv(workdir / "results" / "tables" / f"{figure}.csv")
+    row = tidy[(tidy["point"] == point) & (tidy["seed"] == seed)].iloc[0]
+    return workdir / "results" / "runs" / row["run_key"]
 
 
 @pytest.fixture
@@ -115,10 +140,14 @@ def test_paper_dag_plans_every_run_quickly(workdir):
     (workdir / "config").mkdir()
     shutil.copy(REPO / "config" / "config.yaml", workdir / "config" / "config.yaml")
     started = time.time()
-    jobs = planned(workdir)
+    out = ok(smk(workdir, "--dry-run", "--quiet", "rules", "all"))
     elapsed = time.time() - started
-    # fig2 720 + fig3 (920 + 760 + 80 + 40) + fig4 (8000 + 520 + 520) + fig5 1600 + fig6 3100
-    assert jobs["student"] == 16260
+    jobs = job_counts(out)
+    # fig2 720 + fig3 (920 + 760 + 80 + 40) + fig4 (8000 + 520 + 520) + fig5 1600 + fig6 3100 requested runs;
+    # overlapping panels (fig4's sweeps cross its grid, fig3's and fig6's base points are fig2's) run once
+    requested, distinct, to_compute, batches = plan_line(out)
+    assert requested == 16260 and distinct == to_compute == jobs["runs"] < requested
+    assert batches == jobs["batch"] < 1000
     # fig2/fig4/fig5 and fig3's MLP-student panels share one teacher per seed; fig3's EMNIST panel has one
     # per class count, the CNN panel its own, fig6 one per (D, dataset, class-head trainability)
     assert jobs["teacher"] == 20 * (1 + 46 + 1 + 31 * 3 - 1)  # fig6 mnist D=256 is the shared teacher
@@ -133,7 +162,7 @@ def test_quick_preset_replaces_the_paper_grids(workdir):
         shutil.copy(REPO / "config" / name, workdir / "config" / name)
     out = ok(smk(workdir, "--dry-run", "--quiet", "rules", "all", "--configfile", "config/quick.yaml"))
     counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:", 1)[1], flags=re.M))
-    assert int(counts["student"]) == 2 * (12 + 9 + 15 + 8 + 15)
+    assert plan_line(out)[0] == 2 * (12 + 9 + 15 + 8 + 15)
     assert all(int(counts[f"plot_fig{i}"]) == 1 for i in range(2, 7))
     assert int(counts["synthetic_emnist"]) == 1  # synthetic EMNIST, never a download
 
@@ -177,8 +206,8 @@ def test_missing_data_stops_with_the_runners_message(workdir):
 def test_build_is_incremental(real_mnist, workdir):
     cfg = base_config(real_mnist, {"fig2": fig2_block()})
     write_config(workdir, cfg)
-    assert planned(workdir) == {"prepare_data": 1, "teacher": 2, "student": 8, "merge_runs": 1, "plot_fig2": 1,
-                                "all": 1}
+    assert planned(workdir) == {"prepare_data": 1, "teacher": 2, "batch": 1, "runs": 8, "merge_runs": 1,
+                                "plot_fig2": 1, "all": 1}
     ok(smk(workdir, "all"))
 
     results = workdir / "results"
@@ -202,11 +231,11 @@ def test_build_is_incremental(real_mnist, workdir):
     # one more seed: only its runs (and its teacher), then the merge and the plot
     cfg["seeds"] = [0, 1, 2]
     write_config(workdir, cfg)
-    assert planned(workdir) == {"teacher": 1, "student": 4, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"teacher": 1, "batch": 1, "runs": 4, "merge_runs": 1, "plot_fig2": 1, "all": 1}
     # one more grid value: only its runs; the teachers do not depend on m
     cfg["figures"]["fig2"]["panels"][0]["grid"]["m"].append(25)
     write_config(workdir, cfg)
-    assert planned(workdir) == {"teacher": 1, "student": 10, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"teacher": 1, "batch": 1, "runs": 10, "merge_runs": 1, "plot_fig2": 1, "all": 1}
 
     # back to the built config, then a student setting: every student reruns, no teacher
     cfg = base_config(real_mnist, {"fig2": fig2_block()})
@@ -215,22 +244,22 @@ def test_build_is_incremental(real_mnist, workdir):
     changed = copy.deepcopy(cfg)
     changed["defaults"]["noise_steps"] = 6
     write_config(workdir, changed)
-    assert planned(workdir) == {"student": 8, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"batch": 1, "runs": 8, "merge_runs": 1, "plot_fig2": 1, "all": 1}
     # a teacher setting: new teacher keys, so new teachers and all their students
     changed = copy.deepcopy(cfg)
     changed["defaults"]["teacher_epochs"] = 2
     write_config(workdir, changed)
-    assert planned(workdir) == {"teacher": 2, "student": 8, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"teacher": 2, "batch": 1, "runs": 8, "merge_runs": 1, "plot_fig2": 1, "all": 1}
     # a setting of one panel point only
     changed = copy.deepcopy(cfg)
     changed["figures"]["fig2"]["panels"][0]["grid"]["student_init"]["labels"]["rand_hidden"] = "random,A,A,A"
     write_config(workdir, changed)
-    assert planned(workdir) == {"student": 4, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"batch": 1, "runs": 4, "merge_runs": 1, "plot_fig2": 1, "all": 1}
 
     # a deleted run is recomputed alone
     write_config(workdir, cfg)
-    (results / "runs" / "fig2" / "init" / "m-3_student_init-same" / "seed1" / "runs.csv").unlink()
-    assert planned(workdir) == {"student": 1, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    (run_dir_of(workdir, "fig2", "m-3_student_init-same", 1) / "runs.csv").unlink()
+    assert planned(workdir) == {"batch": 1, "runs": 1, "merge_runs": 1, "plot_fig2": 1, "all": 1}
     ok(smk(workdir, "all"))
 
     # the HTML report holds the figure and its caption
@@ -263,7 +292,7 @@ def _start_and_wait_for_student(workdir: Path) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline:
-        pids = _children_running(workdir, "sublearn.cli student")
+        pids = _children_running(workdir, "sublearn.cli batch")
         if pids:
             time.sleep(2)  # let it get going
             return proc, pids[0]
@@ -282,14 +311,14 @@ def test_killed_runs_are_recomputed(real_mnist, workdir):
     cfg["figures"]["fig2"]["panels"][0]["grid"]["student_init"]["labels"] = {"same": "A,A,A,A"}
     cfg["defaults"].update(noise_steps=3000)  # a student of ~10 s
     write_config(workdir, cfg)
-    run_dir = workdir / "results" / "runs" / "fig2" / "init" / "m-3_student_init-same" / "seed0"
+    runs = workdir / "results" / "runs"
 
     # 1. the student process dies: Snakemake records the failure and removes the incomplete output
     proc, student = _start_and_wait_for_student(workdir)
     os.kill(student, signal.SIGKILL)
     assert proc.wait(timeout=120) != 0
-    assert not (run_dir / "runs.csv").exists()
-    assert planned(workdir).get("student") == 1
+    assert not list(runs.glob("*/runs.csv"))
+    assert planned(workdir).get("runs") == 1
 
     # 2. Snakemake and its job die together (e.g. the machine goes down): the runner writes runs.csv
     #    last and atomically, so the half-done run left no runs.csv, and the next run redoes it
@@ -297,15 +326,15 @@ def test_killed_runs_are_recomputed(real_mnist, workdir):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     for _ in range(100):  # the student is in the same process group; wait until it is gone
-        if not _children_running(workdir, "sublearn.cli student"):
+        if not _children_running(workdir, "sublearn.cli batch"):
             break
         time.sleep(0.1)
-    assert not (run_dir / "runs.csv").exists()
+    assert not list(runs.glob("*/runs.csv"))
     locked = smk(workdir, "all")  # Snakemake's own lock outlived it: it asks for --unlock first
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
     ok(smk(workdir, "--unlock"))
     ok(smk(workdir, "all"))
-    assert len(pd.read_csv(run_dir / "runs.csv")) == 1
+    assert [len(pd.read_csv(f)) for f in runs.glob("*/runs.csv")] == [1]
     assert "Nothing to be done" in ok(smk(workdir, "all"))
 
 

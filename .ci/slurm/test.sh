@@ -7,10 +7,10 @@
 # 1. starts the cluster of start-cluster.sh (stopped again on exit, whatever happens);
 # 2. runs one figure of config/quick.yaml locally (profiles/default) as the reference;
 # 3. runs the same figure through profiles/slurm-cpu (+ the CI overrides in .ci/slurm/profile), cancels
-#    one running SLURM job with scancel, checks that a rerun plans exactly the missing runs, reruns,
+#    one running batch job with scancel, checks that a rerun plans exactly the missing runs, reruns,
 #    and checks that the jobs went through sbatch and that the table equals the local one;
 # 4. checks that switching back to profiles/default or the real slurm-cpu profile reruns nothing;
-# 5. runs one student through profiles/slurm-gpu on the node's fake GPU: sbatch must ask for the GPU,
+# 5. runs one batch of students through profiles/slurm-gpu on the node's fake GPU: sbatch must ask for the GPU,
 #    the run must fall back to CPU (runs.csv device == cpu) and give the same numbers.
 # Environment: PYTHON (default python3), SLURM_TEST_FIGURE (default fig5), SLURM_TEST_KEEP=1 keeps the
 # work folder, SLURM_CI_PORT (see start-cluster.sh).
@@ -71,6 +71,9 @@ else
 w('$WORK/shared/data', 'mnist', n_train=6000, n_test=1000)"
 fi
 for v in local slurm gpu; do copy_tree "$WORK/$v"; done
+# quick fig5 has 16 students: in batch jobs of 4, so that cancelling one leaves three to finish
+BATCH4=$WORK/batch4.yaml
+echo "batch: {max_runs: 4}" > "$BATCH4"
 
 smk() {  # dir, logfile, snakemake args...: Snakemake bounded in time
     local dir=$1 log=$2; shift 2
@@ -89,7 +92,7 @@ say "cluster up in $("$PY" -c "import sys,time; print(f'{time.time()-float(sys.a
 
 # ------------------------------------------------------------------------------------ local reference
 say "local reference: $FIG of $PRESET with profiles/default"
-if smk "$WORK/local/repo" "$WORK/local.log" "$FIG" --configfile "$PRESET"; then
+if smk "$WORK/local/repo" "$WORK/local.log" "$FIG" --configfile "$PRESET" "$BATCH4"; then
     ok "local run ($(count_runs "$WORK/local") student runs)"
 else
     tail -30 "$WORK/local.log"; fail "local run"; exit 1
@@ -99,44 +102,44 @@ TOTAL=$(count_runs "$WORK/local")
 # ------------------------------------------------------------------------------------ SLURM, CPU
 S=$WORK/slurm/repo
 SLURM_CPU=(--workflow-profile none --profile profiles/slurm-cpu --profile .ci/slurm/profile)
-say "SLURM run of $FIG through profiles/slurm-cpu; one student group job will be cancelled"
-(cd "$S" && exec timeout -k 15 "$T_RUN" "$PY" -m snakemake "$FIG" "${SLURM_CPU[@]}" --configfile "$PRESET") \
+say "SLURM run of $FIG through profiles/slurm-cpu; one batch job of students will be cancelled"
+(cd "$S" && exec timeout -k 15 "$T_RUN" "$PY" -m snakemake "$FIG" "${SLURM_CPU[@]}" --configfile "$PRESET" "$BATCH4") \
     >"$WORK/slurm1.log" 2>&1 &
 bg=$!
 victim=""
 for _ in $(seq 600); do
     kill -0 "$bg" 2>/dev/null || break
-    # a student group job that has been running for 3 s: some of its members may be done, one is running
-    victim=$(squeue -h -t RUNNING -o '%i %k %M' | awk '$2 ~ /students/ && $3 !~ /^0:0[0-2]$/ {print $1; exit}')
+    # a batch job that has been running for 3 s: some of its students may be done, one is running
+    victim=$(squeue -h -t RUNNING -o '%i %k %M' | awk '$2 ~ /batch_/ && $3 !~ /^0:0[0-2]$/ {print $1; exit}')
     [ -n "$victim" ] && break
     sleep 0.5
 done
 if [ -n "$victim" ]; then
     scancel "$victim"
-    say "scancel $victim (a running group of students)"
+    say "scancel $victim (a running batch job of students)"
 else
-    fail "no running student group job to cancel"
+    fail "no running batch job to cancel"
 fi
 rc1=0; wait "$bg" || rc1=$?; bg=""
 present=$(count_runs "$WORK/slurm")
 missing=$((TOTAL - present))
 vstate=$( [ -n "$victim" ] && squeue -h -t all -j "$victim" -o %T || true)
-if [ "$rc1" != 0 ] && [ "$vstate" = CANCELLED ] && grep -q "Error in group students" "$WORK/slurm1.log" \
+if [ "$rc1" != 0 ] && [ "$vstate" = CANCELLED ] && grep -q "Error in rule batch_" "$WORK/slurm1.log" \
         && [ "$missing" -gt 0 ] && [ "$missing" -lt "$TOTAL" ]; then
-    ok "job $victim $vstate, Snakemake reported the group failed and finished the other jobs (exit $rc1; $present of $TOTAL runs, $missing missing)"
+    ok "job $victim $vstate, Snakemake reported the batch failed and finished the other jobs (exit $rc1; $present of $TOTAL runs, $missing missing)"
 else
     tail -40 "$WORK/slurm1.log"; fail "after scancel: job '$victim' '$vstate', exit $rc1, $present of $TOTAL runs present"
 fi
-smk "$S" "$WORK/slurm-dry.log" "$FIG" "${SLURM_CPU[@]}" --configfile "$PRESET" -n || true
-planned=$(job_stats "$WORK/slurm-dry.log" | awk '$1 == "student" {print $2}')
+smk "$S" "$WORK/slurm-dry.log" "$FIG" "${SLURM_CPU[@]}" --configfile "$PRESET" "$BATCH4" -n || true
+planned=$(sed -n "s/^plan by figure: .*$FIG \([0-9]*\) to compute in .*/\1/p" "$WORK/slurm-dry.log" | head -1)
 others=$(job_stats "$WORK/slurm-dry.log" | awk '$1 == "teacher" || $1 ~ /^prepare/ {print}')
 if [ "${planned:-0}" = "$missing" ] && [ -z "$others" ]; then
     ok "rerun plans exactly the $missing missing student runs (no teacher, no data job)"
 else
     job_stats "$WORK/slurm-dry.log"; fail "rerun plans ${planned:-0} student runs for $missing missing"
 fi
-if smk "$S" "$WORK/slurm2.log" "$FIG" "${SLURM_CPU[@]}" --configfile "$PRESET"; then
-    ok "rerun completed $(job_stats "$WORK/slurm2.log" | awk '$1 == "student" {print $2}') student runs"
+if smk "$S" "$WORK/slurm2.log" "$FIG" "${SLURM_CPU[@]}" --configfile "$PRESET" "$BATCH4"; then
+    ok "rerun completed $(sed -n "s/^plan by figure: .*$FIG \([0-9]*\) to compute in .*/\1/p" "$WORK/slurm2.log" | head -1) student runs"
 else
     tail -40 "$WORK/slurm2.log"; fail "rerun"
 fi
@@ -147,11 +150,11 @@ nids=$(echo "$ids" | grep -c . || true)
 logs=$(find "$S/.snakemake/slurm_logs" -name '[0-9]*.log' | wc -l)
 done_in_slurm=$(squeue -h -t all -o '%i %T' | awk 'NR==FNR {want[$1]; next} ($1 in want) && $2 == "COMPLETED"' \
     <(echo "$ids") - | wc -l)
-groups=$(find "$S/.snakemake/slurm_logs" -path '*group_students*' -name '[0-9]*.log' | wc -l)
+groups=$(find "$S/.snakemake/slurm_logs" -path '*rule_batch_*' -name '[0-9]*.log' | wc -l)
 if [ "$nids" -gt 0 ] && [ "$logs" -ge "$nids" ] && [ "$done_in_slurm" -ge $((nids - 1)) ] && [ "$groups" -ge 2 ]; then
-    ok "$nids sbatch jobs (ids $(echo $ids | tr ' ' ,)), $groups of them student groups; $done_in_slurm COMPLETED in squeue, logs in .snakemake/slurm_logs"
+    ok "$nids sbatch jobs (ids $(echo $ids | tr ' ' ,)), $groups of them batch jobs; $done_in_slurm COMPLETED in squeue, logs in .snakemake/slurm_logs"
 else
-    fail "sbatch evidence: $nids job ids, $logs logs, $done_in_slurm completed, $groups groups"
+    fail "sbatch evidence: $nids job ids, $logs logs, $done_in_slurm completed, $groups batch jobs"
 fi
 
 compare() {  # a.csv b.csv [key columns]: numeric columns equal, ignoring ids, times and hosts
@@ -188,7 +191,7 @@ if [ -s "$S/results/quick/figures/$FIG.png" ]; then ok "figure $FIG.png made thr
 
 # ------------------------------------------------------------------------------------ switching profiles
 for prof in "default" "slurm-cpu"; do
-    smk "$S" "$WORK/switch-$prof.log" "$FIG" --workflow-profile "profiles/$prof" --configfile "$PRESET" -n || true
+    smk "$S" "$WORK/switch-$prof.log" "$FIG" --workflow-profile "profiles/$prof" --configfile "$PRESET" "$BATCH4" -n || true
     if grep -q "Nothing to be done" "$WORK/switch-$prof.log"; then
         ok "switching to profiles/$prof reruns nothing"
     else
@@ -196,8 +199,8 @@ for prof in "default" "slurm-cpu"; do
     fi
 done
 
-# the GPU profile's resource requests, groups and CUDA env invalidate nothing either
-smk "$S" "$WORK/switch-slurm-gpu.log" "$FIG" --workflow-profile profiles/slurm-gpu --configfile "$PRESET" -n || true
+# the GPU profile's resource requests and CUDA env invalidate nothing either
+smk "$S" "$WORK/switch-slurm-gpu.log" "$FIG" --workflow-profile profiles/slurm-gpu --configfile "$PRESET" "$BATCH4" -n || true
 if grep -q "Nothing to be done" "$WORK/switch-slurm-gpu.log"; then
     ok "switching to profiles/slurm-gpu (same device) reruns nothing"
 else
@@ -209,19 +212,19 @@ G=$WORK/gpu/repo
 one=$(cd "$S" && find results -path '*/runs/*' -name runs.csv | sort | head -1)
 say "GPU profile: $one through profiles/slurm-gpu on the fake GPU"
 if smk "$G" "$WORK/gpu.log" "$one" --workflow-profile none --profile profiles/slurm-gpu --profile .ci/slurm/profile \
-        --configfile "$PRESET"; then
+        --configfile "$PRESET" "$BATCH4"; then
     ok "GPU-profile run completed"
 else
     tail -40 "$WORK/gpu.log"; fail "GPU-profile run"
 fi
 tjob=$(sed -n 's/.*submitted with SLURM jobid \([0-9]*\) (log: .*rule_teacher.*/\1/p' "$WORK/gpu.log" | head -1)
-sjob=$(sed -n 's/.*submitted with SLURM jobid \([0-9]*\) (log: .*group_students.*/\1/p' "$WORK/gpu.log" | head -1)
+sjob=$(sed -n 's/.*submitted with SLURM jobid \([0-9]*\) (log: .*rule_batch_.*/\1/p' "$WORK/gpu.log" | head -1)
 tres_t=$( [ -n "$tjob" ] && scontrol show job "$tjob" | grep -o 'TresPerJob=[^ ]*' || true)
-tres_s=$( [ -n "$sjob" ] && scontrol show job "$sjob" | grep -o 'TresPerNode=[^ ]*' || true)
+tres_s=$( [ -n "$sjob" ] && scontrol show job "$sjob" | grep -o 'TresPerJob=[^ ]*' || true)
 if [[ "$tres_t" == *gpu:1* ]] && [[ "$tres_s" == *gpu:1* ]]; then
-    ok "sbatch asked for the GPU: teacher job $tjob $tres_t (--gpus=1), student group $sjob $tres_s (--gres=gpu:1)"
+    ok "sbatch asked for the GPU: teacher job $tjob $tres_t, batch job $sjob $tres_s (both --gpus=1)"
 else
-    fail "GPU requests not seen by SLURM: teacher '$tjob' '$tres_t', students '$sjob' '$tres_s'"
+    fail "GPU requests not seen by SLURM: teacher '$tjob' '$tres_t', batch '$sjob' '$tres_s'"
 fi
 if out=$("$PY" - "$G/$one" <<'EOF'
 import sys

@@ -213,7 +213,7 @@ def run_stack(stack: list[SheetRun], checkpoint: dict, data, device, data_dir: s
 
     def done(member, last_loss: float, seconds: float) -> None:
         run = run_of[id(member)]
-        extra = {"batch_stack_size": len(stack), "batch_seconds_so_far": time.time() - batch_started}
+        extra = {"batch_stack_size": len(stack), "batch_elapsed_seconds": time.time() - batch_started}
         result = finish_student(member, data, device, last_loss, seconds, extra)
         write_run_dir(run.run_dir, result)
         row = result.run_row

@@ -209,6 +209,9 @@ def _check_writable(path: str | Path, flag: str, is_file: bool = False) -> None:
 def _select_device(name: str):
     import torch
 
+    # float32 everywhere: no TF32 in cuBLAS matmuls or cuDNN convolutions (cuDNN's default is on)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

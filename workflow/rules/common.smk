@@ -6,6 +6,7 @@
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import io
 import itertools
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 REPO = Path(workflow.basedir)
 SRC = REPO / "src"
@@ -34,23 +36,28 @@ if not any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_me
 
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
+from sublearn import batch as runner_batch  # noqa: E402  (torch-free: sheets, stacks, cost model)
 from sublearn.cli import resolve_argv  # noqa: E402  (torch-free)
-from sublearn.config import UsageError, dataset_key, raw_files  # noqa: E402
+from sublearn.config import (  # noqa: E402
+    FLAG_SETTINGS,
+    UsageError,
+    config_from_flags,
+    dataset_key,
+    raw_files,
+    resolve,
+    sheet_settings,
+)
 
 R = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
 # conda env of the torch rules: the CPU or the CUDA build (not a rerun trigger in our profiles)
 TORCH_ENV = f"../../envs/torch-{config['torch_env']}.yaml"
 
-# Runner flags a config may set, in the order they appear on a command line. Seed, paths, threads and
-# device belong to the workflow.
-FLAGS = (
-    "dataset", "emnist_split", "class_count", "class_selection", "teacher_type", "student_type",
-    "teacher_hidden_dims", "student_hidden_dims", "teacher_arch_spec", "student_arch_spec", "m",
-    "teacher_init", "student_init", "teacher_trainable", "student_trainable", "teacher_epochs",
-    "student_epochs", "data_bsize", "noise_bsize", "noise_steps", "teacher_lr", "student_lr", "noise_dist",
-    "perlin_res", "normalize_noise", "eval_noise_batches", "eval_noise_bsize", "perturb_spec", "perturb",
-)
+# Runner settings a config may set (the runner defines them). Seed, labels, paths, threads and device
+# belong to the workflow.
+FLAGS = tuple(n for n in FLAG_SETTINGS if n not in ("seed", "sweep_name", "run_label", "data_dir", "outdir",
+                                                     "cache_dir", "threads", "device", "num_workers",
+                                                     "append_global"))
 RESERVED_COORDS = {"figure", "panel", "point", "seed", "sweep_name", "run_label", "data_dir", "cache_dir",
                    "threads", "device", "outdir", "run_dir", "teacher_out", "teacher_checkpoint"}
 LABEL_RE = re.compile(r"[^A-Za-z0-9.+-]+")
@@ -140,33 +147,29 @@ def fill_template(text, coords, where, used):
     return TEMPLATE_RE.sub(sub, text)
 
 
-def build_argv(flags):
-    argv = []
-    for name in FLAGS:
-        if name not in flags:
-            continue
-        value = flags[name]
-        opt = f"--{name.replace('_', '-')}"
-        if name == "normalize_noise":
-            if value:
-                argv.append(opt)
-        elif name == "perturb":
-            for item in value if isinstance(value, list) else [value]:
-                argv += [opt, item]
-        else:
-            argv += [opt, flag_text(value)]
-    return argv
-
-
 # --------------------------------------------------------------------------------------------------
-# Validation through the runner (torch-free), memoised: one parse per distinct seedless argv
+# Validation through the runner (torch-free), memoised: one resolution per distinct seedless setting
 # --------------------------------------------------------------------------------------------------
 
 _RESOLVED = {}
 
 
+def resolve_flags(flags):
+    """The runner's resolution of a run's settings (seed 0), memoised."""
+    key = json.dumps(flags, sort_keys=True, default=str)
+    if key not in _RESOLVED:
+        try:
+            _RESOLVED[key] = resolve(config_from_flags(flags))
+        except UsageError as exc:
+            _RESOLVED[key] = exc
+    result = _RESOLVED[key]
+    if isinstance(result, UsageError):
+        raise result
+    return result
+
+
 def resolve_runner(argv, command):
-    """resolve_argv, with argparse's exit turned into a one-line error message."""
+    """resolve_argv of a teacher command line, with argparse's exit turned into a one-line error message."""
     key = (command, tuple(argv))
     if key not in _RESOLVED:
         extra = {"student": ["--teacher-checkpoint", "unused.pt"], "teacher": ["--teacher-out", "unused.pt"]}
@@ -267,15 +270,11 @@ DATASET_OF_CACHE = {v: k for k, v in CACHE_FILES.items()}
 # --------------------------------------------------------------------------------------------------
 
 
-def student_minutes(res, rc):
-    batches = rc.config.noise_steps * rc.config.student_epochs
-    return int(math.ceil(res.get("runtime", 15) + res.get("runtime_per_1000_noise_batches", 0) * batches / 1000))
-
-
 def runs_table(cfg):
-    """Config -> one row per run: figure, panel, point, coordinates, seed, argv, teacher key, run dir.
+    """Config -> one row per requested run: figure, panel, point, coordinates, seed, run key, teacher key.
 
-    Validates every run with the runner's own parser and raises ConfigError naming the figure and panel.
+    Validates every run with the runner's own resolution and raises ConfigError naming the figure and
+    panel. Several panels may request the same run (equal run keys): it is computed once.
     """
     rows = []
     teacher_checked = {}
@@ -295,7 +294,6 @@ def runs_table(cfg):
                     hint = "; seeds come from `seeds`" if name == "seed" else ""
                     raise ConfigError(f"config: {where}: grid coordinate {name!r} is reserved{hint}")
                 axes.append((name, expand_values(spec, f"{where}, grid {name}")))
-            resources = {**cfg["resources"]["student"], **panel.get("resources", {})}
             used = set()
             seen_points = {}
             for combo in itertools.product(*(values for _, values in axes)):
@@ -317,10 +315,10 @@ def runs_table(cfg):
                     if name in FLAGS:
                         flags[name] = value
                         used.add(name)
-                argv = [*build_argv(flags), "--sweep-name", f"{figure}.{panel['name']}", "--run-label", point]
+                flags = {**flags, "seed": 0, "sweep_name": f"{figure}.{panel['name']}", "run_label": point}
                 try:
-                    rc0 = resolve_runner([*argv, "--seed", "0"], "student")
-                except UsageError as exc:
+                    rc0 = resolve_flags(flags)
+                except (UsageError, TypeError) as exc:
                     raise ConfigError(f"config: {where}, point {point}: {exc}") from None
                 targv0 = teacher_argv(rc0)
                 tkey = tuple(targv0)
@@ -334,24 +332,17 @@ def runs_table(cfg):
                                           "command would train another teacher than this run's")
                     teacher_checked[tkey] = True
                 dskey = dataset_key(rc0.config.dataset, rc0.config.emnist_split)
-                minutes = student_minutes(resources, rc0)
+                shown = {n: labels[n] if isinstance(spec, dict) and "labels" in spec else coords[n]
+                         for n, spec in panel["grid"].items()}
                 for seed in seeds:
                     rc = with_seed(rc0, seed)
-                    run_dir = f"{R}/runs/{figure}/{panel['name']}/{point}/seed{seed}"
+                    run_key = rc.run_key()
                     rows.append({
                         "figure": figure, "panel": panel["name"], "point": point, "seed": seed,
-                        **{f"coord:{n}": labels[n] if isinstance(spec, dict) and "labels" in spec else coords[n]
-                           for n, spec in panel["grid"].items()},
-                        "coords": {n: labels[n] if isinstance(spec, dict) and "labels" in spec else coords[n]
-                                   for n, spec in panel["grid"].items()},
-                        "argv": shlex.join([*argv, "--seed", str(seed)]),
-                        "teacher_key": rc.teacher_key(),
+                        "coords": shown, "run_key": run_key, "teacher_key": rc.teacher_key(),
                         "teacher_argv": shlex.join([*targv0, "--seed", str(seed)]),
-                        "dataset": dskey,
-                        "num_classes": rc0.num_classes,
-                        "run_dir": run_dir,
-                        "runtime": minutes,
-                        "mem_mb": resources.get("mem_mb", 4000),
+                        "dataset": dskey, "num_classes": rc0.num_classes,
+                        "run_dir": f"{R}/runs/{run_key}", "rc": rc,
                     })
             unused = [n for n, _ in axes if n not in used]
             if unused:
@@ -360,57 +351,120 @@ def runs_table(cfg):
     return pd.DataFrame(rows)
 
 
+def plan_batches(unique_runs, cfg):
+    """Runs -> batch jobs: runs of one dataset requested by the same figures, ordered so that runs sharing
+    a stack (teacher and noise stream) sit together, cut into chunks of at most `batch.max_tflop` estimated FLOPs and `batch.max_runs`
+    runs. Chunks are cut over all runs, finished or not, and named by the hash of their run keys, so a
+    chunk's name does not change while other jobs finish (a cluster job re-reads this plan when it starts);
+    a chunk's job computes only its unfinished runs, and a chunk with none has no job."""
+    settings = cfg["batch"]
+
+    def group(run):  # a job serves one set of figures, so `snakemake fig5` computes no other figure's runs
+        return (run["figures"], run["dataset"])
+
+    ordered = sorted(unique_runs, key=lambda r: (group(r), runner_batch.stack_key(r["rc"]), r["run_key"]))
+    chunks, current, flops, last_stack = [], [], 0.0, None
+    for run in ordered:
+        stack = runner_batch.stack_key(run["rc"])
+        cost = runner_batch.run_flops(run["rc"], run["dataset"])
+        extra = cost["student"] + cost["evaluation"] + (cost["teacher_body"] if stack != last_stack else 0.0)
+        if current and (group(current[-1]) != group(run) or len(current) >= settings["max_runs"]
+                        or flops + extra > settings["max_tflop"] * 1e12):
+            chunks.append(current)
+            current, flops = [], 0.0
+            extra = cost["student"] + cost["evaluation"] + cost["teacher_body"]
+        current.append(run)
+        flops += extra
+        last_stack = stack
+    if current:
+        chunks.append(current)
+    out = {}
+    for chunk in chunks:
+        runs = [r for r in chunk if not os.path.exists(f"{r['run_dir']}/runs.csv")]
+        if not runs:
+            continue
+        batch_id = hashlib.sha256(" ".join(r["run_key"] for r in chunk).encode()).hexdigest()[:16]
+        sheet_runs = [runner_batch.SheetRun(r["run_key"], Path(r["run_dir"]), r["rc"], {}) for r in runs]
+        flops = sum(runner_batch.stack_flops(stack, runs[0]["dataset"]) for stack in runner_batch.stacks(sheet_runs))
+        seconds = runner_batch.estimated_seconds(flops, settings["gflops"], len(runs), runner_batch.SECONDS_PER_RUN)
+        memory = sum(runner_batch.memory_mb(r["rc"]) for r in runs)
+        out[batch_id] = {
+            "id": batch_id, "runs": runs, "flops": flops, "seconds": seconds,
+            "dataset": runs[0]["dataset"],
+            "teachers": sorted({f"{R}/teachers/{r['teacher_key']}.pt" for r in runs}),
+            "outputs": [f"{r['run_dir']}/runs.csv" for r in runs],
+            "runtime": max(config["resources"]["student"].get("runtime", 15),
+                           int(math.ceil((seconds + 60) * settings["runtime_margin"] / 60))),
+            "mem_mb": int(config["resources"]["student"].get("mem_mb", 4000)
+                          + min(memory, settings["memory_mb"])),
+        }
+    return out
+
+
+def sheet_text(batch):
+    return "".join(runner_batch.sheet_record(r["run_key"], r["run_dir"], sheet_settings(r["rc"].config),
+                                             r["coords"]) + "\n" for r in batch["runs"])
+
+
 # --------------------------------------------------------------------------------------------------
 # Lookups for the rules (plain dicts keyed by wildcards)
 # --------------------------------------------------------------------------------------------------
 
 RUNS = runs_table(config)
 FIGURES = [name for name, fig in config["figures"].items() if fig is not None]
+def unique_runs(table):
+    """One record per distinct run, with the sorted names of the figures that request it."""
+    runs = {}
+    for record in table.to_dict("records"):
+        first = runs.setdefault(record["run_key"], {**record, "figures": ()})
+        first["figures"] = tuple(sorted({*first["figures"], record["figure"]}))
+    return list(runs.values())
 
-RUN = {}
+
+UNIQUE_RUNS = unique_runs(RUNS) if len(RUNS) else []
+BATCHES = plan_batches(UNIQUE_RUNS, config)
+
 TEACHER = {}
 FIG_RUNS = {f: [] for f in FIGURES}
+FIG_REQUESTS = {f: [] for f in FIGURES}
 FIG_POINTS = {f: {} for f in FIGURES}
-for _r in RUNS[["figure", "panel", "point", "seed", "coords", "argv", "teacher_key", "teacher_argv",
-                "dataset", "run_dir", "runtime", "mem_mb"]].itertuples(index=False):
-    RUN[(_r.figure, _r.panel, _r.point, str(_r.seed))] = _r
+for _r in RUNS[["figure", "panel", "point", "seed", "coords", "run_key", "teacher_key", "teacher_argv",
+                "dataset", "run_dir"]].itertuples(index=False):
     if _r.teacher_key not in TEACHER:
         TEACHER[_r.teacher_key] = {"argv": _r.teacher_argv, "dataset": _r.dataset}
     FIG_RUNS[_r.figure].append(f"{_r.run_dir}/runs.csv")
+    FIG_REQUESTS[_r.figure].append({"panel": _r.panel, "point": _r.point, "seed": int(_r.seed),
+                                    "run_key": _r.run_key})
     FIG_POINTS[_r.figure].setdefault(_r.panel, {})[_r.point] = _r.coords
 del _r
+FIG_RUNS = {f: list(dict.fromkeys(files)) for f, files in FIG_RUNS.items()}
 
 
-def run_of(w):
-    return RUN[(w.figure, w.panel, w.point, w.seed)]
+def _plan_summary():
+    runs, todo = len(UNIQUE_RUNS), sum(len(b["runs"]) for b in BATCHES.values())
+    flops = sum(b["flops"] for b in BATCHES.values())
+    seconds = sum(b["seconds"] for b in BATCHES.values())
+    rate = config["batch"]["gflops"]
+    per_figure = []
+    for figure in FIGURES:
+        jobs = [b for b in BATCHES.values() if any(figure in r["figures"] for r in b["runs"])]
+        count = sum(1 for b in jobs for r in b["runs"] if figure in r["figures"])
+        per_figure.append(f"{figure} {count} to compute in {len(jobs)} jobs")
+    return (f"plan: {len(RUNS)} requested runs, {runs} distinct, {todo} to compute in {len(BATCHES)} batch jobs; "
+            f"{flops / 1e12:.1f} TFLOP of students, ~{seconds / 3600:.2f} h of job time at {rate:g} GFLOP/s per "
+            f"job (config batch.gflops; `sublearn batch --plan` prints a sheet's stacks)\n"
+            f"plan by figure: {', '.join(per_figure)}")
+
+
+if BATCHES:
+    logger.info(_plan_summary())
 
 
 def _precomputed_signature(func):
-    """Snakemake inspects the signature of every input/params/resources function once per job; with
-    ~16,000 jobs, caching it on the function keeps planning fast."""
+    """Snakemake inspects the signature of every input/params/resources function once per job; caching
+    it on the function keeps planning fast."""
     func.__signature__ = inspect.signature(func)
     return func
-
-
-@_precomputed_signature
-def student_inputs(w):
-    run = run_of(w)
-    return {"teacher": f"{R}/teachers/{run.teacher_key}.pt", "cache": CACHE_FILES[run.dataset]}
-
-
-@_precomputed_signature
-def student_argv(w):
-    return run_of(w).argv
-
-
-@_precomputed_signature
-def student_mem_mb(w):
-    return run_of(w).mem_mb
-
-
-@_precomputed_signature
-def student_runtime(w):
-    return run_of(w).runtime
 
 
 @_precomputed_signature

@@ -1,4 +1,5 @@
 # Tables: per figure, one tidy CSV (grid coordinates + reference columns) and the reference aggregates.
+# Runs are joined to the figure's requests (panel, point, seed) on their run key, never on labels.
 
 
 rule merge_runs:
@@ -13,6 +14,7 @@ rule merge_runs:
         f"{LOGS}/tables/{{figure}}.log",
     params:
         points=lambda w: FIG_POINTS[w.figure],
+        requests=lambda w: FIG_REQUESTS[w.figure],
     threads: 1
     resources:
         mem_mb=config["resources"]["merge"].get("mem_mb", 8000),

@@ -33,6 +33,7 @@ def main():
     siblings = {name: [str(Path(f).with_name(f"{name}.csv")) for f in runs_files]
                 for name in ("layer_metrics", "perturbations")}
     points = snakemake.params.points  # panel -> point -> {coordinate: value}
+    requests = pd.DataFrame(snakemake.params.requests)  # panel, point, seed, run_key: one per requested run
     figure = snakemake.wildcards.figure
 
     runs = read_many(runs_files)
@@ -42,14 +43,14 @@ def main():
     for name, files in siblings.items():
         read_many(files).to_csv(getattr(snakemake.output, name), index=False)
 
-    panel = runs["sweep_name"].astype(str).str.split(".", n=1).str[1]
-    point = runs["run_label"].astype(str)
+    missing = sorted(set(requests["run_key"]) - set(runs["run_key"].astype(str)))
+    if missing:
+        raise SystemExit(f"{figure}: runs without a result (run keys): {missing[:5]}")
+    runs = requests.drop(columns="seed").merge(runs.astype({"run_key": str}), on="run_key", how="left")
     coord_names = list(dict.fromkeys(c for pts in points.values() for coords in pts.values() for c in coords))
     records = {(p, q): coords for p, pts in points.items() for q, coords in pts.items()}
-    missing = sorted({(p, q) for p, q in zip(panel, point, strict=True)} - set(records))
-    if missing:
-        raise SystemExit(f"{figure}: runs without a grid point in the config: {missing[:5]}")
-    coords = pd.DataFrame([records[(p, q)] for p, q in zip(panel, point, strict=True)], columns=coord_names)
+    coords = pd.DataFrame([records[(p, q)] for p, q in zip(runs["panel"], runs["point"], strict=True)],
+                          columns=coord_names)
     for name in coord_names:
         if name in runs.columns:  # a panel without this coordinate still has the run's own value (e.g. m)
             coords[name] = coords[name].where(coords[name].notna(), runs[name])
@@ -57,14 +58,16 @@ def main():
         if numbers.notna().all() and (numbers == numbers.round()).all():
             coords[name] = numbers.astype("int64")  # 10, not 10.0, for integer grids
     order = {(p, q): i for i, (p, q) in enumerate(records)}
-    head = pd.DataFrame({"figure": figure, "panel": panel, "point": point})
-    rest = runs.drop(columns=[c for c in coord_names if c in runs.columns])
+    head = pd.DataFrame({"figure": figure, "panel": runs["panel"], "point": runs["point"]})
+    rest = runs.drop(columns=["panel", "point", *[c for c in coord_names if c in runs.columns]])
+    rest["sweep_name"], rest["run_label"] = f"{figure}." + runs["panel"], runs["point"]  # the requester's
     tidy = pd.concat([head, coords, rest], axis=1)
     tidy.insert(len(head.columns) + len(coord_names), "seed", tidy.pop("seed"))
-    tidy["_order"] = [order[(p, q)] for p, q in zip(panel, point, strict=True)]
+    tidy["_order"] = [order[(p, q)] for p, q in zip(tidy["panel"], tidy["point"], strict=True)]
     tidy = tidy.sort_values(["_order", "seed"], kind="stable").drop(columns="_order")
     tidy.to_csv(snakemake.output.tidy, index=False)
-    print(f"{figure}: {len(tidy)} runs, {len(records)} grid points, {tidy['seed'].nunique()} seeds")
+    print(f"{figure}: {len(tidy)} runs ({runs['run_key'].nunique()} distinct), {len(records)} grid points, "
+          f"{tidy['seed'].nunique()} seeds")
 
 
 with open(snakemake.log[0], "w") as log:

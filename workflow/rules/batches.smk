@@ -1,0 +1,58 @@
+# Students, in batch jobs: every unfinished run belongs to one batch (planned in common.smk from the cost
+# model), whose job computes its runs with `sublearn batch`, students that share a teacher and a noise
+# stream in lockstep. A finished run (its folder holds runs.csv, written last and atomically) is in no
+# batch, so nothing ever recomputes it; a deleted or killed run is simply unfinished at the next planning.
+# Run folders are named by the run key, so a run that several panels request is computed once.
+
+
+# torch_env gpu (the GPU profile): every batch job asks for one GPU, as teachers do (sbatch --gpus=1)
+BATCH_CLUSTER_RESOURCES = {"gpu": 1} if config["torch_env"] == "gpu" else {}
+if config["batch"].get("slurm_partition"):
+    BATCH_CLUSTER_RESOURCES["slurm_partition"] = config["batch"]["slurm_partition"]
+
+
+rule sheet:
+    """A batch's run sheet (the runner's input: id, run_dir, typed settings and coordinates per run)."""
+    output:
+        sheet=f"{R}/sheets/{{batch}}.jsonl",
+    log:
+        f"{LOGS}/sheets/{{batch}}.log",
+    params:
+        text=lambda w: sheet_text(BATCHES[w.batch]),
+    localrule: True
+    conda:
+        "../../envs/plot.yaml"
+    script:
+        "../scripts/write_sheet.py"
+
+
+for _batch in BATCHES.values():
+
+    rule:
+        name:
+            f"batch_{_batch['id']}"
+        input:
+            sheet=f"{R}/sheets/{_batch['id']}.jsonl",
+            teachers=_batch["teachers"],
+            cache=CACHE_FILES[_batch["dataset"]],
+        output:
+            _batch["outputs"],
+        log:
+            f"{LOGS}/batches/{_batch['id']}.log",
+        params:
+            device=config["device"],
+            data_dir=DATA_DIRS[_batch["dataset"]],
+            memory_mb=config["batch"]["memory_mb"],
+            teacher_dir=lambda w, input: os.path.dirname(input.teachers[0]),
+        threads: config["threads"]["student"]
+        resources:
+            mem_mb=_batch["mem_mb"],
+            runtime=_batch["runtime"],
+            **BATCH_CLUSTER_RESOURCES,
+        conda:
+            TORCH_ENV
+        shell:
+            "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} python -m sublearn.cli batch "
+            "--sheet {input.sheet:q} --teacher-dir {params.teacher_dir:q} --threads {threads} "
+            "--device {params.device} --data-dir {params.data_dir:q} --cache-dir \"$(dirname {input.cache:q})\" "
+            "--max-memory-mb {params.memory_mb} > {log:q} 2>&1"
