@@ -256,3 +256,27 @@ def test_kill_during_a_batch_keeps_finished_runs_and_rerun_computes_the_rest(tin
     assert "3 already finished, 1 to compute" in out
     assert (dirs["long"] / "runs.csv").exists()
     assert stamps == {m: (dirs[f"short{m}"] / "runs.csv").stat().st_mtime_ns for m in (2, 3, 4)}
+
+
+def test_diverged_training_writes_no_result(tiny_data, tiny_cache, tmp_path, capsys):
+    """A non-finite loss is a failure (exit 1, one line naming the cause), never a normal row."""
+    argv = ["--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache), "--device", "cpu", *SMALL]
+    assert main(["run", *argv, "--teacher-lr", "1e30", "--outdir", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err
+    assert "teacher training diverged" in err and "1e+30" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t").exists()
+    assert main(["run", *argv, "--student-lr", "1e30", "--run-dir", str(tmp_path / "s")]) == 1
+    assert "student distillation diverged" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "runs.csv").exists()
+    # in a batch, the diverged run is not written, the others are, and the job fails naming it
+    rcs = {"ok": resolved(tiny_data, tiny_cache, []), "bad": resolved(tiny_data, tiny_cache, ["--student-lr", "1e30"])}
+    teachers = tmp_path / "teachers"
+    train_teachers(rcs.values(), tiny_data, tiny_cache, teachers)
+    sheet = tmp_path / "sheet.jsonl"
+    dirs = write_sheet(sheet, rcs, tmp_path / "runs")
+    capsys.readouterr()
+    assert main(["batch", "--sheet", str(sheet), "--teacher-dir", str(teachers), "--data-dir", str(tiny_data),
+                 "--cache-dir", str(tiny_cache), "--device", "cpu", "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert rcs["bad"].run_key() in err and "1 of 2 runs diverged" in err
+    assert (dirs["ok"] / "runs.csv").exists() and not (dirs["bad"] / "runs.csv").exists()

@@ -386,3 +386,23 @@ def test_every_figure_builds(real_mnist, workdir):
     assert sorted(emnist["num_classes"]) == [2, 47] and (emnist["m"] == 20).all()
     fig5 = pd.read_csv(workdir / "results" / "tables" / "fig5" / "perturbations_all_seeds.csv")
     assert len(fig5) > 0
+
+
+def test_a_failing_script_leaves_its_traceback_in_the_rule_log(tmp_path):
+    """The scripts' logs keep the error that ended them (not an empty file)."""
+    script = tmp_path / "failing.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO / 'workflow' / 'scripts')!r})\n"
+        "from logged import logged\n"
+        f"with logged({str(tmp_path / 'job.log')!r}):\n"
+        "    print('reading the tables')\n"
+        "    {}['missing column']\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    log = (tmp_path / "job.log").read_text()
+    assert result.returncode == 1
+    assert "reading the tables" in log and "KeyError: 'missing column'" in log and "Traceback" in log
+    assert "KeyError: 'missing column'" in result.stderr  # and Snakemake's report shows it too
+    script.write_text(script.read_text().replace("{}['missing column']", "raise SystemExit('fig9: no runs')"))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert result.returncode == 1 and "fig9: no runs" in (tmp_path / "job.log").read_text()

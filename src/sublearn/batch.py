@@ -25,6 +25,7 @@ from typing import Any
 
 from .config import (
     IMAGE_SHAPE,
+    Diverged,
     ModelPlan,
     ResolvedConfig,
     UsageError,
@@ -180,6 +181,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, da
     check_writable(cache_dir, "--cache-dir")
     loaded: dict[tuple, Any] = {}
     checkpoints: dict[str, dict] = {}
+    failures: list[str] = []
     batch_started = time.time()
     for index, stack in enumerate(plan):
         c0 = stack[0].rc.config
@@ -192,13 +194,16 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, da
         if teacher_key not in checkpoints:
             checkpoints = {teacher_key: load_checkpoint(teachers[teacher_key])}
         print(f"[batch] stack {index + 1}/{len(plan)}: {len(stack)} students in lockstep", flush=True)
-        run_stack(stack, checkpoints[teacher_key], data, device, data_dir, cache_dir, batch_started)
+        run_stack(stack, checkpoints[teacher_key], data, device, data_dir, cache_dir, batch_started, failures)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if failures:
+        raise Diverged(f"{len(failures)} of {sum(map(len, plan))} runs diverged and were not written: "
+                       + "; ".join(failures))
 
 
 def run_stack(stack: list[SheetRun], checkpoint: dict, data, device, data_dir: str, cache_dir: str,
-              batch_started: float) -> None:
+              batch_started: float, failures: list[str]) -> None:
     from .experiment import finish_student, prepare_student
     from .outputs import write_run_dir
 
@@ -214,7 +219,13 @@ def run_stack(stack: list[SheetRun], checkpoint: dict, data, device, data_dir: s
     def done(member, last_loss: float, seconds: float) -> None:
         run = run_of[id(member)]
         extra = {"batch_stack_size": len(stack), "batch_elapsed_seconds": time.time() - batch_started}
-        result = finish_student(member, data, device, last_loss, seconds, extra)
+        try:
+            result = finish_student(member, data, device, last_loss, seconds, extra)
+        except Diverged as exc:  # the other members go on; the job fails at the end, naming this run
+            print(f"[failed] {run.id}: {exc}", flush=True)
+            failures.append(f"run {run.id}: {exc}")
+            member.student = member.teacher = None
+            return
         write_run_dir(run.run_dir, result)
         row = result.run_row
         print(f"[done] {run.id} m {row['m']} N {row['noise_steps']} student acc "

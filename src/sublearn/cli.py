@@ -19,6 +19,7 @@ from .config import (
     FLAG_SETTINGS,
     MODEL_TYPES,
     NOISE_DISTS,
+    Diverged,
     ExperimentConfig,
     UsageError,
     bad_value,
@@ -351,6 +352,13 @@ def cmd_batch(args) -> None:
         torch.set_num_threads(args.threads)
     device = _select_device(args.device)
     batch.run_stacks(plan, teachers, device, args.data_dir, args.cache_dir, _check_writable)
+    import resource
+
+    largest = max(sum(batch.memory_mb(r.rc) for r in stack) for stack in plan)
+    cuda = f", CUDA max allocated {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB" \
+        if device.type == "cuda" else ""
+    print(f"[batch] peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB{cuda}; "
+          f"largest stack estimated at {largest:.0f} MB of students", flush=True)
 
 
 def _require_positive(value, flag: str) -> None:
@@ -370,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"sublearn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Diverged as exc:
+        print(f"sublearn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     print(f"[time] {args.command} {time.time() - started:.2f} s", flush=True)
     return 0
 

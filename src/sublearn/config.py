@@ -40,6 +40,10 @@ class UsageError(ValueError):
     """Invalid user input. The CLI prints it as one line and exits with status 2 before any compute."""
 
 
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss: the run has no meaningful result (the CLI exits with status 1)."""
+
+
 def bad_value(flag: str, value: Any, allowed: str) -> UsageError:
     return UsageError(f"{flag}: invalid value {value!r}; {allowed}")
 

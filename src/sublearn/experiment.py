@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .config import ResolvedConfig, UsageError
+from .config import Diverged, ResolvedConfig, UsageError
 from .data import Dataset
 from .model import SplitHeadModel, build_model, parameter_counts
 from .seeding import derived_seed, forked_rng, seed_bookkeeping, set_seed
@@ -77,6 +77,17 @@ def sample_noise(n: int, config, device: torch.device) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # Training and evaluation
 # --------------------------------------------------------------------------------------------------
+
+
+def check_student_finite(rc: ResolvedConfig, train_aux: float, final_aux: float) -> None:
+    c = rc.config
+    values = {"training aux MSE": train_aux} if c.student_epochs and c.noise_steps else {}
+    if c.eval_noise_batches:
+        values["final aux MSE"] = final_aux
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise Diverged(f"student distillation diverged: {', '.join(f'{k} {v}' for k, v in bad.items())} "
+                       f"(student_lr {c.student_lr:g}); no result was written")
 
 
 class CpuAdam:
@@ -165,6 +176,9 @@ def train_teacher(model: SplitHeadModel, data: Dataset, rc: ResolvedConfig, devi
             losses.append(loss.detach())
         last_epoch_loss = epoch_mean(losses)
         print(f"[teacher] epoch {epoch + 1}/{c.teacher_epochs} class CE {last_epoch_loss:.6f}", flush=True)
+        if not math.isfinite(last_epoch_loss):
+            raise Diverged(f"teacher training diverged: class cross-entropy {last_epoch_loss} in epoch {epoch + 1} "
+                           f"(teacher_lr {c.teacher_lr:g}); no result was written")
     return last_epoch_loss
 
 
@@ -519,6 +533,7 @@ def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_a
     final_acc, final_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize)
     final_aux = aux_mse_on_noise(student, teacher, rc, device, "student_final")
     print(f"[eval] student final acc {final_acc:.6f} class CE {final_loss:.6f} aux MSE {final_aux:.8f}", flush=True)
+    check_student_finite(rc, train_aux, final_aux)
 
     base_row = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "seed": c.seed,
                 "sweep_name": c.sweep_name, "run_label": c.run_label}

@@ -5,10 +5,10 @@ distinct header instead of one per file.
 """
 
 import io
-import sys
 from pathlib import Path
 
 import pandas as pd
+from logged import logged
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
 
@@ -70,6 +70,5 @@ def main():
           f"{tidy['seed'].nunique()} seeds")
 
 
-with open(snakemake.log[0], "w") as log:
-    sys.stdout = sys.stderr = log
+with logged(snakemake.log[0]):
     main()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from logged import logged  # noqa: E402
 
 # Okabe & Ito (2008): distinguishable with the common colour-vision deficiencies
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
@@ -211,8 +210,7 @@ class Figure:
 
 def run(snakemake, draw):
     """Log to the rule's log file, build the figure with draw(Figure) and save it."""
-    with open(snakemake.log[0], "w") as log:
-        sys.stdout = sys.stderr = log
+    with logged(snakemake.log[0]):
         figure = Figure(snakemake)
         figure.save(draw(figure))
         print(f"{figure.spec['figure']}: {len(figure.table)} runs plotted")

@@ -1,14 +1,14 @@
 """Write tiny synthetic EMNIST IDX files (torchvision layout) for the quick preset and the tests."""
 
-import sys
 from pathlib import Path
+
+from logged import logged
 
 from sublearn.idx import write_synthetic_dataset
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
 
-with open(snakemake.log[0], "w") as log:
-    sys.stdout = sys.stderr = log
+with logged(snakemake.log[0]):
     # outputs are <dir>/data/EMNIST/raw/<file>: the torchvision root is three levels up
     root = Path(snakemake.output[0]).parents[2]
     folder = write_synthetic_dataset(root, "emnist", snakemake.wildcards.split, n_train=snakemake.params.n_train,

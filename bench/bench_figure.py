@@ -1,0 +1,68 @@
+"""End-to-end wall time of a figure (or of the whole paper) through the workflow, from an empty results folder.
+
+    python bench/bench_figure.py fig2 --cores 2 --data-dir ../shared/data                     # CPU
+    python bench/bench_figure.py all --cores 16 --data-dir DATA --config device=cuda torch_env=gpu \\
+        'batch={gflops: 10000, max_tflop: 2000}'                                              # one GPU
+
+It runs `snakemake TARGET --cores N` in a fresh working folder (results, logs and caches there, nothing
+shared with the checkout's own results) with the repository's config and profile, then prints the wall
+time, the runs computed, runs per minute, and the students' FLOP rate by the cost model (the plan line
+Snakemake prints). Compare with the targets in issue 8: fig2 on 2 CPU cores in <= 25 min; the paper on
+one H200-class GPU in <= 1 h (>= 10 TFLOP/s sustained), fig2 in <= 2 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", help="fig2 .. fig6 or all")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--data-dir", required=True, help="folder holding MNIST/raw (and EMNIST/raw)")
+    parser.add_argument("--configfile", default=None, help="an override config (e.g. config/quick.yaml)")
+    parser.add_argument("--config", nargs="*", default=[], help="extra --config KEY=VALUE pairs")
+    parser.add_argument("--work", default=None, help="working folder (default: a new temporary one)")
+    args = parser.parse_args()
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="sublearn-bench-figure-"))
+    (work / "config").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "config" / "config.yaml", work / "config" / "config.yaml")
+    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+    cmd = [snakemake, args.target, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+           "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", str(args.cores)]
+    if args.configfile:
+        cmd += ["--configfile", str(Path(args.configfile).resolve())]
+    cmd += ["--config", f"data_dir={Path(args.data_dir).resolve()}", *args.config]
+    log = work / "snakemake.log"
+    started = time.perf_counter()
+    with open(log, "w") as handle:
+        result = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - started
+    text = log.read_text()
+    plan = re.search(r"plan: (\d+) requested runs, (\d+) distinct, (\d+) to compute in (\d+) batch jobs; "
+                     r"([\d.]+) TFLOP", text)
+    by_figure = re.search(rf"plan by figure: .*?{args.target} (\d+) to compute", text)
+    print(f"snakemake {args.target} --cores {args.cores}: exit {result.returncode}, {seconds:.0f} s wall "
+          f"({seconds / 60:.1f} min); log {log}")
+    if plan:
+        runs = int(by_figure.group(1)) if by_figure else int(plan.group(3))
+        tflop = float(plan.group(5)) * (runs / max(1, int(plan.group(3))))
+        print(f"{runs} runs computed ({runs / seconds * 60:.1f} per minute), ~{tflop:.1f} TFLOP of students by the "
+              f"cost model, {tflop * 1e3 / seconds:.0f} GFLOP/s sustained (teachers, data and plots included in "
+              "the wall time)")
+    sys.exit(result.returncode)
+
+
+if __name__ == "__main__":
+    main()
