@@ -52,12 +52,12 @@ def main() -> None:
     text = log.read_text()
     plan = re.search(r"plan: (\d+) requested runs, (\d+) distinct, (\d+) to compute in (\d+) batch jobs; "
                      r"([\d.]+) TFLOP", text)
-    by_figure = re.search(rf"plan by figure: .*?{args.target} (\d+) to compute", text)
+    by_figure = re.search(rf"plan by figure: .*?{args.target} (\d+) to compute in \d+ jobs \(([\d.]+) TFLOP\)", text)
     print(f"snakemake {args.target} --cores {args.cores}: exit {result.returncode}, {seconds:.0f} s wall "
           f"({seconds / 60:.1f} min); log {log}")
     if plan:
-        runs = int(by_figure.group(1)) if by_figure else int(plan.group(3))
-        tflop = float(plan.group(5)) * (runs / max(1, int(plan.group(3))))
+        runs, tflop = (int(by_figure.group(1)), float(by_figure.group(2))) if by_figure \
+            else (int(plan.group(3)), float(plan.group(5)))
         print(f"{runs} runs computed ({runs / seconds * 60:.1f} per minute), ~{tflop:.1f} TFLOP of students by the "
               f"cost model, {tflop * 1e3 / seconds:.0f} GFLOP/s sustained (teachers, data and plots included in "
               "the wall time)")

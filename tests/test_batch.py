@@ -79,7 +79,6 @@ def test_stack_members_equal_lone_runs_bit_for_bit(tiny_data, tiny_cache):
     """The exactness contract: every member of a lockstep stack equals the same run alone."""
     from sublearn.data import ensure_cache, load
     from sublearn.experiment import prepare_student
-    from sublearn.outputs import RUN_FILES  # noqa: F401 - the writer of both paths
 
     rcs = {name: resolved(tiny_data, tiny_cache, extra) for name, extra in MIXED.items()}
     assert len({batch.stack_key(rc) for rc in rcs.values()}) == 1

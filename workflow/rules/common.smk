@@ -449,7 +449,8 @@ def _plan_summary():
     for figure in FIGURES:
         jobs = [b for b in BATCHES.values() if any(figure in r["figures"] for r in b["runs"])]
         count = sum(1 for b in jobs for r in b["runs"] if figure in r["figures"])
-        per_figure.append(f"{figure} {count} to compute in {len(jobs)} jobs")
+        per_figure.append(f"{figure} {count} to compute in {len(jobs)} jobs "
+                          f"({sum(b['flops'] for b in jobs) / 1e12:.1f} TFLOP)")
     return (f"plan: {len(RUNS)} requested runs, {runs} distinct, {todo} to compute in {len(BATCHES)} batch jobs; "
             f"{flops / 1e12:.1f} TFLOP of students, ~{seconds / 3600:.2f} h of job time at {rate:g} GFLOP/s per "
             f"job (config batch.gflops; `sublearn batch --plan` prints a sheet's stacks)\n"
