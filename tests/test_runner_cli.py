@@ -93,6 +93,7 @@ BAD_INPUT = [
     (["--device", "tpu"], "--device", "auto, cpu, cuda"),
     (["--threads", "0"], "--threads", ">= 1"),
     (["--outdir", "/proc/sys/sublearn-out"], "--outdir", "not a writable folder"),
+    (["--outdir", "/proc/sublearn-out"], "--outdir", "not a writable folder"),  # os.access passes as root
 ]
 
 
@@ -130,6 +131,43 @@ def test_missing_data_names_folder_and_files(tmp_path, capsys, monkeypatch):
     assert str(data_dir / "MNIST" / "raw") in line and "train-images-idx3-ubyte" in line
     assert "download failed" in line
     assert not data_dir.exists() and not (tmp_path / "c").exists()
+
+
+def test_failed_emnist_download_says_where_to_put_the_archive(tmp_path, capsys, monkeypatch):
+    from torchvision import datasets
+
+    monkeypatch.setattr(datasets.EMNIST, "url", "http://127.0.0.1:9/gzip.zip")  # fails for real, offline
+    data_dir = tmp_path / "nothing-here"
+    code, _, err = invoke(["prepare-data", "--dataset", "emnist", "--data-dir", str(data_dir),
+                           "--cache-dir", str(tmp_path / "c")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(data_dir / "EMNIST" / "raw" / "gzip.zip") in err and datasets.EMNIST.md5 in err
+    assert "download failed" in err
+
+
+def test_bad_idx_header_names_the_problem(tiny_data, tmp_path, capsys):
+    broken = tmp_path / "broken" / "MNIST" / "raw"
+    broken.mkdir(parents=True)
+    for f in (tiny_data / "MNIST" / "raw").iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    labels = broken / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(b"\x00\x00\xff\x07" + labels.read_bytes()[4:])  # impossible type and rank
+    code, _, err = invoke(["prepare-data", "--data-dir", str(tmp_path / "broken"), "--cache-dir",
+                           str(tmp_path / "c")], capsys)
+    assert code == 2 and "--data-dir" in err and "()" not in err, err
+
+
+def test_concurrent_runs_appending_to_one_outdir_keep_every_row(tiny_args, tmp_path):
+    outdir = tmp_path / "shared-out"
+    procs = [subprocess.Popen([sys.executable, "-m", "sublearn.cli", "run", *tiny_args, "--seed", "3", "--m",
+                               str(m), "--outdir", str(outdir), "--append-global"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for m in range(2, 8)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    seed_dir = outdir / "seed_000003"
+    assert sorted(int(r["m"]) for r in read_rows(seed_dir / "runs.csv")) == list(range(2, 8))
+    assert len((seed_dir / "configs.jsonl").read_text().splitlines()) == 6
+    assert len(read_rows(outdir / "runs_all_seeds.csv")) == 6
 
 
 def test_corrupt_data_file_is_refused(tiny_data, tmp_path, capsys):

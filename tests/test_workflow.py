@@ -177,6 +177,8 @@ def test_quick_preset_replaces_the_paper_grids(workdir):
     (lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(width=[1, 2]), "width are neither runner flags"),
     (lambda c: c["figures"]["fig2"]["panels"][0]["flags"].update(student_hidden_dims="{d1},32"),
      "{d1} is not a grid coordinate"),
+    (lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(m={"range": [1, 5, 0]}),
+     "figure fig2, panel init, grid m: range [1, 5, 0]: the step must be an integer >= 1"),
 ])
 def test_bad_config_is_refused_before_anything_runs(workdir, change, message):
     cfg = base_config(Path("data"), {"fig2": fig2_block()})

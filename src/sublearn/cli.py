@@ -10,6 +10,7 @@ import argparse
 import functools
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -205,6 +206,11 @@ def _check_writable(path: str | Path, flag: str, is_file: bool = False) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise bad_value(flag, str(path), f"{probe} is not a writable folder")
+    try:  # root passes os.access everywhere (even /proc): create and remove a file to be sure
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise bad_value(flag, str(path), f"{probe} is not a writable folder ({exc.strerror})") from None
 
 
 def _select_device(name: str):

@@ -64,14 +64,18 @@ def prepare(dataset: str, emnist_split: str, data_dir: str | Path, cache_file: s
                     if path.is_dir() and not any(path.iterdir()):
                         path.rmdir()
                 reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+                if dataset == "emnist":  # its host has long served an HTML page instead of the archive at times
+                    reason += (f"; or fetch {datasets.EMNIST.url} by other means and put it, unchanged, at "
+                               f"{folder / 'gzip.zip'} (MD5 {datasets.EMNIST.md5}): torchvision extracts it")
                 raise UsageError(_missing_message(data_dir, dataset, emnist_split,
                                                   f"the download failed ({reason})")) from None
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             raise UsageError(f"--data-dir: invalid value {str(data_dir)!r}; the IDX files in {folder} "
                              f"cannot be read ({reason}); replace them with intact copies") from None
         except AssertionError as exc:
+            why = str(exc) or "bad header or size"
             raise UsageError(f"--data-dir: invalid value {str(data_dir)!r}; the IDX files in {folder} "
-                             f"are corrupt ({exc or 'bad header or size'}); replace them with intact copies") from None
+                             f"are corrupt ({why}); replace them with intact copies") from None
         tv_datasets[train] = tv
     _check_shapes(tv_datasets, data_dir, dataset, emnist_split)
     payload = {

@@ -7,10 +7,12 @@ Every write goes to a temporary file in the destination folder and is moved into
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +103,31 @@ def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_text(path, old + new)
 
 
+@contextmanager
+def locked(folder: Path):
+    """An exclusive lock on a folder's appends (read, add, replace): concurrent runs writing to the same
+    --outdir wait for each other instead of losing each other's rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".sublearn.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_reference_layout(outdir: Path, result, append_global: bool) -> Path:
     """``outdir/seed_XXXXXX/{runs,layer_metrics,perturbations}.csv`` and ``configs.jsonl``, appended."""
     seed_dir = Path(outdir) / f"seed_{int(result.run_row['seed']):06d}"
     tables = {"runs.csv": [result.run_row], "layer_metrics.csv": result.layer_rows,
               "perturbations.csv": result.perturbation_rows}
-    for name, rows in tables.items():
-        append_csv(seed_dir / name, rows)
-    append_jsonl(seed_dir / "configs.jsonl", [result.config_record])
-    if append_global:
+    with locked(Path(outdir)):
         for name, rows in tables.items():
-            append_csv(Path(outdir) / name.replace(".csv", "_all_seeds.csv"), rows)
+            append_csv(seed_dir / name, rows)
+        append_jsonl(seed_dir / "configs.jsonl", [result.config_record])
+        if append_global:
+            for name, rows in tables.items():
+                append_csv(Path(outdir) / name.replace(".csv", "_all_seeds.csv"), rows)
     return seed_dir
 
 

@@ -89,6 +89,8 @@ def expand_values(spec, where):
         values = spec
     elif "range" in spec:
         a = spec["range"]
+        if len(a) > 2 and a[2] < 1:
+            raise ConfigError(f"config: {where}: range {a}: the step must be an integer >= 1")
         values = list(range(a[0], a[1] + 1, a[2] if len(a) > 2 else 1))
     elif "linspace" in spec:
         start, stop, count = spec["linspace"]
