@@ -60,6 +60,7 @@ FLAGS = tuple(n for n in FLAG_SETTINGS if n not in ("seed", "sweep_name", "run_l
                                                      "append_global"))
 RESERVED_COORDS = {"figure", "panel", "point", "seed", "sweep_name", "run_label", "data_dir", "cache_dir",
                    "threads", "device", "outdir", "run_dir", "teacher_out", "teacher_checkpoint"}
+LARGE_PANEL = 20_000  # runs of one panel beyond which planning says that it will take time
 LABEL_RE = re.compile(r"[^A-Za-z0-9.+-]+")
 TEMPLATE_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -298,6 +299,10 @@ def runs_table(cfg):
                 axes.append((name, expand_values(spec, f"{where}, grid {name}")))
             used = set()
             seen_points = {}
+            points = math.prod(len(values) for _, values in axes)
+            if points * len(seeds) > LARGE_PANEL:
+                logger.warning(f"config: {where}: {points} grid points x {len(seeds)} seeds = "
+                               f"{points * len(seeds)} runs; planning them takes a while")
             for combo in itertools.product(*(values for _, values in axes)):
                 coords = {name: value for (name, _), (_, value) in zip(axes, combo, strict=True)}
                 labels = {name: label for (name, _), (label, _) in zip(axes, combo, strict=True)}
