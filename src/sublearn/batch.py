@@ -245,7 +245,7 @@ def load_checkpoint(path: Path) -> dict:
             from None
 
 
-SECONDS_PER_RUN = 0.5  # per-run work outside the matmuls (models, snapshots, metrics, files), measured on CPU
+SECONDS_PER_RUN = 0.5  # an allowance for per-run work outside the matmuls (models, snapshots, metrics, files)
 
 
 # --------------------------------------------------------------------------------------------------
