@@ -78,7 +78,7 @@ def lone_result(rc, data, checkpoint):
 def test_stack_members_equal_lone_runs_bit_for_bit(tiny_data, tiny_cache):
     """The exactness contract: every member of a lockstep stack equals the same run alone."""
     from sublearn.data import ensure_cache, load
-    from sublearn.experiment import prepare_student
+    from sublearn.experiment import distill_stack, prepare_student
 
     rcs = {name: resolved(tiny_data, tiny_cache, extra) for name, extra in MIXED.items()}
     assert len({batch.stack_key(rc) for rc in rcs.values()}) == 1
@@ -102,7 +102,7 @@ def test_stack_members_equal_lone_runs_bit_for_bit(tiny_data, tiny_cache):
 
             finished[name_of[id(member)]] = finish_student(member, data, device, loss, seconds)
 
-        batch.distill_stack(list(members.values()), device, done)
+        distill_stack(list(members.values()), device, done)
     finally:
         torch.set_num_threads(before)
     assert set(finished) == set(MIXED)

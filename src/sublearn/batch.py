@@ -16,6 +16,7 @@ run. A member leaves the stack when its steps are done and its folder is written
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from .config import (
     UsageError,
     config_from_settings,
     conv_output_hw,
+    dataset_key,
     resolve,
 )
 
@@ -97,8 +99,6 @@ def resolve_in(config, where: str) -> ResolvedConfig:
 
 def finished_key(run_dir: Path) -> str | None:
     """The run key recorded in a finished run folder (runs.csv is written last), or None."""
-    import csv
-
     try:
         with open(run_dir / "runs.csv", newline="") as handle:
             row = next(csv.DictReader(handle), None)
@@ -152,8 +152,6 @@ def plan_stacks(runs: list[SheetRun], max_memory_mb: float | None = None) -> lis
 
 
 def dataset_key_of(rc: ResolvedConfig) -> str:
-    from .config import dataset_key
-
     return dataset_key(rc.config.dataset, rc.config.emnist_split)
 
 
@@ -204,7 +202,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, da
 
 def run_stack(stack: list[SheetRun], checkpoint: dict, data, device, data_dir: str, cache_dir: str,
               batch_started: float, failures: list[str]) -> None:
-    from .experiment import finish_student, prepare_student
+    from .experiment import distill_stack, finish_student, prepare_student
     from .outputs import write_run_dir
 
     run_of = {}
@@ -246,64 +244,6 @@ def load_checkpoint(path: Path) -> dict:
 
 
 SECONDS_PER_RUN = 0.5  # an allowance for per-run work outside the matmuls (models, snapshots, metrics, files)
-
-
-# --------------------------------------------------------------------------------------------------
-# Training a stack in lockstep
-# --------------------------------------------------------------------------------------------------
-
-
-def distill_stack(members: list, device, on_done: Callable[[Any, float, float], None]) -> None:
-    """Distil prepared students (``experiment.StudentRun``) of one stack side by side.
-
-    ``on_done(member, last_epoch_loss, seconds)`` is called as soon as a member's steps are done.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from .experiment import adam, epoch_mean, sample_noise
-    from .seeding import derived_seed, set_seed
-
-    first = members[0].rc.config
-    set_seed(derived_seed(first.seed, "student_training_noise"))
-    state = []
-    for member in members:
-        c = member.rc.config
-        params = [p for p in member.student.parameters() if p.requires_grad]
-        member.student.train()
-        member.teacher.eval()
-        state.append({"member": member, "optimizer": adam(params, c.student_lr, device), "losses": [],
-                      "last": float("nan"), "steps": c.noise_steps * c.student_epochs, "per_epoch": c.noise_steps,
-                      "epochs_done": 0, "seconds": 0.0})
-    active = state
-    for member_state in [s for s in active if s["steps"] == 0]:
-        on_done(member_state["member"], member_state["last"], 0.0)
-    active = [s for s in active if s["steps"] > 0]
-    body = members[0].teacher  # every member's teacher has this body (same stack key)
-    step = 0
-    while active:
-        x = sample_noise(first.noise_bsize, first, device)
-        with torch.no_grad():
-            features = body.features(x)
-        step += 1
-        for s in active:
-            started = time.perf_counter()
-            member = s["member"]
-            with torch.no_grad():
-                target = member.teacher.aux_head(features)
-            loss = F.mse_loss(member.student.aux_logits(x), target)
-            s["optimizer"].zero_grad(set_to_none=True)
-            loss.backward()
-            s["optimizer"].step()
-            s["losses"].append(loss.detach())
-            if step % s["per_epoch"] == 0:
-                s["last"] = epoch_mean(s["losses"])
-                s["losses"] = []
-                s["epochs_done"] += 1
-            s["seconds"] += time.perf_counter() - started
-        for s in [s for s in active if step == s["steps"]]:
-            on_done(s["member"], s["last"], s["seconds"])
-        active = [s for s in active if step < s["steps"]]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -436,10 +436,15 @@ def config_from_flags(flags: dict[str, Any]) -> ExperimentConfig:
         arch = values.get(f"{role}_arch_spec")
         if isinstance(arch, str):
             values[f"{role}_arch_spec"] = load_json_or_path(arch, f"--{role}-arch-spec")
+    return ExperimentConfig(**_float_rates(values), perturb_specs=specs)
+
+
+def _float_rates(values: dict[str, Any]) -> dict[str, Any]:
+    """Learning rates as floats (YAML and JSON write 1 for 1.0), so equal settings hash equally."""
     for name in ("teacher_lr", "student_lr"):
         if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
             values[name] = float(values[name])
-    return ExperimentConfig(**values, perturb_specs=specs)
+    return values
 
 
 def sheet_settings(config: ExperimentConfig) -> dict[str, Any]:
@@ -476,12 +481,7 @@ def config_from_settings(settings: dict[str, Any], where: str) -> ExperimentConf
             raise UsageError(f"{where}: unknown setting {key!r}; allowed: {', '.join(RUN_SETTINGS)}")
         if not _type_ok(types[key], value):
             raise UsageError(f"{where}: setting {key}: invalid value {value!r}; expected {types[key]}")
-    values = dict(settings)
-    if "teacher_lr" in values:
-        values["teacher_lr"] = float(values["teacher_lr"])
-    if "student_lr" in values:
-        values["student_lr"] = float(values["student_lr"])
-    return ExperimentConfig(**values)
+    return ExperimentConfig(**_float_rates(dict(settings)))
 
 
 @dataclass

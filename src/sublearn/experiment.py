@@ -12,6 +12,7 @@ import math
 import platform
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -179,31 +180,6 @@ def train_teacher(model: SplitHeadModel, data: Dataset, rc: ResolvedConfig, devi
         if not math.isfinite(last_epoch_loss):
             raise Diverged(f"teacher training diverged: class cross-entropy {last_epoch_loss} in epoch {epoch + 1} "
                            f"(teacher_lr {c.teacher_lr:g}); no result was written")
-    return last_epoch_loss
-
-
-def distill_student(student: SplitHeadModel, teacher: SplitHeadModel, rc: ResolvedConfig,
-                    device: torch.device) -> float:
-    c = rc.config
-    set_seed(derived_seed(c.seed, "student_training_noise"))
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = adam(params, c.student_lr, device)
-    student.train()
-    teacher.eval()
-    last_epoch_loss = float("nan")
-    for epoch in range(c.student_epochs):
-        losses = []
-        for _ in range(c.noise_steps):
-            x = sample_noise(c.noise_bsize, c, device)
-            with torch.no_grad():
-                target = teacher.aux_logits(x)
-            loss = F.mse_loss(student.aux_logits(x), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
-        last_epoch_loss = epoch_mean(losses)
-        print(f"[student] epoch {epoch + 1}/{c.student_epochs} aux MSE {last_epoch_loss:.8f}", flush=True)
     return last_epoch_loss
 
 
@@ -473,6 +449,68 @@ class StudentRun:
     teacher_in_process: bool = False
 
 
+@dataclass
+class _Distilling:
+    """One student's progress in a lockstep distillation."""
+
+    run: StudentRun
+    optimizer: Any
+    steps: int
+    per_epoch: int
+    losses: list = field(default_factory=list)
+    last: float = float("nan")
+    seconds: float = 0.0
+
+
+def distill_stack(runs: list[StudentRun], device: torch.device,
+                  on_done: Callable[[StudentRun, float, float], None]) -> None:
+    """Distil prepared students that share a teacher body and a noise stream (one alone, or a stack).
+
+    Every run of one seed and noise setting draws the same noise stream, and a run of N steps per epoch
+    and E epochs consumes its first N x E batches: one noise draw and one teacher-body forward per step
+    serve every student, and each does exactly the arithmetic of a lone run. ``on_done(run, last epoch's
+    mean loss, seconds)`` is called as soon as a run's steps are done.
+    """
+    c0 = runs[0].rc.config
+    set_seed(derived_seed(c0.seed, "student_training_noise"))
+    active = []
+    for run in runs:
+        c = run.rc.config
+        run.student.train()
+        run.teacher.eval()
+        params = [p for p in run.student.parameters() if p.requires_grad]
+        active.append(_Distilling(run, adam(params, c.student_lr, device), c.noise_steps * c.student_epochs,
+                                  c.noise_steps))
+    for d in [d for d in active if d.steps == 0]:
+        on_done(d.run, d.last, 0.0)
+    active = [d for d in active if d.steps > 0]
+    body = runs[0].teacher  # every run's teacher has this body (same teacher key, no body perturbation)
+    step = 0
+    while active:
+        x = sample_noise(c0.noise_bsize, c0, device)
+        with torch.no_grad():
+            features = body.features(x)
+        step += 1
+        for d in active:
+            started = time.perf_counter()
+            with torch.no_grad():
+                target = d.run.teacher.aux_head(features)
+            loss = F.mse_loss(d.run.student.aux_logits(x), target)
+            d.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            d.optimizer.step()
+            d.losses.append(loss.detach())
+            if step % d.per_epoch == 0:
+                d.last, d.losses = epoch_mean(d.losses), []
+                c = d.run.rc.config
+                print(f"[student] {d.run.run_id} epoch {step // d.per_epoch}/{c.student_epochs} aux MSE "
+                      f"{d.last:.8f}", flush=True)
+            d.seconds += time.perf_counter() - started
+        for d in [d for d in active if step == d.steps]:
+            on_done(d.run, d.last, d.seconds)
+        active = [d for d in active if step < d.steps]
+
+
 def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, checkpoint: dict[str, Any],
                     teacher_in_process: bool = False) -> StudentRun:
     """Everything of a student run before distillation (steps 1-8 of the reference order)."""
@@ -514,9 +552,9 @@ def student_stage(rc: ResolvedConfig, data: Dataset, device: torch.device,
                   checkpoint: dict[str, Any], teacher_in_process: bool = False) -> RunResult:
     """Distil one student from a trained teacher (in memory or loaded from a checkpoint file)."""
     run = prepare_student(rc, data, device, checkpoint, teacher_in_process)
-    distill_started = time.time()
-    train_aux = distill_student(run.student, run.teacher, rc, device)
-    return finish_student(run, data, device, train_aux, time.time() - distill_started)
+    distilled = {}
+    distill_stack([run], device, lambda _, loss, seconds: distilled.update(loss=loss, seconds=seconds))
+    return finish_student(run, data, device, distilled["loss"], distilled["seconds"])
 
 
 def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_aux: float,
