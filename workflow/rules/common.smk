@@ -40,6 +40,8 @@ from sublearn import batch as runner_batch  # noqa: E402  (torch-free: sheets, s
 from sublearn.cli import resolve_argv  # noqa: E402  (torch-free)
 from sublearn.config import (  # noqa: E402
     FLAG_SETTINGS,
+    JOB_SETTINGS,
+    LABEL_SETTINGS,
     UsageError,
     config_from_flags,
     dataset_key,
@@ -55,9 +57,7 @@ TORCH_ENV = f"../../envs/torch-{config['torch_env']}.yaml"
 
 # Runner settings a config may set (the runner defines them). Seed, labels, paths, threads and device
 # belong to the workflow.
-FLAGS = tuple(n for n in FLAG_SETTINGS if n not in ("seed", "sweep_name", "run_label", "data_dir", "outdir",
-                                                     "cache_dir", "threads", "device", "num_workers",
-                                                     "append_global"))
+FLAGS = tuple(n for n in FLAG_SETTINGS if n not in (*JOB_SETTINGS, *LABEL_SETTINGS, "seed"))
 RESERVED_COORDS = {"figure", "panel", "point", "seed", "sweep_name", "run_label", "data_dir", "cache_dir",
                    "threads", "device", "outdir", "run_dir", "teacher_out", "teacher_checkpoint"}
 LARGE_PANEL = 20_000  # runs of one panel beyond which planning says that it will take time
@@ -360,8 +360,8 @@ def runs_table(cfg):
 
 def plan_batches(unique_runs, cfg):
     """Runs -> batch jobs: runs of one dataset requested by the same figures, ordered so that runs sharing
-    a stack (teacher and noise stream) sit together, cut into chunks of at most `batch.max_tflop` estimated FLOPs and `batch.max_runs`
-    runs. Chunks are cut over all runs, finished or not, and named by the hash of their run keys, so a
+    a stack (teacher and noise stream) sit together, cut into chunks of at most `batch.max_tflop` estimated
+    FLOPs and `batch.max_runs` runs. Chunks are cut over all runs, finished or not, and named by the hash of their run keys, so a
     chunk's name does not change while other jobs finish (a cluster job re-reads this plan when it starts);
     a chunk's job computes only its unfinished runs, and a chunk with none has no job."""
     settings = cfg["batch"]
@@ -369,10 +369,11 @@ def plan_batches(unique_runs, cfg):
     def group(run):  # a job serves one set of figures, so `snakemake fig5` computes no other figure's runs
         return (run["figures"], run["dataset"])
 
-    ordered = sorted(unique_runs, key=lambda r: (group(r), runner_batch.stack_key(r["rc"]), r["run_key"]))
+    stack_of = {r["run_key"]: runner_batch.stack_key(r["rc"]) for r in unique_runs}
+    ordered = sorted(unique_runs, key=lambda r: (group(r), stack_of[r["run_key"]], r["run_key"]))
     chunks, current, flops, last_stack = [], [], 0.0, None
     for run in ordered:
-        stack = runner_batch.stack_key(run["rc"])
+        stack = stack_of[run["run_key"]]
         cost = runner_batch.run_flops(run["rc"], run["dataset"])
         extra = cost["student"] + cost["evaluation"] + (cost["teacher_body"] if stack != last_stack else 0.0)
         if current and (group(current[-1]) != group(run) or len(current) >= settings["max_runs"]
