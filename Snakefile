@@ -22,6 +22,10 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
+onstart:
+    hold_results_lock()
+
+
 # The targets name every run too: Snakemake does not redo a deleted intermediate file on its own when
 # the files made from it are up to date, so a deleted or killed run would otherwise stay missing.
 rule all:

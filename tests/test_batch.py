@@ -83,7 +83,7 @@ def test_stack_members_equal_lone_runs_bit_for_bit(tiny_data, tiny_cache):
     rcs = {name: resolved(tiny_data, tiny_cache, extra) for name, extra in MIXED.items()}
     assert len({batch.stack_key(rc) for rc in rcs.values()}) == 1
     device = torch.device("cpu")
-    cache = ensure_cache("mnist", "balanced", tiny_data, tiny_cache)
+    cache, _ = ensure_cache("mnist", "balanced", tiny_data, tiny_cache)
     data = load(cache, "mnist", "balanced", None, device, with_train=False)
     from sublearn.experiment import train_teacher_stage
 
@@ -194,6 +194,40 @@ def test_batch_cli_writes_run_folders_and_skips_finished_runs(tiny_data, tiny_ca
     assert main([*common, "--plan", "--gflops", "50"]) == 0
     out = capsys.readouterr().out
     assert "[plan] total 0 runs" in out
+
+
+def test_batch_refuses_teachers_of_other_data_and_recomputes_runs_of_old_data(tiny_data, tiny_cache, tmp_path,
+                                                                             capsys):
+    """Runs finished on other data are not finished: a batch on new data computes them again; a teacher
+    trained on other data is refused before any training, naming both identities."""
+    from sublearn.dataid import content_identity, raw_paths
+    from sublearn.idx import write_synthetic_dataset
+
+    other = tmp_path / "other-data"
+    write_synthetic_dataset(other, "mnist", n_train=600, n_test=200, seed=7)
+    rcs = {name: resolved(tiny_data, tiny_cache, MIXED[name]) for name in ("base", "m3_N5")}
+    sheet = tmp_path / "sheet.jsonl"
+    dirs = write_sheet(sheet, rcs, tmp_path / "runs")
+    old_teachers, new_teachers = tmp_path / "t-old", tmp_path / "t-new"
+    train_teachers(rcs.values(), tiny_data, tiny_cache, old_teachers)
+    run = ["batch", "--sheet", str(sheet), "--cache-dir", str(tiny_cache), "--device", "cpu", "--threads", "1"]
+    assert main([*run, "--teacher-dir", str(old_teachers), "--data-dir", str(tiny_data)]) == 0
+    capsys.readouterr()
+    finished = {name: (d / "runs.csv").read_text() for name, d in dirs.items()}
+
+    code = main([*run, "--teacher-dir", str(old_teachers), "--data-dir", str(other)])
+    err = capsys.readouterr().err
+    new_identity = content_identity(raw_paths(other, "mnist", "balanced"))
+    assert code == 2 and "--teacher-dir" in err and new_identity in err
+    assert content_identity(raw_paths(tiny_data, "mnist", "balanced")) in err
+    assert {name: (d / "runs.csv").read_text() for name, d in dirs.items()} == finished  # nothing touched
+
+    for rc in rcs.values():
+        rc.config.data_dir = str(other)
+    train_teachers(rcs.values(), other, tiny_cache, new_teachers)
+    assert main([*run, "--teacher-dir", str(new_teachers), "--data-dir", str(other)]) == 0
+    assert "0 already finished, 2 to compute" in capsys.readouterr().out
+    assert {r["data_identity"] for r in _run_rows(dirs).values()} == {new_identity}
 
 
 BAD_SHEETS = [

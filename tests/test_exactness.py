@@ -76,7 +76,7 @@ def fast_run(rc):
     from sublearn.experiment import student_stage, train_teacher_stage
 
     c, device = rc.config, torch.device("cpu")
-    cache = ensure_cache(c.dataset, c.emnist_split, c.data_dir, c.cache_dir)
+    cache, _ = ensure_cache(c.dataset, c.emnist_split, c.data_dir, c.cache_dir)
     data = load(cache, c.dataset, c.emnist_split, c.class_count, device)
     checkpoint = train_teacher_stage(rc, data, device)
     return student_stage(rc, data, device, checkpoint, teacher_in_process=True)

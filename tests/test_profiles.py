@@ -159,8 +159,9 @@ def test_gpu_profile_asks_for_gpus_only_for_training():
     assert set(res) <= {"teacher"}  # merge and plot jobs ask for no GPU
     assert "gres" not in PROFILES["slurm-gpu"].read_text().replace("# ", "")  # one request style: --gpus
     assert "gpu" not in data["default-resources"] and "gres" not in data["default-resources"]
-    # the CUDA build, and one GPU per batch job (workflow/rules/batches.smk); the runs' device is unchanged
-    assert data["config"] == {"torch_env": "gpu"}
+    # the CUDA build, one GPU per batch job (workflow/rules/batches.smk), and device cuda: a job that
+    # cannot use CUDA stops with the reason instead of computing on the CPU while holding a GPU
+    assert data["config"] == {"torch_env": "gpu", "device": "cuda"}
     assert 'BATCH_CLUSTER_RESOURCES = {"gpu": 1} if config["torch_env"] == "gpu"' in (
         REPO / "workflow" / "rules" / "batches.smk").read_text()
 

@@ -194,7 +194,9 @@ def test_bad_config_is_refused_before_anything_runs(workdir, change, message):
 def test_missing_data_stops_with_the_runners_message(workdir):
     cfg = base_config(workdir / "nowhere", {"fig2": fig2_block(m=(3,))}, seeds=(0,))
     write_config(workdir, cfg)
-    result = smk(workdir, "resources/cache/mnist.pt")
+    from sublearn.dataid import cache_file
+
+    result = smk(workdir, str(cache_file("resources/cache", "mnist", "balanced", workdir / "nowhere")))
     out = result.stdout + result.stderr
     assert result.returncode != 0
     assert "MNIST/raw" in out and "train-images-idx3-ubyte" in out and "data_dir" in out, out[-3000:]
@@ -268,6 +270,78 @@ def test_build_is_incremental(real_mnist, workdir):
     ok(smk(workdir, "--report", "report.html"))
     report = workdir / "report.html"
     assert report.stat().st_size > 10_000
+
+
+def test_changed_data_recomputes_everything_made_from_it(workdir):
+    """New raw files (same names and sizes, other images): the cache, the teachers and every finished run
+    are computed again, so no figure mixes old and new data; an unchanged folder reruns nothing."""
+    from sublearn.dataid import content_identity, raw_paths
+    from sublearn.idx import write_synthetic_dataset
+
+    data = workdir / "data"
+    write_synthetic_dataset(data, "mnist", n_train=300, n_test=100, seed=11)
+    cfg = base_config(data, {"fig2": fig2_block(m=(3,))}, seeds=(0,))
+    cfg["figures"]["fig2"]["panels"][0]["grid"]["student_init"]["labels"] = {"same": "A,A,A,A"}
+    write_config(workdir, cfg)
+    ok(smk(workdir, "all"))
+    tidy = workdir / "results" / "tables" / "fig2.csv"
+    old = content_identity(raw_paths(data, "mnist", "balanced"))
+    assert set(pd.read_csv(tidy)["data_identity"]) == {old}
+    assert planned(workdir) == {}
+
+    time.sleep(0.01)
+    write_synthetic_dataset(data, "mnist", n_train=300, n_test=100, seed=12)
+    new = content_identity(raw_paths(data, "mnist", "balanced"))
+    assert new != old
+    assert planned(workdir) == {"prepare_data": 1, "teacher": 1, "batch": 1, "runs": 1, "merge_runs": 1,
+                                "plot_fig2": 1, "all": 1}
+    ok(smk(workdir, "all"))
+    assert set(pd.read_csv(tidy)["data_identity"]) == {new}
+    assert planned(workdir) == {}
+
+
+def test_merge_refuses_runs_of_different_data():
+    """The merge's last line of defence: runs of one dataset from two data identities are refused (or,
+    allowed, marked); mixed devices or thread counts are named in a warning."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+    spec = importlib.util.spec_from_file_location("merge", REPO / "workflow" / "scripts" / "merge.py")
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+
+    def runs(identities, devices=("cpu",) * 3):
+        return pd.DataFrame({"dataset": ["mnist", "mnist", "emnist"], "emnist_split": ["balanced"] * 3,
+                             "data_identity": identities, "device": list(devices), "threads": [1, 1, 1],
+                             "torch_version": ["2"] * 3, "outdir": ["results/runs/a", "results/runs/b",
+                                                                     "results/runs/c"]})
+
+    merge.check_provenance(runs(["sha256:1", "sha256:1", "sha256:2"]), "fig9", False)  # two datasets: fine
+    with pytest.raises(SystemExit) as refused:
+        merge.check_provenance(runs(["sha256:1", "sha256:3", "sha256:2"]), "fig9", False)
+    assert "fig9" in str(refused.value) and "results/runs/b" in str(refused.value)
+    assert "sha256:1" in str(refused.value) and "sha256:3" in str(refused.value)
+    allowed = runs(["sha256:1", "sha256:3", "sha256:2"], devices=("cpu", "cuda:0", "cpu"))
+    merge.check_provenance(allowed, "fig9", True)
+    assert list(allowed["mixed_data"]) == [True, True, False]
+
+
+def test_one_snakemake_at_a_time_per_results_dir(workdir):
+    """A second checkout (or a second Snakemake) sharing results_dir stops at once, naming the first."""
+    import fcntl
+
+    write_config(workdir, base_config(workdir / "nowhere", {"fig2": fig2_block(m=(3,))}, seeds=(0,)))
+    lock = workdir / "results" / ".sublearn.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1 on elsewhere, working directory /other/checkout\n")
+        held.flush()
+        result = smk(workdir, "all")
+        assert result.returncode != 0
+        assert "in use by another Snakemake (pid 1 on elsewhere" in result.stdout + result.stderr
+        assert not (workdir / "resources").exists()  # nothing ran
+        assert "plan:" in ok(smk(workdir, "-n", "all"))  # a dry run writes nothing: allowed
 
 
 def _children_running(workdir: Path, needle: str) -> list[int]:

@@ -10,8 +10,9 @@
 #    one running batch job with scancel, checks that a rerun plans exactly the missing runs, reruns,
 #    and checks that the jobs went through sbatch and that the table equals the local one;
 # 4. checks that switching back to profiles/default or the real slurm-cpu profile reruns nothing;
-# 5. runs one batch of students through profiles/slurm-gpu on the node's fake GPU: sbatch must ask for the GPU,
-#    the run must fall back to CPU (runs.csv device == cpu) and give the same numbers.
+# 5. runs one batch of students through profiles/slurm-gpu on the node's fake GPU: with the profile's device
+#    cuda the jobs must stop saying why CUDA is unusable; with device auto sbatch must ask for the GPU, the
+#    run must fall back to CPU (runs.csv device == cpu) and give the same numbers.
 # Environment: PYTHON (default python3), SLURM_TEST_FIGURE (default fig5), SLURM_TEST_KEEP=1 keeps the
 # work folder, SLURM_CI_PORT (see start-cluster.sh).
 set -euo pipefail
@@ -210,12 +211,22 @@ fi
 # ------------------------------------------------------------------------------------ SLURM, fake GPU
 G=$WORK/gpu/repo
 one=$(cd "$S" && find results -path '*/runs/*' -name runs.csv | sort | head -1)
-say "GPU profile: $one through profiles/slurm-gpu on the fake GPU"
-if smk "$G" "$WORK/gpu.log" "$one" --workflow-profile none --profile profiles/slurm-gpu --profile .ci/slurm/profile \
-        --configfile "$PRESET" "$BATCH4"; then
-    ok "GPU-profile run completed"
+say "GPU profile: $one through profiles/slurm-gpu on the fake GPU (a GRES without CUDA behind it)"
+if smk "$G" "$WORK/gpu-nocuda.log" "$one" --workflow-profile none --profile profiles/slurm-gpu \
+        --profile .ci/slurm/profile --configfile "$PRESET" "$BATCH4"; then
+    fail "GPU-profile run without usable CUDA completed (it must stop)"
+elif why=$(grep -rh "CUDA is not usable here" "$G/logs" | head -1) && [ -n "$why" ]; then
+    ok "device cuda without usable CUDA stops with the reason: ${why:0:160}"
 else
-    tail -40 "$WORK/gpu.log"; fail "GPU-profile run"
+    tail -40 "$WORK/gpu-nocuda.log"; fail "GPU-profile run failed without saying that CUDA is unusable"
+fi
+[ ! -e "$G/$one" ] || fail "a run was written by the GPU profile without CUDA"
+# device auto (asked for explicitly) falls back to the CPU and records it
+if smk "$G" "$WORK/gpu.log" "$one" --workflow-profile none --profile profiles/slurm-gpu --profile .ci/slurm/profile \
+        --configfile "$PRESET" "$BATCH4" --config torch_env=gpu device=auto; then
+    ok "GPU-profile run with device auto completed"
+else
+    tail -40 "$WORK/gpu.log"; fail "GPU-profile run with device auto"
 fi
 tjob=$(sed -n 's/.*submitted with SLURM jobid \([0-9]*\) (log: .*rule_teacher.*/\1/p' "$WORK/gpu.log" | head -1)
 sjob=$(sed -n 's/.*submitted with SLURM jobid \([0-9]*\) (log: .*rule_batch_.*/\1/p' "$WORK/gpu.log" | head -1)

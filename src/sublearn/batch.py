@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,14 +96,15 @@ def resolve_in(config, where: str) -> ResolvedConfig:
         raise UsageError(f"{where}: {exc}") from None
 
 
-def finished_key(run_dir: Path) -> str | None:
-    """The run key recorded in a finished run folder (runs.csv is written last), or None."""
+def recorded_result(run_dir: str | Path) -> tuple[str | None, str | None] | None:
+    """(run key, data identity) recorded in a finished run folder (runs.csv is written last), or None.
+    A run is finished when both equal the run's own key and its data's identity now."""
     try:
-        with open(run_dir / "runs.csv", newline="") as handle:
+        with open(Path(run_dir) / "runs.csv", newline="") as handle:
             row = next(csv.DictReader(handle), None)
     except OSError:
         return None
-    return row.get("run_key") if row else None
+    return (row.get("run_key"), row.get("data_identity")) if row else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,14 +169,19 @@ def print_plan(plan: list[list[SheetRun]], gflops: float) -> None:
           f"~{total_seconds:.0f} s at {gflops:g} GFLOP/s", flush=True)
 
 
-def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, data_dir: str, cache_dir: str,
-               check_writable: Callable[[str, str], None]) -> None:
-    """Train every stack; write each run's folder as soon as the run is done."""
+def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, caches: dict[tuple, tuple[Path, str]],
+               data_dir: str, cache_dir: str) -> None:
+    """Train every stack; write each run's folder as soon as the run is done. caches: (dataset, split) ->
+    (prepared cache, data identity)."""
     import torch
 
     from . import data as datasets
+    from .experiment import check_checkpoint
 
-    check_writable(cache_dir, "--cache-dir")
+    for key in dict.fromkeys(stack[0].rc.teacher_key() for stack in plan):  # every teacher, before any training
+        rc = next(stack[0].rc for stack in plan if stack[0].rc.teacher_key() == key)
+        identity = caches[(rc.config.dataset, rc.config.emnist_split)][1]
+        check_checkpoint(rc, load_checkpoint(teachers[key]), f"--teacher-dir: {teachers[key]}", identity)
     loaded: dict[tuple, Any] = {}
     checkpoints: dict[str, dict] = {}
     failures: list[str] = []
@@ -185,7 +190,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, da
         c0 = stack[0].rc.config
         data_key = (c0.dataset, c0.emnist_split, c0.class_count)
         if data_key not in loaded:
-            cache = datasets.ensure_cache(c0.dataset, c0.emnist_split, data_dir, cache_dir)
+            cache = caches[(c0.dataset, c0.emnist_split)][0]
             loaded[data_key] = datasets.load(cache, *data_key, device, with_train=False)
         data = loaded[data_key]
         teacher_key = stack[0].rc.teacher_key()

@@ -1,4 +1,4 @@
-"""``sublearn`` command line: run, teacher, student, prepare-data.
+"""``sublearn`` command line: run, teacher, student, batch, prepare-data.
 
 Parsing and validation import no torch, so bad input is refused in a fraction of a second, before any
 data is read or any file is written.
@@ -20,8 +20,8 @@ from .config import (
     FLAG_SETTINGS,
     MODEL_TYPES,
     NOISE_DISTS,
-    Diverged,
     ExperimentConfig,
+    Fault,
     UsageError,
     bad_value,
     config_from_flags,
@@ -29,6 +29,10 @@ from .config import (
 )
 
 DEFAULT_CACHE = os.environ.get("SUBLEARN_CACHE", str(Path.home() / ".cache" / "sublearn"))
+
+
+CACHE_ONLY_HELP = ("never (re)build the dataset cache: use the one `prepare-data` wrote from --data-dir, and "
+                   "stop when it is missing or holds other data than --data-dir now (the workflow's jobs)")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -65,6 +69,7 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
                          "(default: %(default)s)")
     io.add_argument("--cache-dir", default=DEFAULT_CACHE,
                     help="where prepared dataset tensors are cached (default: $SUBLEARN_CACHE or %(default)s)")
+    io.add_argument("--cache-only", action="store_true", help=CACHE_ONLY_HELP)
     io.add_argument("--seed", type=_integer, default=42, help="base seed of every derived stream (default: 42)")
     io.add_argument("--num-workers", type=_integer, default=0,
                     help="accepted for compatibility; data are batched in memory, so it has no effect")
@@ -162,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--teacher-dir", required=True, help="folder of teacher checkpoints named TEACHER_KEY.pt")
     batch.add_argument("--data-dir", default="./data", help="torchvision dataset folder (default: %(default)s)")
     batch.add_argument("--cache-dir", default=DEFAULT_CACHE, help="prepared dataset tensors (default: %(default)s)")
+    batch.add_argument("--cache-only", action="store_true", help=CACHE_ONLY_HELP)
     batch.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     batch.add_argument("--threads", type=_integer, default=None, help="torch intra-op CPU threads")
     batch.add_argument("--max-memory-mb", type=_number, default=None,
@@ -221,21 +227,42 @@ def _select_device(name: str):
     torch.backends.cudnn.allow_tf32 = False
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise bad_value("--device", name, "allowed: auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise bad_value("--device", name, "CUDA is not available here; use auto or cpu")
+            raise bad_value("--device", name, f"CUDA is not usable here ({_cuda_unusable_reason()}); use "
+                            "--device cpu (workflow: device: cpu, or the CPU profile) or auto to fall back to the CPU")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise bad_value("--device", name, f"allowed: cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
-def _prepare_data(rc, device, with_train: bool = True):
+def _cuda_unusable_reason() -> str:
+    import warnings
+
+    import torch
+
+    if not torch.version.cuda:
+        return f"torch {torch.__version__} is a CPU-only build"
+    with warnings.catch_warnings(record=True) as caught:  # torch warns, e.g., that the driver is too old
+        warnings.simplefilter("always")
+        try:
+            torch.cuda.init()
+        except Exception as exc:  # noqa: BLE001 - whatever CUDA says is the reason
+            caught.append(exc)
+    said = " ".join(" ".join(str(getattr(w, "message", w)).split()) for w in caught)
+    return f"torch {torch.__version__} for CUDA {torch.version.cuda}: {said or 'no CUDA device found'}"
+
+
+def _prepare_data(rc, device, cache_only: bool, with_train: bool = True):
     from . import data
 
     c = rc.config
     _check_writable(c.cache_dir, "--cache-dir")
-    cache = data.ensure_cache(c.dataset, c.emnist_split, c.data_dir, c.cache_dir)
+    cache, _ = data.ensure_cache(c.dataset, c.emnist_split, c.data_dir, c.cache_dir, build=not cache_only)
     return data.load(cache, c.dataset, c.emnist_split, c.class_count, device, with_train)
 
 
@@ -284,7 +311,7 @@ def cmd_run(args) -> None:
     from .experiment import student_stage, train_teacher_stage
 
     rc, device = _setup(args)
-    data = _prepare_data(rc, device)
+    data = _prepare_data(rc, device, args.cache_only)
     checkpoint = train_teacher_stage(rc, data, device)
     _write_result(args, rc, student_stage(rc, data, device, checkpoint, teacher_in_process=True))
 
@@ -296,13 +323,18 @@ def cmd_teacher(args) -> None:
     from .outputs import atomic_torch_save, atomic_write_text, jsonable
 
     rc, device = _setup(args)
-    data = _prepare_data(rc, device)
+    data = _prepare_data(rc, device, args.cache_only)
     checkpoint = train_teacher_stage(rc, data, device)
     out = Path(args.teacher_out)
     summary = {k: v for k, v in checkpoint.items() if k not in ("initial_body", "trained_body")}
     summary["effective_config"] = rc.config.to_dict()
-    atomic_write_text(out.with_suffix(".json"), json.dumps(jsonable(summary), sort_keys=True, indent=1))
+    # the checkpoint first, then its summary: a failed write leaves neither (never a .json without its .pt)
     atomic_torch_save(checkpoint, out)
+    try:
+        atomic_write_text(out.with_suffix(".json"), json.dumps(jsonable(summary), sort_keys=True, indent=1))
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
     print(f"[teacher] {out} (key {checkpoint['teacher_key']})", flush=True)
 
 
@@ -312,22 +344,22 @@ def cmd_student(args) -> None:
     rc, device = _setup(args)
     checkpoint = _load_checkpoint(args.teacher_checkpoint)
     check_checkpoint(rc, checkpoint)
-    data = _prepare_data(rc, device, with_train=False)
+    data = _prepare_data(rc, device, args.cache_only, with_train=False)
     _write_result(args, rc, student_stage(rc, data, device, checkpoint))
 
 
 def cmd_prepare_data(args) -> None:
     from .config import dataset_key
-    from .data import cache_path, ensure_cache
+    from .data import ensure_cache
 
     _check_writable(args.cache_dir, "--cache-dir")
-    path = ensure_cache(args.dataset, args.emnist_split, args.data_dir, args.cache_dir)
-    assert path == cache_path(args.cache_dir, args.dataset, args.emnist_split)
-    print(f"[data] {dataset_key(args.dataset, args.emnist_split)} cached in {path}", flush=True)
+    path, identity = ensure_cache(args.dataset, args.emnist_split, args.data_dir, args.cache_dir)
+    print(f"[data] {dataset_key(args.dataset, args.emnist_split)} of {args.data_dir} (identity {identity}) "
+          f"cached in {path}", flush=True)
 
 
 def cmd_batch(args) -> None:
-    from . import batch
+    from . import batch, dataid
 
     runs = batch.read_sheet(args.sheet)
     _require_positive(args.threads, "--threads")
@@ -343,7 +375,19 @@ def cmd_batch(args) -> None:
         teachers[key] = path
         if not args.plan:
             _check_writable(run.run_dir, f"run {run.id}: run_dir")
-    todo = [r for r in runs if batch.finished_key(r.run_dir) != r.id]
+    datasets = list(dict.fromkeys((r.rc.config.dataset, r.rc.config.emnist_split) for r in runs))
+    if args.plan:  # what is there now, without reading or writing any cache
+        identities = {k: dataid.current_identity(args.data_dir, *k, dataid.read_record(
+            dataid.cache_file(args.cache_dir, *k, args.data_dir))) for k in datasets}
+    else:
+        from . import data
+
+        _check_writable(args.cache_dir, "--cache-dir")
+        caches = {k: data.ensure_cache(*k, args.data_dir, args.cache_dir, build=not args.cache_only)
+                  for k in datasets}
+        identities = {k: identity for k, (_, identity) in caches.items()}
+    todo = [r for r in runs if batch.recorded_result(r.run_dir)
+            != (r.id, identities[(r.rc.config.dataset, r.rc.config.emnist_split)])]
     plan = batch.plan_stacks(todo, args.max_memory_mb)
     print(f"[batch] {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to compute in "
           f"{len(plan)} stacks", flush=True)
@@ -357,7 +401,7 @@ def cmd_batch(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _select_device(args.device)
-    batch.run_stacks(plan, teachers, device, args.data_dir, args.cache_dir, _check_writable)
+    batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir)
     import resource
 
     largest = max(sum(batch.memory_mb(r.rc) for r in stack) for stack in plan)
@@ -384,8 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"sublearn {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Diverged as exc:
+    except Fault as exc:
         print(f"sublearn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. a full disk while writing results: nothing half-written is left
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"sublearn {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     print(f"[time] {args.command} {time.time() - started:.2f} s", flush=True)
     return 0

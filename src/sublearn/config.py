@@ -40,8 +40,12 @@ class UsageError(ValueError):
     """Invalid user input. The CLI prints it as one line and exits with status 2 before any compute."""
 
 
-class Diverged(RuntimeError):
-    """Training produced a non-finite loss: the run has no meaningful result (the CLI exits with status 1)."""
+class Fault(RuntimeError):
+    """A failure that is not the user's input (the CLI exits with status 1 and one line naming it)."""
+
+
+class Diverged(Fault):
+    """Training produced a non-finite loss: the run has no meaningful result."""
 
 
 def bad_value(flag: str, value: Any, allowed: str) -> UsageError:

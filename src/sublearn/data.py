@@ -1,23 +1,30 @@
 """Datasets as normalised tensors in memory.
 
 torchvision parses the IDX files once (``prepare``); the images and labels are cached as one uint8/int64
-tensor file per dataset, so a run job only ``torch.load``s them: no torchvision import, no per-image
-conversion. Normalisation replays torchvision's ToTensor + Normalize arithmetic on the whole tensor,
-which gives the same float32 values as converting image by image.
+tensor file per dataset and data folder, with the data's identity (``dataid``), so a run job only
+``torch.load``s them: no torchvision import, no per-image conversion. Normalisation replays
+torchvision's ToTensor + Normalize arithmetic on the whole tensor, which gives the same float32 values
+as converting image by image.
 """
 
 from __future__ import annotations
 
-import os
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .config import UsageError, dataset_key, num_classes_of, raw_files
+from . import dataid
+from .config import Fault, UsageError, dataset_key, num_classes_of, raw_files
+from .outputs import atomic_torch_save, atomic_write_text
 
 MEAN, STD = 0.1307, 0.3081
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+
+
+class CacheWriteError(Fault):
+    """The cache could not be written (a fault: full disk, lost permissions); nothing was left behind."""
 
 
 @dataclass
@@ -27,28 +34,26 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-
-
-def _fingerprint(data_dir: Path, dataset: str, emnist_split: str) -> list | None:
-    folder, names = raw_files(dataset, emnist_split)
-    paths = [data_dir / folder / n for n in names]
-    if not all(p.is_file() for p in paths):
-        return None
-    return [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in paths]
+    identity: str  # content hash of the raw files the cache was prepared from (see dataid)
 
 
 def _missing_message(data_dir: Path, dataset: str, emnist_split: str, reason: str) -> str:
     folder, names = raw_files(dataset, emnist_split)
+    present = [n for n in names if (data_dir / folder / n).is_file()]
+    which = (f"only {', '.join(present)} of {', '.join(names)} are there" if present
+             else f"expected {', '.join(names)}")
     return (f"--data-dir: invalid value {str(data_dir)!r}; {dataset_key(dataset, emnist_split)} is not in "
-            f"{data_dir / folder} (expected {', '.join(names)}) and {reason}; download it on a machine with "
+            f"{data_dir / folder} ({which}) and {reason}; download it on a machine with "
             "internet or point --data-dir (workflow: data_dir) at a folder holding those files")
 
 
-def prepare(dataset: str, emnist_split: str, data_dir: str | Path, cache_file: str | Path) -> Path:
-    """Parse the IDX files with torchvision (downloading them when absent) and write the tensor cache."""
+def prepare(dataset: str, emnist_split: str, data_dir: str | Path, cache_file: str | Path) -> tuple[Path, str]:
+    """Parse the IDX files with torchvision (downloading them when absent), hash them and write the tensor
+    cache with its record. Returns the cache and the data's identity."""
     from torchvision import datasets  # only here: run jobs never import torchvision
 
     data_dir, cache_file = Path(data_dir), Path(cache_file)
+    _refuse_folder_at(cache_file)
     folder = data_dir / raw_files(dataset, emnist_split)[0]
     created = [p for p in (data_dir, folder.parent, folder) if not p.exists()]
     tv_datasets = {}
@@ -59,7 +64,7 @@ def prepare(dataset: str, emnist_split: str, data_dir: str | Path, cache_file: s
             else:
                 tv = datasets.EMNIST(str(data_dir), split=emnist_split, train=train, download=True)
         except (RuntimeError, OSError, ValueError) as exc:
-            if _fingerprint(data_dir, dataset, emnist_split) is None:
+            if dataid.fingerprint(dataid.raw_paths(data_dir, dataset, emnist_split)) is None:
                 for path in reversed(created):  # leave no empty folders behind a failed download
                     if path.is_dir() and not any(path.iterdir()):
                         path.rmdir()
@@ -78,20 +83,32 @@ def prepare(dataset: str, emnist_split: str, data_dir: str | Path, cache_file: s
                              f"are corrupt ({why}); replace them with intact copies") from None
         tv_datasets[train] = tv
     _check_shapes(tv_datasets, data_dir, dataset, emnist_split)
+    paths = dataid.raw_paths(data_dir, dataset, emnist_split)
+    prints = dataid.fingerprint(paths)
+    record = dataid.make_record(dataset, emnist_split, data_dir, dataid.content_identity(paths), prints)
     payload = {
         "format": CACHE_FORMAT,
-        "key": dataset_key(dataset, emnist_split),
-        "fingerprint": _fingerprint(data_dir, dataset, emnist_split),
+        "record": record,
         "train_images": tv_datasets[True].data.contiguous(),
         "train_labels": tv_datasets[True].targets.to(torch.int64).contiguous(),
         "test_images": tv_datasets[False].data.contiguous(),
         "test_labels": tv_datasets[False].targets.to(torch.int64).contiguous(),
     }
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, cache_file)
-    return cache_file
+    try:
+        atomic_torch_save(payload, cache_file)
+        atomic_write_text(dataid.record_file(cache_file), json.dumps(record, indent=1) + "\n")
+    except OSError as exc:
+        cache_file.unlink(missing_ok=True)  # no cache without its record
+        raise CacheWriteError(f"--cache-dir: cannot write {cache_file} ({exc.strerror or exc}); "
+                              "nothing was left behind") from None
+    return cache_file, record["identity"]
+
+
+def _refuse_folder_at(cache_file: Path) -> None:
+    for path in (cache_file, dataid.record_file(cache_file)):
+        if path.is_dir():
+            raise UsageError(f"--cache-dir: invalid value {str(cache_file.parent)!r}; {path} is a folder where "
+                             "the dataset cache belongs; remove or rename it")
 
 
 def _check_shapes(tv_datasets: dict, data_dir: Path, dataset: str, emnist_split: str) -> None:
@@ -108,21 +125,50 @@ def _check_shapes(tv_datasets: dict, data_dir: Path, dataset: str, emnist_split:
                              f"not hold 28x28 uint8 images with labels in {low}..{classes + low - 1}")
 
 
-def cache_path(cache_dir: str | Path, dataset: str, emnist_split: str) -> Path:
-    return Path(cache_dir) / f"{dataset_key(dataset, emnist_split)}.pt"
+def stored_record(cache_file: Path) -> dict | None:
+    """The record inside a cache file, or None when the file is absent, unreadable or of another format
+    (a truncated or corrupt cache reads as None, so it is rebuilt or refused, never half-used)."""
+    if not cache_file.is_file():
+        return None
+    try:
+        payload = torch.load(cache_file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any unreadable cache is treated the same
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
+        return None
+    record = payload.get("record")
+    return record if isinstance(record, dict) and "identity" in record else None
 
 
-def ensure_cache(dataset: str, emnist_split: str, data_dir: str | Path, cache_dir: str | Path) -> Path:
-    """The cache file, rebuilt when the raw files changed since it was written."""
-    path = cache_path(cache_dir, dataset, emnist_split)
-    current = _fingerprint(Path(data_dir), dataset, emnist_split)
-    if path.is_file():
-        if current is None:  # raw files gone (e.g. a cluster node holding only the cache): trust the cache
-            return path
-        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("fingerprint")
-        if stored == current:
-            return path
-    return prepare(dataset, emnist_split, data_dir, path)
+def ensure_cache(dataset: str, emnist_split: str, data_dir: str | Path, cache_dir: str | Path,
+                 build: bool = True) -> tuple[Path, str]:
+    """The cache of data_dir's dataset and the data's identity. The cache is used when it holds exactly the
+    data in data_dir now (same content hash; or, with the raw files all gone, it was prepared from this
+    very folder); otherwise it is rebuilt, or with build=False (workflow jobs, which never write the
+    cache) refused with the reason."""
+    data_dir = Path(data_dir)
+    path = dataid.cache_file(cache_dir, dataset, emnist_split, data_dir)
+    _refuse_folder_at(path)
+    stored = stored_record(path)
+    identity = dataid.current_identity(data_dir, dataset, emnist_split, stored)
+    if stored is not None and identity == stored["identity"]:
+        return path, identity
+    if build:
+        return prepare(dataset, emnist_split, data_dir, path)
+    key = dataset_key(dataset, emnist_split)
+    again = (f"prepare it with `sublearn prepare-data --dataset {dataset} --emnist-split {emnist_split} "
+             f"--data-dir {data_dir} --cache-dir {cache_dir}` (the workflow's prepare_data rule)")
+    if identity is None:
+        raise UsageError(_missing_message(data_dir, dataset, emnist_split,
+                                          f"there is no cache prepared from that folder ({path})"))
+    if not path.exists():
+        why = "does not exist"
+    elif stored is None:
+        why = "is not a readable dataset cache (truncated, corrupt or of an older format)"
+    else:
+        why = (f"was prepared from other data (identity {stored['identity']}) than {data_dir} holds now "
+               f"(identity {identity})")
+    raise UsageError(f"--cache-dir: invalid value {str(cache_dir)!r}; the {key} cache {path} {why}; {again}")
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
@@ -140,9 +186,10 @@ def load(cache_file: str | Path, dataset: str, emnist_split: str, class_count: i
         payload = torch.load(cache_file, map_location="cpu", weights_only=True, mmap=True)
         splits = {"train": (payload["train_images"], payload["train_labels"]),
                   "test": (payload["test_images"], payload["test_labels"])}
+        identity = payload["record"]["identity"]
     except Exception as exc:  # noqa: BLE001 - any unreadable cache is reported the same way
         raise UsageError(f"--cache-dir: invalid value {str(Path(cache_file).parent)!r}; {cache_file} is not a "
-                         f"readable dataset cache ({type(exc).__name__}); delete it to rebuild it") from None
+                         f"readable dataset cache ({type(exc).__name__}); delete it and prepare it again") from None
     classes = class_count if class_count is not None else num_classes_of(dataset, emnist_split)
     tensors = {}
     for name, (images, labels) in splits.items():
@@ -155,4 +202,4 @@ def load(cache_file: str | Path, dataset: str, emnist_split: str, class_count: i
             keep = labels < class_count
             images, labels = images[keep], labels[keep]
         tensors[name] = (normalise(images).to(device), labels.clone().to(device))
-    return Dataset(*tensors["train"], *tensors["test"], classes)
+    return Dataset(*tensors["train"], *tensors["test"], classes, identity)

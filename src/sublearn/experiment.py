@@ -22,14 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .config import Diverged, ResolvedConfig, UsageError
+from .config import Diverged, ResolvedConfig, UsageError, dataset_key
 from .data import Dataset
 from .model import SplitHeadModel, build_model, parameter_counts
 from .seeding import derived_seed, forked_rng, seed_bookkeeping, set_seed
 
 SCHEMA_VERSION = "subliminal_unified_v1"
 EPS = 1e-12
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: records the identity of the data it was trained on
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,6 +394,7 @@ def train_teacher_stage(rc: ResolvedConfig, data: Dataset, device: torch.device)
         "format": CHECKPOINT_FORMAT,
         "teacher_key": rc.teacher_key(),
         "teacher_settings": rc.teacher_settings(),
+        "data_identity": data.identity,
         "initial_body": initial_body,
         "trained_body": _body(teacher.state_dict()),
         "metrics": {
@@ -410,14 +411,23 @@ def train_teacher_stage(rc: ResolvedConfig, data: Dataset, device: torch.device)
     }
 
 
-def check_checkpoint(rc: ResolvedConfig, checkpoint: dict[str, Any], flag: str = "--teacher-checkpoint") -> None:
+def check_checkpoint(rc: ResolvedConfig, checkpoint: dict[str, Any], flag: str = "--teacher-checkpoint",
+                     data_identity: str | None = None) -> None:
+    """Refuse a checkpoint of another teacher, or (given the run's data identity) of other data."""
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"{flag}: not a sublearn teacher checkpoint (format {CHECKPOINT_FORMAT})")
+        older = f" (it is format {checkpoint['format']}: train it again)" \
+            if isinstance(checkpoint, dict) and "format" in checkpoint else ""
+        raise UsageError(f"{flag}: not a sublearn teacher checkpoint of format {CHECKPOINT_FORMAT}{older}")
     if checkpoint.get("teacher_key") != rc.teacher_key():
         theirs, ours = checkpoint.get("teacher_settings", {}), rc.teacher_settings()
         diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
         raise UsageError(f"{flag}: the checkpoint's teacher differs from this run's in {', '.join(diff)}; "
                          "train a teacher with the same teacher settings")
+    if data_identity is not None and checkpoint.get("data_identity") != data_identity:
+        c = rc.config
+        raise UsageError(f"{flag}: the teacher was trained on data {checkpoint.get('data_identity')}, but this run's "
+                         f"{dataset_key(c.dataset, c.emnist_split)} data ({c.data_dir}) is {data_identity}; "
+                         "train the teacher on this data")
 
 
 @dataclass
@@ -518,7 +528,7 @@ def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, che
     started = time.time()
     run_id = uuid.uuid4().hex[:12]
     timestamp = datetime.now().isoformat(timespec="seconds")
-    check_checkpoint(rc, checkpoint)
+    check_checkpoint(rc, checkpoint, data_identity=data.identity)
     set_seed(derived_seed(c.seed, "experiment_start"))
     teacher = build_model(rc.teacher, c.m, rc.num_classes, c.seed, device)
     student = build_model(rc.student, c.m, rc.num_classes, c.seed, device)
@@ -621,6 +631,7 @@ def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_a
         "class_selection": c.class_selection,
         "teacher_key": rc.teacher_key(),
         "run_key": rc.run_key(),
+        "data_identity": data.identity,
         "sublearn_version": env["sublearn_version"], "cuda_version": env["cuda_version"],
         "device_name": env["device_name"], "threads": env["threads"], "hostname": env["hostname"],
         "teacher_device": checkpoint["environment"]["device"],

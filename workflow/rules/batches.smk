@@ -40,7 +40,6 @@ for _batch in BATCHES.values():
         log:
             f"{LOGS}/batches/{_batch['id']}.log",
         params:
-            device=config["device"],
             data_dir=DATA_DIRS[_batch["dataset"]],
             memory_mb=config["batch"]["memory_mb"],
             teacher_dir=lambda w, input: os.path.dirname(input.teachers[0]),
@@ -54,5 +53,6 @@ for _batch in BATCHES.values():
         shell:
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} python -m sublearn.cli batch "
             "--sheet {input.sheet:q} --teacher-dir {params.teacher_dir:q} --threads {threads} "
-            "--device {params.device} --data-dir {params.data_dir:q} --cache-dir \"$(dirname {input.cache:q})\" "
+            "--device \"$SUBLEARN_DEVICE\" --data-dir {params.data_dir:q} --cache-dir \"$(dirname {input.cache:q})\" "
+            "--cache-only "
             "--max-memory-mb {params.memory_mb} > {log:q} 2>&1"

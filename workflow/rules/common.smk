@@ -37,6 +37,7 @@ if not any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_me
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 from sublearn import batch as runner_batch  # noqa: E402  (torch-free: sheets, stacks, cost model)
+from sublearn import dataid  # noqa: E402  (torch-free: data identities and cache names)
 from sublearn.cli import resolve_argv  # noqa: E402  (torch-free)
 from sublearn.config import (  # noqa: E402
     FLAG_SETTINGS,
@@ -51,6 +52,10 @@ from sublearn.config import (  # noqa: E402
 )
 
 R = config["results_dir"].rstrip("/")
+# The device of the torch jobs reaches them through the environment, not as a param: where a run computed
+# is no reason to compute it again (runs.csv records the device; the merge warns when a figure mixes them).
+# Cluster jobs re-read the config and set it the same way.
+os.environ.update(SUBLEARN_DEVICE=str(config["device"]))
 LOGS = config["logs_dir"].rstrip("/")
 # conda env of the torch rules: the CPU or the CUDA build (not a rerun trigger in our profiles)
 TORCH_ENV = f"../../envs/torch-{config['torch_env']}.yaml"
@@ -76,6 +81,7 @@ wildcard_constraints:
     seed=r"\d+",
     key=r"[0-9a-f]{16}",
     dskey=r"mnist|emnist-balanced|emnist-letters",
+    cache=r"(mnist|emnist-balanced|emnist-letters)-[0-9a-f]{10}",
     split=r"balanced|letters",
 
 
@@ -256,16 +262,35 @@ def synthetic_raw_files(dskey):
     return [f"{config['synthetic']['dir'].rstrip('/')}/data/{folder}/{n}" for n in names]
 
 
+def dataset_and_split(dskey):
+    dataset, _, split = dskey.partition("-")
+    return dataset, split or "balanced"
+
+
 def cache_file(dskey):
-    if dskey.startswith("emnist") and config["synthetic_emnist"]:
-        return f"{config['synthetic']['dir'].rstrip('/')}/cache/{dskey}.pt"
-    return f"{config['cache_dir'].rstrip('/')}/{dskey}.pt"
+    """The runner's cache of this dataset's data folder (named by dataset and folder, see sublearn.dataid)."""
+    synthetic = dskey.startswith("emnist") and config["synthetic_emnist"]
+    folder = f"{config['synthetic']['dir'].rstrip('/')}/cache" if synthetic else config["cache_dir"].rstrip("/")
+    return str(dataid.cache_file(folder, *dataset_and_split(dskey), DATA_DIRS[dskey]))
+
+
+def existing_raw_files(dskey):
+    """The raw files as prepare_data's input when they are all there (so replacing them reruns it, and
+    everything downstream); none when they are to be downloaded."""
+    paths = dataid.raw_paths(DATA_DIRS[dskey], *dataset_and_split(dskey))
+    return [str(p) for p in paths] if all(p.is_file() for p in paths) else []
+
+
+def data_identity(dskey):
+    """The identity of the data the dataset's runs use now (None: not there yet, to be downloaded or made)."""
+    return dataid.current_identity(DATA_DIRS[dskey], *dataset_and_split(dskey), dataid.read_record(CACHE_FILES[dskey]))
 
 
 DATASET_KEYS = ("mnist", "emnist-balanced", "emnist-letters")
 DATA_DIRS = {k: _data_dir_for(k) for k in DATASET_KEYS}
 CACHE_FILES = {k: cache_file(k) for k in DATASET_KEYS}
 DATASET_OF_CACHE = {v: k for k, v in CACHE_FILES.items()}
+DATASET_OF_CACHE_NAME = {Path(v).stem: k for k, v in CACHE_FILES.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -387,8 +412,11 @@ def plan_batches(unique_runs, cfg):
     if current:
         chunks.append(current)
     out = {}
+    identities = {d: data_identity(d) for d in {r["dataset"] for r in unique_runs}}
     for chunk in chunks:
-        runs = [r for r in chunk if not os.path.exists(f"{r['run_dir']}/runs.csv")]
+        # finished: its runs.csv records this run's key and the identity of the data there now
+        runs = [r for r in chunk if identities[r["dataset"]] is None or runner_batch.recorded_result(r["run_dir"])
+                != (r["run_key"], identities[r["dataset"]])]
         if not runs:
             continue
         batch_id = hashlib.sha256(" ".join(r["run_key"] for r in chunk).encode()).hexdigest()[:16]
@@ -467,6 +495,36 @@ def _plan_summary():
 
 if BATCHES:
     logger.info(_plan_summary())
+
+
+RESULTS_LOCK = []  # the open lock file, held for the life of this Snakemake process
+
+
+def hold_results_lock():
+    """One executing Snakemake per results_dir. Snakemake locks only its own working directory, so two
+    checkouts sharing a results_dir would run every job twice, both writing the same files; the second
+    stops here, naming the first (flock: released when the holder exits, however it ends)."""
+    import fcntl
+    import socket
+    import time
+
+    path = Path(R) / ".sublearn.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise WorkflowError(f"results_dir {R} is in use by another Snakemake ({holder}); wait for it to "
+                            "finish, or give this run its own results_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, working directory {os.getcwd()}, "
+                 f"since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    RESULTS_LOCK.append(handle)
 
 
 def _precomputed_signature(func):

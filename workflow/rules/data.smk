@@ -27,15 +27,20 @@ rule synthetic_emnist:
 
 
 rule prepare_data:
-    """Parse the IDX files (downloading them into data_dir when absent) and cache them as tensors."""
+    """Parse the IDX files (downloading them into data_dir when absent), hash them and cache them as tensors
+    with the data's identity. The raw files are inputs, so replacing them reruns this and every job that
+    reads the cache; jobs only read it (--cache-only)."""
+    input:
+        raw=lambda w: existing_raw_files(DATASET_OF_CACHE_NAME[w.cache]),
     output:
-        cache=f"{config['cache_dir'].rstrip('/')}/{{dskey}}.pt",
+        cache=f"{config['cache_dir'].rstrip('/')}/{{cache}}.pt",
+        record=f"{config['cache_dir'].rstrip('/')}/{{cache}}.json",
     log:
-        f"{LOGS}/data/{{dskey}}.log",
+        f"{LOGS}/data/{{cache}}.log",
     params:
-        dataset=lambda w: w.dskey.split("-")[0],
-        split=lambda w: (w.dskey.split("-") + ["balanced"])[1],
-        data_dir=lambda w: DATA_DIRS[w.dskey],
+        dataset=lambda w: dataset_and_split(DATASET_OF_CACHE_NAME[w.cache])[0],
+        split=lambda w: dataset_and_split(DATASET_OF_CACHE_NAME[w.cache])[1],
+        data_dir=lambda w: DATA_DIRS[DATASET_OF_CACHE_NAME[w.cache]],
         cache_dir=lambda w, output: os.path.dirname(output.cache),
     threads: 1
     resources:
@@ -52,8 +57,9 @@ rule prepare_data:
 
 use rule prepare_data as prepare_synthetic_data with:
     input:
-        raw=lambda w: synthetic_raw_files(w.dskey),
+        raw=lambda w: synthetic_raw_files(DATASET_OF_CACHE_NAME[w.cache]),
     output:
-        cache=f"{config['synthetic']['dir'].rstrip('/')}/cache/{{dskey}}.pt",
+        cache=f"{config['synthetic']['dir'].rstrip('/')}/cache/{{cache}}.pt",
+        record=f"{config['synthetic']['dir'].rstrip('/')}/cache/{{cache}}.json",
     log:
-        f"{LOGS}/data/synthetic-{{dskey}}.log",
+        f"{LOGS}/data/synthetic-{{cache}}.log",

@@ -15,6 +15,7 @@ rule merge_runs:
     params:
         points=lambda w: FIG_POINTS[w.figure],
         requests=lambda w: FIG_REQUESTS[w.figure],
+        allow_mixed_data=config["allow_mixed_data"],
     threads: 1
     resources:
         mem_mb=config["resources"]["merge"].get("mem_mb", 8000),

@@ -11,7 +11,6 @@ rule teacher:
         f"{LOGS}/teachers/{{key}}.log",
     params:
         argv=teacher_argv_of,
-        device=config["device"],
         data_dir=data_dir_of_input,
     threads: config["threads"]["teacher"]
     resources:
@@ -21,5 +20,5 @@ rule teacher:
         TORCH_ENV
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} python -m sublearn.cli teacher {params.argv} "
-        "--threads {threads} --device {params.device} --data-dir {params.data_dir:q} "
-        '--cache-dir "$(dirname {input.cache:q})" --teacher-out {output.pt:q} > {log:q} 2>&1'
+        "--threads {threads} --device \"$SUBLEARN_DEVICE\" --data-dir {params.data_dir:q} "
+        '--cache-dir "$(dirname {input.cache:q})" --cache-only --teacher-out {output.pt:q} > {log:q} 2>&1'

@@ -5,12 +5,13 @@ distinct header instead of one per file.
 """
 
 import io
+import sys
 from pathlib import Path
 
 import pandas as pd
 from logged import logged
 
-snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
+snakemake = globals().get("snakemake")  # injected by Snakemake's script directive (absent in tests)
 
 
 def read_many(paths):
@@ -28,6 +29,42 @@ def read_many(paths):
     return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
 
 
+def groups_text(runs, column):
+    """'a (12 runs, e.g. results/runs/X), b (3 runs, e.g. ...)' for the values of a column."""
+    parts = []
+    for value, rows in runs.groupby(column, dropna=False, sort=True):
+        parts.append(f"{value} ({len(rows)} runs, e.g. {rows['outdir'].iloc[0]})")
+    return ", ".join(parts)
+
+
+def warn(message):
+    print(f"warning: {message}")
+    print(f"warning: {message}", file=sys.__stderr__)
+
+
+def check_provenance(runs, figure, allow_mixed_data):
+    """Refuse runs of one dataset that come from different data (or mark them, when allowed); warn when
+    runs mix devices, torch versions or thread counts (their last digits differ)."""
+    if "data_identity" not in runs.columns:
+        runs["data_identity"] = "unknown"
+    runs["data_identity"] = runs["data_identity"].fillna("unknown")
+    dataset = runs["dataset"].astype(str) + runs["emnist_split"].where(runs["dataset"] == "emnist", "").map(
+        lambda split: f"-{split}" if split else "")
+    runs["mixed_data"] = False
+    for name, rows in runs.groupby(dataset):
+        if rows["data_identity"].nunique() > 1:
+            text = f"{figure}: its {name} runs come from different data: {groups_text(rows, 'data_identity')}"
+            if not allow_mixed_data:
+                raise SystemExit(f"{text}; rerun the workflow to recompute the runs of the old data (or set "
+                                 "allow_mixed_data: true to merge them, marked in column mixed_data)")
+            warn(f"{text}; merged because allow_mixed_data is true (column mixed_data)")
+            runs.loc[rows.index, "mixed_data"] = True
+    for column in ("device", "torch_version", "threads"):
+        if column in runs.columns and runs[column].nunique(dropna=False) > 1:
+            warn(f"{figure}: runs mix {column} values, so per-run numbers differ in their last digits: "
+                 f"{groups_text(runs, column)}")
+
+
 def main():
     runs_files = list(snakemake.input.runs)
     siblings = {name: [str(Path(f).with_name(f"{name}.csv")) for f in runs_files]
@@ -39,6 +76,7 @@ def main():
     runs = read_many(runs_files)
     if len(runs) != len(runs_files):
         raise SystemExit(f"{figure}: {len(runs_files)} runs.csv files hold {len(runs)} rows; expected one each")
+    check_provenance(runs, figure, snakemake.params.allow_mixed_data)
     runs.to_csv(snakemake.output.runs, index=False)
     for name, files in siblings.items():
         read_many(files).to_csv(getattr(snakemake.output, name), index=False)
@@ -70,5 +108,6 @@ def main():
           f"{tidy['seed'].nunique()} seeds")
 
 
-with logged(snakemake.log[0]):
-    main()
+if snakemake is not None:
+    with logged(snakemake.log[0]):
+        main()
