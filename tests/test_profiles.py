@@ -82,7 +82,7 @@ def test_profile_is_read_by_snakemake(name):
         if not have_slurm_plugin():
             pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')")
     args = snakemake_parse(PROFILES[name])
-    assert args.keep_going and args.rerun_incomplete and args.printshellcmds
+    assert args.keep_going and args.rerun_incomplete and args.keep_incomplete and args.printshellcmds
     assert args.latency_wait >= 5
 
 

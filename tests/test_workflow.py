@@ -344,6 +344,29 @@ def test_one_snakemake_at_a_time_per_results_dir(workdir):
         assert "plan:" in ok(smk(workdir, "-n", "all"))  # a dry run writes nothing: allowed
 
 
+def test_a_failed_batch_keeps_the_runs_it_finished(workdir):
+    """One run of a batch diverges: the job fails, naming it, and (with the repository's profile, which
+    keeps the outputs of failed jobs: each runs.csv is written whole and last) the batch's finished run
+    stays; the next invocation plans only the failed run."""
+    from sublearn.idx import write_synthetic_dataset
+
+    data = workdir / "data"
+    write_synthetic_dataset(data, "mnist", n_train=300, n_test=100, seed=11)
+    cfg = base_config(data, {"fig2": {"title": "t", "panels": [{
+        "name": "lr", "grid": {"student_lr": [0.001, 1e9]}, "plot": {"x": "student_lr"}}]}}, seeds=(0,))
+    write_config(workdir, cfg)
+    assert planned(workdir)["batch"] == 1
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", "2", "all"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    logs = "".join(p.read_text() for p in (workdir / "logs" / "batches").glob("*.log"))
+    assert "1 of 2 runs diverged" in logs, logs[-2000:]
+    kept = list((workdir / "results" / "runs").glob("*/runs.csv"))
+    assert len(kept) == 1 and pd.read_csv(kept[0])["student_lr"].iloc[0] == 0.001
+    assert planned(workdir)["runs"] == 1
+
+
 def _children_running(workdir: Path, needle: str) -> list[int]:
     """PIDs of processes whose working directory is `workdir` and whose command line holds `needle`
     (all of them started by this test's Snakemake)."""
