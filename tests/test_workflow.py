@@ -150,7 +150,8 @@ def test_paper_dag_plans_every_run_quickly(workdir):
     assert batches == jobs["batch"] < 1000
     # fig2/fig4/fig5 and fig3's MLP-student panels share one teacher per seed; fig3's EMNIST panel has one
     # per class count, the CNN panel its own, fig6 one per (D, dataset, class-head trainability)
-    assert jobs["teacher"] == 20 * (1 + 46 + 1 + 31 * 3 - 1)  # fig6 mnist D=256 is the shared teacher
+    # fig3's depth panel trains its teacher with random hidden layers (as the paper's scripts): one more
+    assert jobs["teacher"] == 20 * (1 + 46 + 1 + 1 + 31 * 3 - 1)  # fig6 mnist D=256 is the shared teacher
     assert jobs["merge_runs"] == 5 and all(jobs[f"plot_fig{i}"] == 1 for i in range(2, 7))
     assert elapsed < 60, f"planning took {elapsed:.1f} s"
 
@@ -165,6 +166,25 @@ def test_quick_preset_replaces_the_paper_grids(workdir):
     assert plan_line(out)[0] == 2 * (12 + 9 + 15 + 8 + 15)
     assert all(int(counts[f"plot_fig{i}"]) == 1 for i in range(2, 7))
     assert int(counts["synthetic_emnist"]) == 1  # synthetic EMNIST, never a download
+
+
+@pytest.mark.parametrize("config", ["config.yaml", "quick.yaml"])
+def test_fig3_depth_teachers_have_random_hidden_layers_and_shared_heads(workdir, config):
+    """The paper's student_{minus,plus}_one_layer scripts: teacher all:random,class_head:A,aux_head:A."""
+    from sublearn.config import config_from_settings, resolve
+
+    fig3 = yaml.safe_load((REPO / "config" / config).read_text())["figures"]["fig3"]
+    fig3["panels"] = [p for p in fig3["panels"] if p["name"] == "depth"]
+    write_config(workdir, base_config(Path("nowhere"), {"fig3": fig3}, seeds=(0,)))
+    ok(smk(workdir, "all", "--until", "sheet"))
+    records = [json.loads(line) for sheet in (workdir / "results").rglob("sheets/*.jsonl")
+               for line in sheet.read_text().splitlines()]
+    assert {r["coords"]["depth"] for r in records} == {"minus_one", "plus_one"}
+    for record in records:
+        rc = resolve(config_from_settings(record["settings"], "sheet"))
+        assert rc.teacher.init == {"fc1": "random", "fc2": "random", "class_head": "A", "aux_head": "A"}
+        assert set(rc.student.init.values()) == {"random", "A"}
+        assert rc.student.init["class_head"] == rc.student.init["aux_head"] == "A"
 
 
 @pytest.mark.parametrize("change, message", [
