@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -187,6 +188,24 @@ def test_fig3_depth_teachers_have_random_hidden_layers_and_shared_heads(workdir,
         assert rc.student.init["class_head"] == rc.student.init["aux_head"] == "A"
 
 
+def test_fig5_passes_the_stds_as_the_papers_shell_printed_them(workdir):
+    """linspace(0, 0.2, 40) with decimals: 8 reaches the runner as the 8-decimal values (run sheets)."""
+    paper = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["figures"]["fig5"]
+    assert all(p["grid"]["std"] == {"linspace": [0.0, 0.2, 40], "decimals": 8} for p in paper["panels"])
+    cfg = base_config(Path("nowhere"), {"fig5": paper}, seeds=(0,))
+    write_config(workdir, cfg)
+    ok(smk(workdir, "all", "--until", "sheet"))
+    records = [json.loads(line) for sheet in (workdir / "results").rglob("sheets/*.jsonl")
+               for line in sheet.read_text().splitlines()]
+    assert len(records) == 80
+    printed = {float(f"{v:.8f}") for v in np.linspace(0, 0.2, 40)}
+    assert {r["coords"]["std"] for r in records} == printed
+    stds = {float(v) for r in records for v in re.findall(r"std=([0-9.e-]+)", json.dumps(r["settings"]))}
+    stds |= {float(p["std"]) for r in records for p in r["settings"].get("perturb_specs") or []}
+    assert stds == printed
+    assert max(abs(a - b) for a, b in zip(sorted(printed), np.linspace(0, 0.2, 40), strict=True)) > 1e-9
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.update(colour="red"), "colour"),
     (lambda c: c["threads"].update(student="one"), "one"),
@@ -199,6 +218,8 @@ def test_fig3_depth_teachers_have_random_hidden_layers_and_shared_heads(workdir,
      "{d1} is not a grid coordinate"),
     (lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(m={"range": [1, 5, 0]}),
      "figure fig2, panel init, grid m: range [1, 5, 0]: the step must be an integer >= 1"),
+    (lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(m={"linspace": [1, 5, 3], "decimals": -1}),
+     "config.figures.fig2.panels[0].grid.m"),
 ])
 def test_bad_config_is_refused_before_anything_runs(workdir, change, message):
     cfg = base_config(Path("data"), {"fig2": fig2_block()})

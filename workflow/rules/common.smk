@@ -18,7 +18,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from snakemake.exceptions import WorkflowError
@@ -50,6 +49,10 @@ from sublearn.config import (  # noqa: E402
     sheet_settings,
 )
 
+sys.path.append(str(REPO / "workflow" / "scripts"))  # the grid language, shared with the plot scripts
+import grids  # noqa: E402  (numpy only)
+from grids import expand_seeds  # noqa: E402
+
 R = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
 # conda env of the torch rules: the CPU or the CUDA build (not a rerun trigger in our profiles)
@@ -61,7 +64,6 @@ FLAGS = tuple(n for n in FLAG_SETTINGS if n not in (*JOB_SETTINGS, *LABEL_SETTIN
 RESERVED_COORDS = {"figure", "panel", "point", "seed", "sweep_name", "run_label", "data_dir", "cache_dir",
                    "threads", "device", "outdir", "run_dir", "teacher_out", "teacher_checkpoint"}
 LARGE_PANEL = 20_000  # runs of one panel beyond which planning says that it will take time
-LABEL_RE = re.compile(r"[^A-Za-z0-9.+-]+")
 TEMPLATE_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -85,44 +87,11 @@ wildcard_constraints:
 
 
 def expand_values(spec, where):
-    """A value spec -> list of (label, value). Labels name points on disk and in legends."""
-    if isinstance(spec, list):
-        values = spec
-    elif "range" in spec:
-        a = spec["range"]
-        if len(a) > 2 and a[2] < 1:
-            raise ConfigError(f"config: {where}: range {a}: the step must be an integer >= 1")
-        values = list(range(a[0], a[1] + 1, a[2] if len(a) > 2 else 1))
-    elif "linspace" in spec:
-        start, stop, count = spec["linspace"]
-        values = [float(v) for v in np.linspace(start, stop, int(count))]
-    elif "sqrt2_steps" in spec:
-        k0, k1 = spec["sqrt2_steps"]
-        values = [int(v) for v in np.unique(np.round(np.sqrt(2.0) ** np.arange(k0, k1 + 1)))]
-    elif "labels" in spec:
-        return [(str(k), v) for k, v in spec["labels"].items()]
-    else:  # the schema makes this unreachable
-        raise ConfigError(f"config: {where}: unknown value generator {sorted(spec)}")
-    if not values:
-        raise ConfigError(f"config: {where}: the generator {spec} gives no values")
-    return [(value_label(v), v) for v in values]
-
-
-def value_label(value):
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return format(value, ".6g")
-    return LABEL_RE.sub(".", str(value)).strip(".") or "empty"
-
-
-def expand_seeds(spec):
-    if isinstance(spec, list):
-        return sorted(set(spec))
-    a, b = spec["range"]
-    return list(range(a, b + 1))
+    """A value spec -> list of (label, value) (the grid language is workflow/scripts/grids.py)."""
+    try:
+        return grids.expand_values(spec, where)
+    except grids.GridError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def flag_text(value):
@@ -493,23 +462,16 @@ def data_dir_of_input(w, input):
 
 
 def figure_spec(figure):
-    """What a plot script needs to know about its figure (titles, plot hints, synthetic data)."""
-    fig = config["figures"][figure]
-    panels = []
-    for panel in fig["panels"]:
-        datasets = set(RUNS.loc[(RUNS.figure == figure) & (RUNS.panel == panel["name"]), "dataset"])
-        grid = {}
-        for name, spec in panel["grid"].items():
-            kind = next(iter(spec)) if isinstance(spec, dict) else "list"
-            grid[name] = {"generator": kind, "labels": kind == "labels",
-                          "values": [lab if kind == "labels" else val for lab, val in expand_values(spec, name)]}
-        panels.append({
-            "name": panel["name"], "title": panel.get("title", panel["name"]), "grid": grid,
-            "plot": panel.get("plot", {}),
-            "synthetic": bool(config["synthetic_emnist"]) and any(d.startswith("emnist") for d in datasets),
-        })
-    return {"figure": figure, "title": fig.get("title", figure), "panels": panels,
-            "seeds": expand_seeds(fig.get("seeds", config["seeds"])), "bootstrap": config["bootstrap"]}
+    """What a plot script needs to know about its figure (titles, grids, plot hints, synthetic data)."""
+
+    def synthetic_of(panel):
+        datasets = set(RUNS.loc[(RUNS.figure == figure) & (RUNS.panel == panel), "dataset"])
+        return {"EMNIST"} if config["synthetic_emnist"] and any(d.startswith("emnist") for d in datasets) else set()
+
+    try:
+        return grids.figure_spec(config, figure, synthetic_of)
+    except grids.GridError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def caption_for(figure):
