@@ -220,6 +220,8 @@ def test_fig5_passes_the_stds_as_the_papers_shell_printed_them(workdir):
      "figure fig2, panel init, grid m: range [1, 5, 0]: the step must be an integer >= 1"),
     (lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(m={"linspace": [1, 5, 3], "decimals": -1}),
      "config.figures.fig2.panels[0].grid.m"),
+    (lambda c: c["figures"]["fig2"]["panels"][0]["plot"].update(x="width"),
+     "figure fig2, panel init: plot x 'width' is neither a grid coordinate"),
 ])
 def test_bad_config_is_refused_before_anything_runs(workdir, change, message):
     cfg = base_config(Path("data"), {"fig2": fig2_block()})
@@ -424,6 +426,10 @@ def test_every_figure_builds(real_mnist, workdir):
     for figure, rows in expected_rows.items():
         assert len(pd.read_csv(workdir / "results" / "tables" / f"{figure}.csv")) == rows, figure
         assert (workdir / "results" / "figures" / f"{figure}.png").stat().st_size > 1000
+        summary = pd.read_csv(workdir / "results" / "figures" / f"{figure}_summary.csv")
+        assert list(summary.columns[:6]) == ["figure", "axis", "panel", "metric", "condition", "hue_name"]
+        assert {"x", "mean", "ci_low", "ci_high", "n_seeds", "teacher_acc"} <= set(summary.columns)
+        assert (summary["figure"] == figure).all() and (summary["n_seeds"] == 1).all()
     fig3 = pd.read_csv(workdir / "results" / "tables" / "fig3.csv")
     emnist = fig3[fig3["panel"] == "emnist_classes"]
     assert sorted(emnist["num_classes"]) == [2, 47] and (emnist["m"] == 20).all()

@@ -11,10 +11,12 @@ import re
 import numpy as np
 
 LABEL_RE = re.compile(r"[^A-Za-z0-9.+-]+")
+# Plot coordinates computed from a run's own columns (a product): plot hints may use them as x, y or hue.
+DERIVED = {"noise_samples": ("noise_steps", "noise_bsize")}  # noise images per student epoch
 
 
 class GridError(ValueError):
-    """A grid that cannot work; the message names the figure, panel and value."""
+    """A grid or plot hint that cannot work; the message names the figure, panel and value."""
 
 
 def expand_values(spec, where: str) -> list[tuple[str, object]]:
@@ -61,6 +63,42 @@ def expand_seeds(spec) -> list[int]:
     return list(range(a, b + 1))
 
 
+# --------------------------------------------------------------------------------------------------
+# Plot hints
+# --------------------------------------------------------------------------------------------------
+
+
+def plot_axes(panel: dict) -> tuple[str | None, str | None, str | None]:
+    """(x, hue, y) of a panel: its plot hints, else x = the first grid coordinate, hue = the second."""
+    plot, names = panel.get("plot") or {}, list(panel["grid"])
+    x = plot["x"] if "x" in plot else names[0]
+    if "hue" in plot:
+        hue = plot["hue"]
+    else:  # not a coordinate that x or y is (or is derived from)
+        taken = {x, plot.get("y"), *DERIVED.get(x, ()), *DERIVED.get(plot.get("y"), ())}
+        others = [n for n in names if n not in taken]
+        hue = others[0] if others and plot.get("kind") != "heatmap" else None
+    return x, hue, plot.get("y")
+
+
+def check_plot(panel: dict, where: str) -> None:
+    """Refuse plot hints that name no coordinate of the panel."""
+    plot, grid = panel.get("plot") or {}, panel["grid"]
+    kind = plot.get("kind", "line")
+    x, hue, y = plot_axes(panel)
+    for role, name in (("x", x), ("hue", hue), ("y", y)):
+        if name is not None and name not in grid and name not in DERIVED:
+            known = ", ".join([*grid, *DERIVED])
+            raise GridError(f"config: {where}: plot {role} {name!r} is neither a grid coordinate of this panel "
+                            f"nor a derived one (allowed: {known})")
+    if x is None and kind != "points":
+        raise GridError(f"config: {where}: plot x null is for kind points only (the panel is one category)")
+    if kind == "heatmap" and y is None:
+        raise GridError(f"config: {where}: a heatmap needs plot y (its rows)")
+    if kind != "heatmap" and y is not None:
+        raise GridError(f"config: {where}: plot y is for kind heatmap only")
+
+
 def figure_spec(cfg: dict, figure: str, synthetic_of=lambda panel: []) -> dict:
     """What a plot script needs to know about a figure: titles, grids, plot hints, seeds, bootstrap, and
     per panel the datasets that are synthetic (`synthetic_of(panel_name)`, e.g. ["MNIST"])."""
@@ -68,6 +106,7 @@ def figure_spec(cfg: dict, figure: str, synthetic_of=lambda panel: []) -> dict:
     panels = []
     for panel in fig["panels"]:
         where = f"figure {figure}, panel {panel['name']}"
+        check_plot(panel, where)
         grid = {}
         for name, spec in panel["grid"].items():
             kind = next(iter(spec)) if isinstance(spec, dict) else "list"
