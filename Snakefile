@@ -50,6 +50,7 @@ for _figure in FIGURES:
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/batches.smk"
 include: "workflow/rules/tables.smk"

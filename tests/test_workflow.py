@@ -158,7 +158,8 @@ def test_paper_dag_plans_every_run_quickly(workdir):
 
 
 def test_quick_preset_replaces_the_paper_grids(workdir):
-    """--configfile config/quick.yaml over config/config.yaml: every figure, small grids, 2 seeds."""
+    """--configfile config/quick.yaml over config/config.yaml: every figure, small grids, 2 seeds; without
+    MNIST in data_dir (a fresh clone offline) it plans synthetic MNIST too, and downloads nothing."""
     (workdir / "config").mkdir()
     for name in ("config.yaml", "quick.yaml"):
         shutil.copy(REPO / "config" / name, workdir / "config" / name)
@@ -167,6 +168,19 @@ def test_quick_preset_replaces_the_paper_grids(workdir):
     assert plan_line(out)[0] == 2 * (12 + 9 + 15 + 8 + 15)
     assert all(int(counts[f"plot_fig{i}"]) == 1 for i in range(2, 7))
     assert int(counts["synthetic_emnist"]) == 1  # synthetic EMNIST, never a download
+    assert int(counts["synthetic_mnist"]) == 1 and "prepare_data" not in counts  # no MNIST here: synthetic
+    assert "SYNTHETIC MNIST" in out and "teacher" not in counts  # its teachers live apart (synthetic_teacher)
+
+
+def test_quick_preset_uses_real_mnist_when_data_dir_has_it(real_mnist, workdir):
+    (workdir / "config").mkdir()
+    for name in ("config.yaml", "quick.yaml"):
+        shutil.copy(REPO / "config" / name, workdir / "config" / name)
+    out = ok(smk(workdir, "--dry-run", "--quiet", "rules", "all", "--configfile", "config/quick.yaml",
+                 "--config", f"data_dir={real_mnist}"))
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:", 1)[1], flags=re.M))
+    assert "synthetic_mnist" not in counts and int(counts["prepare_data"]) == 1
+    assert "SYNTHETIC MNIST" not in out
 
 
 @pytest.mark.parametrize("config", ["config.yaml", "quick.yaml"])
@@ -220,6 +234,7 @@ def test_fig5_passes_the_stds_as_the_papers_shell_printed_them(workdir):
      "figure fig2, panel init, grid m: range [1, 5, 0]: the step must be an integer >= 1"),
     (lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(m={"linspace": [1, 5, 3], "decimals": -1}),
      "config.figures.fig2.panels[0].grid.m"),
+    (lambda c: c.update(synthetic_mnist="sometimes"), "config.synthetic_mnist"),
     (lambda c: c["figures"]["fig2"]["panels"][0]["plot"].update(x="width"),
      "figure fig2, panel init: plot x 'width' is neither a grid coordinate"),
 ])
@@ -435,6 +450,23 @@ def test_every_figure_builds(real_mnist, workdir):
     assert sorted(emnist["num_classes"]) == [2, 47] and (emnist["m"] == 20).all()
     fig5 = pd.read_csv(workdir / "results" / "tables" / "fig5" / "perturbations_all_seeds.csv")
     assert len(fig5) > 0
+
+
+def test_offline_synthetic_mnist_builds_end_to_end(workdir):
+    """No MNIST anywhere in data_dir and synthetic_mnist auto: generated MNIST, the runs kept apart in
+    results/synthetic/, and the figure's summary says that the data are synthetic."""
+    cfg = base_config(workdir / "nowhere", {"fig2": fig2_block(m=(3,))}, seeds=(0, 1))
+    cfg["synthetic_mnist"] = "auto"
+    write_config(workdir, cfg)
+    out = ok(smk(workdir, "all"))
+    assert "SYNTHETIC MNIST" in out and not (workdir / "nowhere").exists()
+    results = workdir / "results"
+    assert len(list((results / "synthetic" / "runs").glob("*/runs.csv"))) == 4
+    assert list((results / "synthetic" / "teachers").glob("*.pt")) and not (results / "runs").exists()
+    summary = pd.read_csv(results / "figures" / "fig2_summary.csv")
+    assert len(summary) == 2 * 3 and (summary["n_seeds"] == 2).all()  # 2 inits x (accuracy + 2 cosines)
+    assert "SYNTHETIC MNIST" in (results / "figures" / "fig2_summary.html").read_text()
+    assert (results / "figures" / "fig2.pdf").stat().st_size > 1000
 
 
 def test_a_failing_script_leaves_its_traceback_in_the_rule_log(tmp_path):

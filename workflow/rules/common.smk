@@ -203,15 +203,30 @@ def teacher_argv(rc):
 # --------------------------------------------------------------------------------------------------
 
 
-def _data_dir_for(dskey):
-    if dskey.startswith("emnist") and config["synthetic_emnist"]:
-        return f"{config['synthetic']['dir'].rstrip('/')}/data"
-    candidates = config["data_dir"] if isinstance(config["data_dir"], list) else [config["data_dir"]]
+def _candidates():
+    return config["data_dir"] if isinstance(config["data_dir"], list) else [config["data_dir"]]
+
+
+def _holding(dskey):
+    """The first data_dir folder holding a dataset's raw files, or None."""
     folder, names = raw_files_of(dskey)
-    for candidate in candidates:
-        if all((Path(candidate) / folder / n).is_file() for n in names):
-            return candidate.rstrip("/")
-    return candidates[-1].rstrip("/")
+    return next((c.rstrip("/") for c in _candidates() if all((Path(c) / folder / n).is_file() for n in names)), None)
+
+
+def _synthetic_keys():
+    """Dataset keys replaced by generated data: EMNIST with synthetic_emnist, MNIST with synthetic_mnist
+    (true, or auto when no data_dir folder holds the MNIST raw files, e.g. offline)."""
+    keys = {"emnist-balanced", "emnist-letters"} if config["synthetic_emnist"] else set()
+    mode = config.get("synthetic_mnist", False)
+    if mode is True or (mode == "auto" and _holding("mnist") is None):
+        keys.add("mnist")
+    return keys
+
+
+def _data_dir_for(dskey):
+    if dskey in SYNTHETIC:
+        return f"{config['synthetic']['dir'].rstrip('/')}/data"
+    return _holding(dskey) or _candidates()[-1].rstrip("/")
 
 
 def raw_files_of(dskey):
@@ -226,12 +241,19 @@ def synthetic_raw_files(dskey):
 
 
 def cache_file(dskey):
-    if dskey.startswith("emnist") and config["synthetic_emnist"]:
+    if dskey in SYNTHETIC:
         return f"{config['synthetic']['dir'].rstrip('/')}/cache/{dskey}.pt"
     return f"{config['cache_dir'].rstrip('/')}/{dskey}.pt"
 
 
+def store(dskey):
+    """Where a dataset's runs and teachers live: runs on synthetic data apart (R/synthetic), so that the same
+    run key on the real data later is computed, not taken from the synthetic one."""
+    return f"{R}/synthetic" if dskey in SYNTHETIC else R
+
+
 DATASET_KEYS = ("mnist", "emnist-balanced", "emnist-letters")
+SYNTHETIC = _synthetic_keys()
 DATA_DIRS = {k: _data_dir_for(k) for k in DATASET_KEYS}
 CACHE_FILES = {k: cache_file(k) for k in DATASET_KEYS}
 DATASET_OF_CACHE = {v: k for k, v in CACHE_FILES.items()}
@@ -318,7 +340,7 @@ def runs_table(cfg):
                         "coords": shown, "run_key": run_key, "teacher_key": rc.teacher_key(),
                         "teacher_argv": shlex.join([*targv0, "--seed", str(seed)]),
                         "dataset": dskey, "num_classes": rc0.num_classes,
-                        "run_dir": f"{R}/runs/{run_key}", "rc": rc,
+                        "run_dir": f"{store(dskey)}/runs/{run_key}", "rc": rc,
                     })
             unused = [n for n, _ in axes if n not in used]
             if unused:
@@ -368,7 +390,7 @@ def plan_batches(unique_runs, cfg):
         out[batch_id] = {
             "id": batch_id, "runs": runs, "flops": flops, "seconds": seconds,
             "dataset": runs[0]["dataset"],
-            "teachers": sorted({f"{R}/teachers/{r['teacher_key']}.pt" for r in runs}),
+            "teachers": sorted({f"{store(r['dataset'])}/teachers/{r['teacher_key']}.pt" for r in runs}),
             "outputs": [f"{r['run_dir']}/runs.csv" for r in runs],
             "runtime": max(config["resources"]["student"].get("runtime", 15),
                            int(math.ceil((seconds + 60) * settings["runtime_margin"] / 60))),
@@ -388,6 +410,9 @@ def sheet_text(batch):
 # --------------------------------------------------------------------------------------------------
 
 RUNS = runs_table(config)
+if config.get("synthetic_mnist") == "auto" and "mnist" in SYNTHETIC and (RUNS["dataset"] == "mnist").any():
+    logger.warning(f"synthetic_mnist auto: no MNIST raw files in {', '.join(_candidates())}: the MNIST panels use "
+                   f"SYNTHETIC MNIST (generated, not the real dataset; runs in {R}/synthetic/)")
 FIGURES = [name for name, fig in config["figures"].items() if fig is not None]
 def unique_runs(table):
     """One record per distinct run, with the sorted names of the figures that request it."""
@@ -461,12 +486,15 @@ def data_dir_of_input(w, input):
     return DATA_DIRS[DATASET_OF_CACHE[input.cache]]
 
 
+DATASET_NAMES = {"mnist": "MNIST", "emnist-balanced": "EMNIST", "emnist-letters": "EMNIST"}
+
+
 def figure_spec(figure):
     """What a plot script needs to know about its figure (titles, grids, plot hints, synthetic data)."""
 
     def synthetic_of(panel):
         datasets = set(RUNS.loc[(RUNS.figure == figure) & (RUNS.panel == panel), "dataset"])
-        return {"EMNIST"} if config["synthetic_emnist"] and any(d.startswith("emnist") for d in datasets) else set()
+        return {DATASET_NAMES[d] for d in datasets & SYNTHETIC}
 
     try:
         return grids.figure_spec(config, figure, synthetic_of)
