@@ -322,10 +322,12 @@ def test_build_is_incremental(real_mnist, workdir):
     assert planned(workdir) == {"batch": 1, "runs": 1, "merge_runs": 1, "plot_fig2": 1, "all": 1}
     ok(smk(workdir, "all"))
 
-    # the HTML report holds the figure and its caption
+    # the HTML report holds the figure, its caption (rendered: the seed count) and its summary table
     ok(smk(workdir, "--report", "report.html"))
     report = workdir / "report.html"
     assert report.stat().st_size > 10_000
+    text = report.read_text()
+    assert "fig2_summary.html" in text and "fig2_summary.csv" in text and "mean over 2 seeds" in text
 
 
 def _children_running(workdir: Path, needle: str) -> list[int]:

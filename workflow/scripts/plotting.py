@@ -408,9 +408,8 @@ def draw(spec: dict, summary: pd.DataFrame):
         fig.legend(handles=handles, loc="outside upper center", ncol=ncol, frameon=False,
                    handlelength=2.2, columnspacing=1.2)
     if spec["synthetic"]:
-        fig.supxlabel(f"* synthetic {' and '.join(spec['synthetic'])}: generated data (quick preset without the "
-                      "real files), not the paper's; these numbers say nothing about its results",
-                      fontsize=7, color=VERMILLION)
+        fig.supxlabel(f"* synthetic {' and '.join(spec['synthetic'])}: generated stand-in data, not the real "
+                      "dataset; these numbers say nothing about the paper's results", fontsize=7, color=VERMILLION)
     return fig
 
 
