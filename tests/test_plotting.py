@@ -125,11 +125,18 @@ def test_paper_figures_share_axes_as_the_paper_compares(tmp_path):
     assert [p["name"] for p in groups["fig3"]["architectures"]] == ["depth", "cnn_student"]
     assert all(p["plot"]["kind"] == "points" for p in groups["fig3"]["architectures"])
 
-    spec = grids.figure_spec(cfg, "fig6")
-    summary = plotting.summarise(spec, table_for(cfg, spec))
-    styles = plotting.condition_styles(summary)
-    assert styles["baseline"]["color"] == plotting.CONDITION_COLOURS["mnist"]
-    assert styles["class heads frozen"]["color"] == plotting.CONDITION_COLOURS["class_head"]
+    styles = {}
+    for figure in ("fig2", "fig5", "fig6"):
+        spec = grids.figure_spec(cfg, figure)
+        summary = plotting.summarise(spec, table_for(cfg, spec))
+        styles[figure] = {c: s["color"] for c, s in plotting.condition_styles(summary).items()}
+    # a head changed (random, perturbed, frozen): the same colour in every figure; so the unchanged baseline
+    assert styles["fig2"]["class head random"] == styles["fig5"]["class head perturbed"] == \
+        styles["fig6"]["class heads frozen"]
+    assert styles["fig2"]["aux head random"] == styles["fig5"]["aux head perturbed"] == \
+        styles["fig6"]["aux heads frozen"]
+    assert styles["fig2"]["student all A"] == styles["fig6"]["baseline"]
+    assert len(set(styles["fig2"].values())) == 6 and len(set(styles["fig6"].values())) == 4
     fig = plotting.draw(spec, summary)
     shown = [ax for ax in fig.axes if ax.get_visible() and ax.get_title(loc="left")]
     assert len(shown) == 4  # (a) MNIST, (b) EMNIST, (c, d) cosines

@@ -200,15 +200,19 @@ def summarise(spec: dict, table: pd.DataFrame) -> pd.DataFrame:
 
 def condition_styles(summary: pd.DataFrame) -> dict[str, dict]:
     """Colour and marker per condition (legend text), the same for a condition wherever it appears."""
-    styles, used = {}, set()
-    for row in summary.drop_duplicates("condition").itertuples(index=False):
+    rows = list(summary.drop_duplicates("condition").itertuples(index=False))
+    colours = {}
+    for row in rows:  # first the named conditions' own colours, then free colours for the others
         keys = [f"{row.hue_name}={norm(row.hue)}", norm(row.hue)] if row.hue_name else [row.panel]
         colour = next((CONDITION_COLOURS[k] for k in keys if k in CONDITION_COLOURS), None)
-        if colour is None or colour in used:
-            colour = next((c for c in OTHER_COLOURS if c not in used), OTHER_COLOURS[len(styles) % len(OTHER_COLOURS)])
-        used.add(colour)
-        styles[row.condition] = {"color": colour, "marker": MARKERS[len(styles) % len(MARKERS)]}
-    return styles
+        if colour is not None and colour not in colours.values():
+            colours[row.condition] = colour
+    for row in rows:
+        if row.condition not in colours:
+            free = [c for c in OTHER_COLOURS if c not in colours.values()] or OTHER_COLOURS
+            colours[row.condition] = free[0]
+    return {row.condition: {"color": colours[row.condition], "marker": MARKERS[i % len(MARKERS)]}
+            for i, row in enumerate(rows)}
 
 
 def is_log(values, setting="auto") -> bool:
