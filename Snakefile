@@ -29,9 +29,9 @@ onstart:
 # The targets name every run too: Snakemake does not redo a deleted intermediate file on its own when
 # the files made from it are up to date, so a deleted or killed run would otherwise stay missing.
 rule all:
-    """Every configured figure (PNG + PDF), its tables and its runs."""
+    """Every configured figure (PNG + PDF + summary), its tables and its runs."""
     input:
-        expand(f"{R}/figures/{{figure}}.{{ext}}", figure=FIGURES, ext=["png", "pdf"]),
+        expand(f"{R}/figures/{{figure}}{{ext}}", figure=FIGURES, ext=[".png", ".pdf", "_summary.csv"]),
         expand(f"{R}/tables/{{figure}}.csv", figure=FIGURES),
         [run for figure in FIGURES for run in FIG_RUNS[figure]],
     default_target: True
@@ -47,12 +47,14 @@ for _figure in FIGURES:
         input:
             f"{R}/figures/{_figure}.png",
             f"{R}/figures/{_figure}.pdf",
+            f"{R}/figures/{_figure}_summary.csv",
             f"{R}/tables/{_figure}.csv",
             FIG_RUNS[_figure],
         localrule: True
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/batches.smk"
 include: "workflow/rules/tables.smk"

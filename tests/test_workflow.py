@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -150,13 +151,15 @@ def test_paper_dag_plans_every_run_quickly(workdir):
     assert batches == jobs["batch"] < 1000
     # fig2/fig4/fig5 and fig3's MLP-student panels share one teacher per seed; fig3's EMNIST panel has one
     # per class count, the CNN panel its own, fig6 one per (D, dataset, class-head trainability)
-    assert jobs["teacher"] == 20 * (1 + 46 + 1 + 31 * 3 - 1)  # fig6 mnist D=256 is the shared teacher
+    # fig3's depth panel trains its teacher with random hidden layers (as the paper's scripts): one more
+    assert jobs["teacher"] == 20 * (1 + 46 + 1 + 1 + 31 * 3 - 1)  # fig6 mnist D=256 is the shared teacher
     assert jobs["merge_runs"] == 5 and all(jobs[f"plot_fig{i}"] == 1 for i in range(2, 7))
     assert elapsed < 60, f"planning took {elapsed:.1f} s"
 
 
 def test_quick_preset_replaces_the_paper_grids(workdir):
-    """--configfile config/quick.yaml over config/config.yaml: every figure, small grids, 2 seeds."""
+    """--configfile config/quick.yaml over config/config.yaml: every figure, small grids, 2 seeds; without
+    MNIST in data_dir (a fresh clone offline) it plans synthetic MNIST too, and downloads nothing."""
     (workdir / "config").mkdir()
     for name in ("config.yaml", "quick.yaml"):
         shutil.copy(REPO / "config" / name, workdir / "config" / name)
@@ -165,6 +168,56 @@ def test_quick_preset_replaces_the_paper_grids(workdir):
     assert plan_line(out)[0] == 2 * (12 + 9 + 15 + 8 + 15)
     assert all(int(counts[f"plot_fig{i}"]) == 1 for i in range(2, 7))
     assert int(counts["synthetic_emnist"]) == 1  # synthetic EMNIST, never a download
+    assert int(counts["synthetic_mnist"]) == 1 and "prepare_data" not in counts  # no MNIST here: synthetic
+    assert "SYNTHETIC MNIST" in out and "teacher" not in counts  # its teachers live apart (synthetic_teacher)
+
+
+def test_quick_preset_uses_real_mnist_when_data_dir_has_it(real_mnist, workdir):
+    (workdir / "config").mkdir()
+    for name in ("config.yaml", "quick.yaml"):
+        shutil.copy(REPO / "config" / name, workdir / "config" / name)
+    out = ok(smk(workdir, "--dry-run", "--quiet", "rules", "all", "--configfile", "config/quick.yaml",
+                 "--config", f"data_dir={real_mnist}"))
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:", 1)[1], flags=re.M))
+    assert "synthetic_mnist" not in counts and int(counts["prepare_data"]) == 1
+    assert "SYNTHETIC MNIST" not in out
+
+
+@pytest.mark.parametrize("config", ["config.yaml", "quick.yaml"])
+def test_fig3_depth_teachers_have_random_hidden_layers_and_shared_heads(workdir, config):
+    """The paper's student_{minus,plus}_one_layer scripts: teacher all:random,class_head:A,aux_head:A."""
+    from sublearn.config import config_from_settings, resolve
+
+    fig3 = yaml.safe_load((REPO / "config" / config).read_text())["figures"]["fig3"]
+    fig3["panels"] = [p for p in fig3["panels"] if p["name"] == "depth"]
+    write_config(workdir, base_config(Path("nowhere"), {"fig3": fig3}, seeds=(0,)))
+    ok(smk(workdir, "all", "--until", "sheet"))
+    records = [json.loads(line) for sheet in (workdir / "results").rglob("sheets/*.jsonl")
+               for line in sheet.read_text().splitlines()]
+    assert {r["coords"]["depth"] for r in records} == {"minus_one", "plus_one"}
+    for record in records:
+        rc = resolve(config_from_settings(record["settings"], "sheet"))
+        assert rc.teacher.init == {"fc1": "random", "fc2": "random", "class_head": "A", "aux_head": "A"}
+        assert set(rc.student.init.values()) == {"random", "A"}
+        assert rc.student.init["class_head"] == rc.student.init["aux_head"] == "A"
+
+
+def test_fig5_passes_the_stds_as_the_papers_shell_printed_them(workdir):
+    """linspace(0, 0.2, 40) with decimals: 8 reaches the runner as the 8-decimal values (run sheets)."""
+    paper = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["figures"]["fig5"]
+    assert all(p["grid"]["std"] == {"linspace": [0.0, 0.2, 40], "decimals": 8} for p in paper["panels"])
+    cfg = base_config(Path("nowhere"), {"fig5": paper}, seeds=(0,))
+    write_config(workdir, cfg)
+    ok(smk(workdir, "all", "--until", "sheet"))
+    records = [json.loads(line) for sheet in (workdir / "results").rglob("sheets/*.jsonl")
+               for line in sheet.read_text().splitlines()]
+    assert len(records) == 80
+    printed = {float(f"{v:.8f}") for v in np.linspace(0, 0.2, 40)}
+    assert {r["coords"]["std"] for r in records} == printed
+    stds = {float(v) for r in records for v in re.findall(r"std=([0-9.e-]+)", json.dumps(r["settings"]))}
+    stds |= {float(p["std"]) for r in records for p in r["settings"].get("perturb_specs") or []}
+    assert stds == printed
+    assert max(abs(a - b) for a, b in zip(sorted(printed), np.linspace(0, 0.2, 40), strict=True)) > 1e-9
 
 
 @pytest.mark.parametrize("change, message", [
@@ -179,6 +232,11 @@ def test_quick_preset_replaces_the_paper_grids(workdir):
      "{d1} is not a grid coordinate"),
     (lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(m={"range": [1, 5, 0]}),
      "figure fig2, panel init, grid m: range [1, 5, 0]: the step must be an integer >= 1"),
+    (lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(m={"linspace": [1, 5, 3], "decimals": -1}),
+     "config.figures.fig2.panels[0].grid.m"),
+    (lambda c: c.update(synthetic_mnist="sometimes"), "config.synthetic_mnist"),
+    (lambda c: c["figures"]["fig2"]["panels"][0]["plot"].update(x="width"),
+     "figure fig2, panel init: plot x 'width' is neither a grid coordinate"),
 ])
 def test_bad_config_is_refused_before_anything_runs(workdir, change, message):
     cfg = base_config(Path("data"), {"fig2": fig2_block()})
@@ -266,10 +324,12 @@ def test_build_is_incremental(real_mnist, workdir):
     assert planned(workdir) == {"batch": 1, "runs": 1, "merge_runs": 1, "plot_fig2": 1, "all": 1}
     ok(smk(workdir, "all"))
 
-    # the HTML report holds the figure and its caption
+    # the HTML report holds the figure, its caption (rendered: the seed count) and its summary table
     ok(smk(workdir, "--report", "report.html"))
     report = workdir / "report.html"
     assert report.stat().st_size > 10_000
+    text = report.read_text()
+    assert "fig2_summary.html" in text and "fig2_summary.csv" in text and "mean over 2 seeds" in text
 
 
 def test_changed_data_recomputes_everything_made_from_it(workdir):
@@ -480,11 +540,32 @@ def test_every_figure_builds(real_mnist, workdir):
     for figure, rows in expected_rows.items():
         assert len(pd.read_csv(workdir / "results" / "tables" / f"{figure}.csv")) == rows, figure
         assert (workdir / "results" / "figures" / f"{figure}.png").stat().st_size > 1000
+        summary = pd.read_csv(workdir / "results" / "figures" / f"{figure}_summary.csv")
+        assert list(summary.columns[:6]) == ["figure", "axis", "panel", "metric", "condition", "hue_name"]
+        assert {"x", "mean", "ci_low", "ci_high", "n_seeds", "teacher_acc"} <= set(summary.columns)
+        assert (summary["figure"] == figure).all() and (summary["n_seeds"] == 1).all()
     fig3 = pd.read_csv(workdir / "results" / "tables" / "fig3.csv")
     emnist = fig3[fig3["panel"] == "emnist_classes"]
     assert sorted(emnist["num_classes"]) == [2, 47] and (emnist["m"] == 20).all()
     fig5 = pd.read_csv(workdir / "results" / "tables" / "fig5" / "perturbations_all_seeds.csv")
     assert len(fig5) > 0
+
+
+def test_offline_synthetic_mnist_builds_end_to_end(workdir):
+    """No MNIST anywhere in data_dir and synthetic_mnist auto: generated MNIST, the runs kept apart in
+    results/synthetic/, and the figure's summary says that the data are synthetic."""
+    cfg = base_config(workdir / "nowhere", {"fig2": fig2_block(m=(3,))}, seeds=(0, 1))
+    cfg["synthetic_mnist"] = "auto"
+    write_config(workdir, cfg)
+    out = ok(smk(workdir, "all"))
+    assert "SYNTHETIC MNIST" in out and not (workdir / "nowhere").exists()
+    results = workdir / "results"
+    assert len(list((results / "synthetic" / "runs").glob("*/runs.csv"))) == 4
+    assert list((results / "synthetic" / "teachers").glob("*.pt")) and not (results / "runs").exists()
+    summary = pd.read_csv(results / "figures" / "fig2_summary.csv")
+    assert len(summary) == 2 * 3 and (summary["n_seeds"] == 2).all()  # 2 inits x (accuracy + 2 cosines)
+    assert "SYNTHETIC MNIST" in (results / "figures" / "fig2_summary.html").read_text()
+    assert (results / "figures" / "fig2.pdf").stat().st_size > 1000
 
 
 def test_a_failing_script_leaves_its_traceback_in_the_rule_log(tmp_path):

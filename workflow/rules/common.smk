@@ -18,7 +18,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from snakemake.exceptions import WorkflowError
@@ -51,6 +50,10 @@ from sublearn.config import (  # noqa: E402
     sheet_settings,
 )
 
+sys.path.append(str(REPO / "workflow" / "scripts"))  # the grid language, shared with the plot scripts
+import grids  # noqa: E402  (numpy only)
+from grids import expand_seeds  # noqa: E402
+
 R = config["results_dir"].rstrip("/")
 # The device of the torch jobs reaches them through the environment, not as a param: where a run computed
 # is no reason to compute it again (runs.csv records the device; the merge warns when a figure mixes them).
@@ -66,7 +69,6 @@ FLAGS = tuple(n for n in FLAG_SETTINGS if n not in (*JOB_SETTINGS, *LABEL_SETTIN
 RESERVED_COORDS = {"figure", "panel", "point", "seed", "sweep_name", "run_label", "data_dir", "cache_dir",
                    "threads", "device", "outdir", "run_dir", "teacher_out", "teacher_checkpoint"}
 LARGE_PANEL = 20_000  # runs of one panel beyond which planning says that it will take time
-LABEL_RE = re.compile(r"[^A-Za-z0-9.+-]+")
 TEMPLATE_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -91,44 +93,11 @@ wildcard_constraints:
 
 
 def expand_values(spec, where):
-    """A value spec -> list of (label, value). Labels name points on disk and in legends."""
-    if isinstance(spec, list):
-        values = spec
-    elif "range" in spec:
-        a = spec["range"]
-        if len(a) > 2 and a[2] < 1:
-            raise ConfigError(f"config: {where}: range {a}: the step must be an integer >= 1")
-        values = list(range(a[0], a[1] + 1, a[2] if len(a) > 2 else 1))
-    elif "linspace" in spec:
-        start, stop, count = spec["linspace"]
-        values = [float(v) for v in np.linspace(start, stop, int(count))]
-    elif "sqrt2_steps" in spec:
-        k0, k1 = spec["sqrt2_steps"]
-        values = [int(v) for v in np.unique(np.round(np.sqrt(2.0) ** np.arange(k0, k1 + 1)))]
-    elif "labels" in spec:
-        return [(str(k), v) for k, v in spec["labels"].items()]
-    else:  # the schema makes this unreachable
-        raise ConfigError(f"config: {where}: unknown value generator {sorted(spec)}")
-    if not values:
-        raise ConfigError(f"config: {where}: the generator {spec} gives no values")
-    return [(value_label(v), v) for v in values]
-
-
-def value_label(value):
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return format(value, ".6g")
-    return LABEL_RE.sub(".", str(value)).strip(".") or "empty"
-
-
-def expand_seeds(spec):
-    if isinstance(spec, list):
-        return sorted(set(spec))
-    a, b = spec["range"]
-    return list(range(a, b + 1))
+    """A value spec -> list of (label, value) (the grid language is workflow/scripts/grids.py)."""
+    try:
+        return grids.expand_values(spec, where)
+    except grids.GridError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def flag_text(value):
@@ -240,15 +209,30 @@ def teacher_argv(rc):
 # --------------------------------------------------------------------------------------------------
 
 
-def _data_dir_for(dskey):
-    if dskey.startswith("emnist") and config["synthetic_emnist"]:
-        return f"{config['synthetic']['dir'].rstrip('/')}/data"
-    candidates = config["data_dir"] if isinstance(config["data_dir"], list) else [config["data_dir"]]
+def _candidates():
+    return config["data_dir"] if isinstance(config["data_dir"], list) else [config["data_dir"]]
+
+
+def _holding(dskey):
+    """The first data_dir folder holding a dataset's raw files, or None."""
     folder, names = raw_files_of(dskey)
-    for candidate in candidates:
-        if all((Path(candidate) / folder / n).is_file() for n in names):
-            return candidate.rstrip("/")
-    return candidates[-1].rstrip("/")
+    return next((c.rstrip("/") for c in _candidates() if all((Path(c) / folder / n).is_file() for n in names)), None)
+
+
+def _synthetic_keys():
+    """Dataset keys replaced by generated data: EMNIST with synthetic_emnist, MNIST with synthetic_mnist
+    (true, or auto when no data_dir folder holds the MNIST raw files, e.g. offline)."""
+    keys = {"emnist-balanced", "emnist-letters"} if config["synthetic_emnist"] else set()
+    mode = config.get("synthetic_mnist", False)
+    if mode is True or (mode == "auto" and _holding("mnist") is None):
+        keys.add("mnist")
+    return keys
+
+
+def _data_dir_for(dskey):
+    if dskey in SYNTHETIC:
+        return f"{config['synthetic']['dir'].rstrip('/')}/data"
+    return _holding(dskey) or _candidates()[-1].rstrip("/")
 
 
 def raw_files_of(dskey):
@@ -269,7 +253,7 @@ def dataset_and_split(dskey):
 
 def cache_file(dskey):
     """The runner's cache of this dataset's data folder (named by dataset and folder, see sublearn.dataid)."""
-    synthetic = dskey.startswith("emnist") and config["synthetic_emnist"]
+    synthetic = dskey in SYNTHETIC
     folder = f"{config['synthetic']['dir'].rstrip('/')}/cache" if synthetic else config["cache_dir"].rstrip("/")
     return str(dataid.cache_file(folder, *dataset_and_split(dskey), DATA_DIRS[dskey]))
 
@@ -286,7 +270,14 @@ def data_identity(dskey):
     return dataid.current_identity(DATA_DIRS[dskey], *dataset_and_split(dskey), dataid.read_record(CACHE_FILES[dskey]))
 
 
+def store(dskey):
+    """Where a dataset's runs and teachers live: runs on synthetic data apart (R/synthetic), so that the same
+    run key on the real data later is computed, not taken from the synthetic one."""
+    return f"{R}/synthetic" if dskey in SYNTHETIC else R
+
+
 DATASET_KEYS = ("mnist", "emnist-balanced", "emnist-letters")
+SYNTHETIC = _synthetic_keys()
 DATA_DIRS = {k: _data_dir_for(k) for k in DATASET_KEYS}
 CACHE_FILES = {k: cache_file(k) for k in DATASET_KEYS}
 DATASET_OF_CACHE = {v: k for k, v in CACHE_FILES.items()}
@@ -374,7 +365,7 @@ def runs_table(cfg):
                         "coords": shown, "run_key": run_key, "teacher_key": rc.teacher_key(),
                         "teacher_argv": shlex.join([*targv0, "--seed", str(seed)]),
                         "dataset": dskey, "num_classes": rc0.num_classes,
-                        "run_dir": f"{R}/runs/{run_key}", "rc": rc,
+                        "run_dir": f"{store(dskey)}/runs/{run_key}", "rc": rc,
                     })
             unused = [n for n, _ in axes if n not in used]
             if unused:
@@ -427,7 +418,7 @@ def plan_batches(unique_runs, cfg):
         out[batch_id] = {
             "id": batch_id, "runs": runs, "flops": flops, "seconds": seconds,
             "dataset": runs[0]["dataset"],
-            "teachers": sorted({f"{R}/teachers/{r['teacher_key']}.pt" for r in runs}),
+            "teachers": sorted({f"{store(r['dataset'])}/teachers/{r['teacher_key']}.pt" for r in runs}),
             "outputs": [f"{r['run_dir']}/runs.csv" for r in runs],
             "runtime": max(config["resources"]["student"].get("runtime", 15),
                            int(math.ceil((seconds + 60) * settings["runtime_margin"] / 60))),
@@ -447,6 +438,9 @@ def sheet_text(batch):
 # --------------------------------------------------------------------------------------------------
 
 RUNS = runs_table(config)
+if config.get("synthetic_mnist") == "auto" and "mnist" in SYNTHETIC and (RUNS["dataset"] == "mnist").any():
+    logger.warning(f"synthetic_mnist auto: no MNIST raw files in {', '.join(_candidates())}: the MNIST panels use "
+                   f"SYNTHETIC MNIST (generated, not the real dataset; runs in {R}/synthetic/)")
 FIGURES = [name for name, fig in config["figures"].items() if fig is not None]
 def unique_runs(table):
     """One record per distinct run, with the sorted names of the figures that request it."""
@@ -550,24 +544,20 @@ def data_dir_of_input(w, input):
     return DATA_DIRS[DATASET_OF_CACHE[input.cache]]
 
 
+DATASET_NAMES = {"mnist": "MNIST", "emnist-balanced": "EMNIST", "emnist-letters": "EMNIST"}
+
+
 def figure_spec(figure):
-    """What a plot script needs to know about its figure (titles, plot hints, synthetic data)."""
-    fig = config["figures"][figure]
-    panels = []
-    for panel in fig["panels"]:
-        datasets = set(RUNS.loc[(RUNS.figure == figure) & (RUNS.panel == panel["name"]), "dataset"])
-        grid = {}
-        for name, spec in panel["grid"].items():
-            kind = next(iter(spec)) if isinstance(spec, dict) else "list"
-            grid[name] = {"generator": kind, "labels": kind == "labels",
-                          "values": [lab if kind == "labels" else val for lab, val in expand_values(spec, name)]}
-        panels.append({
-            "name": panel["name"], "title": panel.get("title", panel["name"]), "grid": grid,
-            "plot": panel.get("plot", {}),
-            "synthetic": bool(config["synthetic_emnist"]) and any(d.startswith("emnist") for d in datasets),
-        })
-    return {"figure": figure, "title": fig.get("title", figure), "panels": panels,
-            "seeds": expand_seeds(fig.get("seeds", config["seeds"])), "bootstrap": config["bootstrap"]}
+    """What a plot script needs to know about its figure (titles, grids, plot hints, synthetic data)."""
+
+    def synthetic_of(panel):
+        datasets = set(RUNS.loc[(RUNS.figure == figure) & (RUNS.panel == panel), "dataset"])
+        return {DATASET_NAMES[d] for d in datasets & SYNTHETIC}
+
+    try:
+        return grids.figure_spec(config, figure, synthetic_of)
+    except grids.GridError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def caption_for(figure):

@@ -1,4 +1,6 @@
-# Figures: one plot rule per configured figure, each with its own script and report caption.
+# Figures: one plot rule per configured figure, each with its own script and report caption. Beside the
+# figure (PNG, vector PDF) the plot writes its summary: every plotted point's mean, bootstrap interval,
+# seeds and teacher accuracy (CSV, and HTML for the report).
 
 for _figure in FIGURES:
 
@@ -12,9 +14,24 @@ for _figure in FIGURES:
                 f"{R}/figures/{_figure}.png",
                 caption=caption_for(_figure),
                 category="Figures",
-                labels={"figure": _figure},
+                subcategory=_figure,
+                labels={"figure": _figure, "content": "figure"},
             ),
             pdf=f"{R}/figures/{_figure}.pdf",
+            summary=report(
+                f"{R}/figures/{_figure}_summary.csv",
+                caption="../report/summary.rst",
+                category="Figures",
+                subcategory=_figure,
+                labels={"figure": _figure, "content": "summary table (CSV)"},
+            ),
+            summary_html=report(
+                f"{R}/figures/{_figure}_summary.html",
+                caption="../report/summary.rst",
+                category="Figures",
+                subcategory=_figure,
+                labels={"figure": _figure, "content": "summary table"},
+            ),
         log:
             f"{LOGS}/figures/{_figure}.log",
         params:

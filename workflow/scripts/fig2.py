@@ -2,5 +2,4 @@
 
 from plotting import run
 
-snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
-run(snakemake, lambda f: f.panel_grid(f.cosine_rows()))
+run(globals()["snakemake"])  # snakemake: injected by Snakemake's script directive

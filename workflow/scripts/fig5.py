@@ -1,6 +1,6 @@
-"""Figure 5: student accuracy and head cosines vs the std of a head perturbation before distillation."""
+"""Figure 5: student accuracy and head cosines vs the std of a head perturbation before distillation, the
+aux-head and class-head perturbations on one axis."""
 
 from plotting import run
 
-snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
-run(snakemake, lambda f: f.panel_grid(f.cosine_rows()))
+run(globals()["snakemake"])  # snakemake: injected by Snakemake's script directive

@@ -1,6 +1,6 @@
-"""Figure 6: accuracy vs second hidden width D, baselines and frozen heads (with head cosines)."""
+"""Figure 6: accuracy vs second hidden width D, the four MNIST conditions (baseline, class heads, aux heads
+or both frozen) on one axis beside the EMNIST baseline, and the MNIST head cosines."""
 
 from plotting import run
 
-snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
-run(snakemake, lambda f: f.panel_grid(f.cosine_rows()))
+run(globals()["snakemake"])  # snakemake: injected by Snakemake's script directive

@@ -1,216 +1,452 @@
-"""Shared plotting helpers for the figure scripts: loading, bootstrap summaries, panels, saving."""
+"""Paper figures from a figure's tidy table (one row per run): the summary of every plotted point, then the
+panels drawn from that summary.
+
+A point is (figure, panel, metric, hue level, x[, y]). Its summary is the mean over seeds, a bootstrap
+confidence interval whose random generator is seeded from the point's identity and the config's
+`bootstrap.seed` (so adding a panel, a condition or a grid value changes no other point's interval), the
+number of seeds and the teacher's mean accuracy. The summary is written beside the figure
+(`figN_summary.csv`, and as HTML for the report), so numbers can be quoted without re-plotting.
+
+Layout: panels whose plot hints name the same `axis` share one axis, each panel a condition (its `label`);
+every axis gets an accuracy panel, and the axes whose panels ask for `cosine` get two more (teacher-student
+cosine of the class and aux head weights). The panels fill a 7 in wide figure (a two-column page), one
+legend on top; the same condition has the same colour in every figure.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import html
+import math
+import textwrap
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from grids import DERIVED, plot_axes  # noqa: E402
 from logged import logged  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+WIDTH = 7.0  # inches: a two-column page
+ROW_HEIGHT = 2.1
+plt.rcParams.update({
+    "font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "xtick.labelsize": 7.5, "ytick.labelsize": 7.5,
+    "legend.fontsize": 7.5, "axes.spines.top": False, "axes.spines.right": False, "axes.linewidth": 0.6,
+    "xtick.major.width": 0.6, "ytick.major.width": 0.6, "lines.linewidth": 1.3, "lines.markersize": 3.5,
+    "savefig.bbox": "tight", "savefig.pad_inches": 0.02, "pdf.fonttype": 42, "ps.fonttype": 42,
+})
 
 # Okabe & Ito (2008): distinguishable with the common colour-vision deficiencies
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
-METRICS = {
-    "acc": ("student_final_acc", "student test accuracy"),
-    "cos_class": ("cos_final_teacher_student_class_head_weight", "cos(teacher, student)\nclass_head weight"),
-    "cos_aux": ("cos_final_teacher_student_aux_head_weight", "cos(teacher, student)\naux_head weight"),
+BLACK, ORANGE, SKY, GREEN, BLUE, VERMILLION, PURPLE = (
+    "#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
+SIENNA = "#8C510A"
+# The same condition has the same colour in every figure; the keys are panel names (a panel that is one
+# condition) and hue levels ("coordinate=value" or the label of a labelled value). What a condition
+# changes decides its colour: nothing (black), a hidden layer, the class head, the aux head, both heads.
+CONDITION_COLOURS = {
+    "same": BLACK, "mnist": BLACK, "emnist": BLACK,
+    "rand_fc1": SKY, "rand_fc2": BLUE, "rand_hidden": ORANGE,
+    "rand_class_head": VERMILLION, "class_head": VERMILLION, "frozen_class": VERMILLION,
+    "rand_aux_head": GREEN, "aux_head": GREEN, "frozen_aux": GREEN,
+    "frozen_both": PURPLE,
+    "m=10": ORANGE, "m=50": SIENNA,  # fig3: students with random hidden layers (as rand_hidden), two aux widths
 }
-UNSET = object()
+OTHER_COLOURS = [BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, SIENNA, "#999999", BLACK]
+MARKERS = ["o", "s", "D", "^", "v", "P", "X", "<", ">"]
+TEACHER = {"color": "0.3", "ls": "--", "lw": 0.9}
+CHANCE = {"color": "0.55", "ls": ":", "lw": 1.0}
+
+# metric -> (column of the tidy table, y label, panel title)
+METRICS = {
+    "acc": ("student_final_acc", "student test accuracy", None),
+    "cos_class": ("cos_final_teacher_student_class_head_weight", "cosine, teacher vs student", "class head weights"),
+    "cos_aux": ("cos_final_teacher_student_aux_head_weight", "cosine, teacher vs student", "aux head weights"),
+}
+SUMMARY_COLUMNS = ["figure", "axis", "panel", "metric", "condition", "hue_name", "hue", "x_name", "x", "y_name", "y",
+                   "mean", "ci_low", "ci_high", "n_seeds", "teacher_acc", "chance"]
 
 
-def norm(value):
+def norm(value) -> str:
     """One spelling per grid value, whether the CSV stored it as 10, 10.0 or '10'."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         return str(value)
+    if math.isnan(number):
+        return ""
     return str(int(number)) if number.is_integer() else repr(number)
 
 
-def same_value(series, value):
-    return series.map(norm) == norm(value)
-
-plt.rcParams.update({
-    "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7.5,
-    "axes.spines.top": False, "axes.spines.right": False, "savefig.bbox": "tight",
-    "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO),
-})
+# --------------------------------------------------------------------------------------------------
+# The summary
+# --------------------------------------------------------------------------------------------------
 
 
-class Figure:
-    """A figure's spec (from the workflow) and its tidy table."""
-
-    def __init__(self, snakemake):
-        self.smk = snakemake
-        self.spec = snakemake.params.spec
-        self.table = pd.read_csv(snakemake.input.table, low_memory=False)
-        boot = self.spec["bootstrap"]
-        self.resamples, self.ci = int(boot["resamples"]), float(boot["ci"])
-        self.rng = np.random.default_rng(int(boot["seed"]))
-        self.panels = self.spec["panels"]
-
-    def data(self, panel):
-        return self.table[self.table["panel"].astype(str) == panel["name"]]
-
-    # ---- summaries -------------------------------------------------------------------------------
-
-    def mean_ci(self, values):
-        v = np.asarray(values, dtype=float)
-        v = v[np.isfinite(v)]
-        if v.size == 0:
-            return np.nan, np.nan, np.nan
-        if v.size == 1:
-            return float(v[0]), np.nan, np.nan
-        means = v[self.rng.integers(0, v.size, size=(self.resamples, v.size))].mean(axis=1)
-        tail = (1 - self.ci) / 2
-        lo, hi = np.quantile(means, [tail, 1 - tail])
-        return float(v.mean()), float(lo), float(hi)
-
-    def summary(self, df, keys, column):
-        rows = []
-        for key, group in df.groupby(keys, sort=False, dropna=False):
-            key = key if isinstance(key, tuple) else (key,)
-            rows.append((*key, *self.mean_ci(group[column])))
-        return pd.DataFrame(rows, columns=[*keys, "mean", "lo", "hi"])
-
-    # ---- panels ----------------------------------------------------------------------------------
-
-    def axes_of(self, panel):
-        grid, plot = panel["grid"], panel["plot"]
-        names = list(grid)
-        x = plot.get("x") or names[0]
-        hue = plot.get("hue", UNSET)
-        if hue is UNSET:
-            others = [n for n in names if n != x]
-            hue = others[0] if others else None
-        return x, hue
-
-    def x_positions(self, panel, x):
-        """Numeric grids of 3+ values are plotted as numbers; labelled, text or 1-2 values as categories."""
-        info = panel["grid"].get(x, {"values": sorted(self.data(panel)[x].dropna().unique()), "labels": False})
-        values = info["values"]
-        numeric = not info["labels"] and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        if numeric and len(values) > 2:
-            return values, None
-        return values, {norm(v): i for i, v in enumerate(values)}
-
-    def log_x(self, panel, x, values, categories):
-        setting = panel["plot"].get("logx", "auto")
-        if categories is not None:
-            return False
-        if setting != "auto":
-            return bool(setting)
-        v = np.sort(np.asarray(values, dtype=float))
-        if v.size < 3 or v[0] <= 0 or v[-1] / v[0] < 10:
-            return False
-        spread = lambda d: np.std(d) / np.mean(d)  # noqa: E731
-        return bool(spread(np.diff(np.log(v))) < spread(np.diff(v)))
-
-    def line_panel(self, ax, panel, metric="acc", references=True, legend=True, title=True):
-        column, ylabel = METRICS[metric]
-        df = self.data(panel)
-        x, hue = self.axes_of(panel)
-        values, categories = self.x_positions(panel, x)
-        def xpos(col):
-            return col.map(lambda v: categories.get(norm(v), np.nan)) if categories else pd.to_numeric(col)
-        levels = panel["grid"][hue]["values"] if hue else [None]
-        for i, level in enumerate(levels):
-            part = df if hue is None else df[same_value(df[hue], level)]
-            if part.empty:
-                continue
-            s = self.summary(part, [x], column)
-            s["_x"] = xpos(s[x])
-            s = s.sort_values("_x")
-            colour = OKABE_ITO[i % len(OKABE_ITO)]
-            label = "student" if hue is None else f"{level}"
-            ax.plot(s["_x"], s["mean"], marker="o", ms=3, lw=1.4, color=colour, label=label)
-            if s["lo"].notna().any():
-                ax.fill_between(s["_x"], s["lo"], s["hi"], color=colour, alpha=0.2, lw=0)
-        if metric == "acc" and references:
-            ref = df.assign(_chance=1.0 / df["num_classes"].astype(float))
-            for col, style, label in (("teacher_final_acc", "--", "teacher"), ("_chance", ":", "chance")):
-                s = self.summary(ref, [x], col)
-                s["_x"] = xpos(s[x])
-                s = s.sort_values("_x")
-                ax.plot(s["_x"], s["mean"], style, color="0.25" if col != "_chance" else "0.55", lw=1.1,
-                        label=label, marker="_" if len(s) < 3 else None, ms=14)
-            ax.set_ylim(0, 1.02)
-        elif metric != "acc":
-            ax.axhline(0, color="0.8", lw=0.8, zorder=0)
-        if self.log_x(panel, x, values, categories):
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            if len(values) <= 8:
-                ax.set_xticks(values)
-        if categories:
-            ax.set_xticks(range(len(categories)), [str(v) for v in values])
-            ax.set_xlim(-0.5, len(categories) - 0.5)
-        ax.set_xlabel(panel["plot"].get("xlabel", x))
-        ax.set_ylabel(ylabel)
-        if title:
-            ax.set_title(self.panel_title(panel))
-        ax.grid(alpha=0.25, lw=0.5)
-        if legend:
-            ax.legend(title=panel["plot"].get("huelabel", hue) if hue else None, frameon=False,
-                      loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0.3)
-
-    def heatmap_panel(self, ax, fig, panel, metric="acc"):
-        column, label = METRICS[metric]
-        plot = panel["plot"]
-        x, y = plot["x"], plot["y"]
-        s = self.summary(self.data(panel), [y, x], column)
-        xs, ys = panel["grid"][x]["values"], panel["grid"][y]["values"]
-        grid = s.pivot(index=y, columns=x, values="mean").reindex(index=ys, columns=xs)
-        image = ax.imshow(grid.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="viridis",
-                          vmin=0, vmax=1, interpolation="nearest")
-        step = lambda n: max(1, int(np.ceil(n / 10)))  # noqa: E731
-        ax.set_xticks(range(0, len(xs), step(len(xs))), [str(v) for v in xs][:: step(len(xs))], rotation=90)
-        ax.set_yticks(range(0, len(ys), step(len(ys))), [str(v) for v in ys][:: step(len(ys))])
-        ax.set_xlabel(plot.get("xlabel", x))
-        ax.set_ylabel(plot.get("ylabel", y))
-        ax.set_title(self.panel_title(panel) + " (mean over seeds)")
-        fig.colorbar(image, ax=ax, label=label, shrink=0.9)
-
-    def panel_title(self, panel):
-        return panel["title"] + (" [synthetic EMNIST]" if panel["synthetic"] else "")
-
-    # ---- layout and output -----------------------------------------------------------------------
-
-    def panel_grid(self, rows):
-        """One column per panel, one row per metric; a metric row is drawn only where the panel asks."""
-        n = len(self.panels)
-        fig, axes = plt.subplots(len(rows), n, figsize=(4.6 * n, 2.7 * len(rows) + 0.8), squeeze=False,
-                                 layout="constrained")
-        for j, panel in enumerate(self.panels):
-            for i, metric in enumerate(rows):
-                if metric != "acc" and not panel["plot"].get("cosine", False):
-                    axes[i][j].set_visible(False)
-                    continue
-                self.line_panel(axes[i][j], panel, metric, legend=i == 0, title=i == 0)
-        return fig
-
-    def cosine_rows(self):
-        wanted = any(p["plot"].get("cosine", False) for p in self.panels)
-        return ["acc", "cos_class", "cos_aux"] if wanted else ["acc"]
-
-    def save(self, fig):
-        seeds = self.table["seed"].nunique()
-        note = f"mean over {seeds} seed{'s' if seeds != 1 else ''}, shaded: {self.ci:.0%} bootstrap CI"
-        if any(p["synthetic"] for p in self.panels):
-            note += "; EMNIST panels use SYNTHETIC data (quick preset), not the real dataset"
-        fig.suptitle(f"{self.spec['title']}\n{note}", fontsize=10)
-        fig.savefig(self.smk.output.png, dpi=150)
-        fig.savefig(self.smk.output.pdf, metadata={"CreationDate": None})
-        plt.close(fig)
+def point_rng(seed: int, *identity) -> np.random.Generator:
+    """A generator of its own for one point: seeded from the config's bootstrap seed and a stable hash of
+    the point's identity (figure, panel, metric, hue level, x, y)."""
+    digest = hashlib.sha256("\x1f".join(norm(part) for part in identity).encode()).digest()
+    return np.random.default_rng([int(seed), *np.frombuffer(digest[:16], dtype="<u4").tolist()])
 
 
-def run(snakemake, draw):
-    """Log to the rule's log file, build the figure with draw(Figure) and save it."""
+def mean_ci(values, rng: np.random.Generator, resamples: int, ci: float) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap interval of the mean (NaN interval for fewer than two values)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return np.nan, np.nan, np.nan
+    if v.size == 1:
+        return float(v[0]), np.nan, np.nan
+    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
+    tail = (1 - ci) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(v.mean()), float(low), float(high)
+
+
+def with_derived(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with the derived plot coordinates (noise_samples) and chance (1 / classes)."""
+    table = table.copy()
+    for name, (a, b) in DERIVED.items():
+        if a in table and b in table:
+            table[name] = pd.to_numeric(table[a]) * pd.to_numeric(table[b])
+    table["chance"] = 1.0 / pd.to_numeric(table["num_classes"])
+    return table
+
+
+def axis_groups(spec: dict) -> dict[str, list[dict]]:
+    """Axis name -> its panels, in the config's order (a panel without `axis` has an axis of its own)."""
+    groups: dict[str, list[dict]] = {}
+    for panel in spec["panels"]:
+        groups.setdefault(panel["plot"].get("axis") or panel["name"], []).append(panel)
+    return groups
+
+
+def display_names(panel: dict) -> dict[str, str]:
+    return {norm(k): str(v) for k, v in (panel["plot"].get("names") or {}).items()}
+
+
+def condition_of(panel: dict, hue: str | None, level, shared: bool) -> str:
+    """A condition's legend text: the panel's label (or title, on a shared axis), and/or the hue level."""
+    plot = panel["plot"]
+    own = plot.get("label") or (panel["title"] if shared else "student")
+    if hue is None:
+        return own
+    text = display_names(panel).get(norm(level))
+    if text is None:
+        labelled = hue in panel["grid"] and panel["grid"][hue]["labels"]
+        text = str(level) if labelled else f"{plot.get('huelabel', hue)} = {norm(level)}"
+    return f"{own}: {text}" if shared and plot.get("kind", "line") != "points" else text
+
+
+def _order(panel: dict, name: str | None):
+    """Sort key of a coordinate's values: their place in the grid, or their number (derived coordinates)."""
+    if name in panel["grid"]:
+        place = {norm(v): i for i, v in enumerate(panel["grid"][name]["values"])}
+        return lambda v: place.get(norm(v), len(place))
+    return lambda v: float(v) if norm(v) else math.inf
+
+
+def summarise(spec: dict, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per plotted point (SUMMARY_COLUMNS), in drawing order."""
+    table = with_derived(table)
+    boot = spec["bootstrap"]
+    resamples, ci, seed = int(boot["resamples"]), float(boot["ci"]), int(boot["seed"])
+    rows = []
+    for axis, panels in axis_groups(spec).items():
+        for panel in panels:
+            df = table[table["panel"].astype(str) == panel["name"]]
+            x, hue, y = plot_axes(panel)
+            levels = panel["grid"][hue]["values"] if hue in panel["grid"] else (
+                sorted(df[hue].dropna().unique(), key=_order(panel, hue)) if hue else [None])
+            metrics = ["acc"] + (["cos_class", "cos_aux"] if panel["plot"].get("cosine") else [])
+            by_x, by_y = _order(panel, x), _order(panel, y)
+            for metric in metrics:
+                column = METRICS[metric][0]
+                for level in levels:
+                    part = df if hue is None else df[df[hue].map(norm) == norm(level)]
+                    condition = condition_of(panel, hue, level, len(panels) > 1)
+                    keys = [k for k in (x, y) if k is not None]
+                    groups = part.groupby(keys, sort=False) if keys else ([((), part)] if len(part) else [])
+                    points = []
+                    for _, group in groups:
+                        xv = group[x].iloc[0] if x else panel["plot"].get("label", panel["title"])
+                        yv = group[y].iloc[0] if y else np.nan
+                        rng = point_rng(seed, spec["figure"], panel["name"], metric, level, xv, yv)
+                        mean, low, high = mean_ci(group[column], rng, resamples, ci)
+                        finite = np.isfinite(pd.to_numeric(group[column], errors="coerce"))
+                        points.append({
+                            "figure": spec["figure"], "axis": axis, "panel": panel["name"], "metric": metric,
+                            "condition": condition, "hue_name": hue or "", "hue": "" if hue is None else level,
+                            "x_name": x or "panel", "x": xv, "y_name": y or "", "y": yv,
+                            "mean": mean, "ci_low": low, "ci_high": high,
+                            "n_seeds": int(group.loc[finite, "seed"].nunique()),
+                            "teacher_acc": float(group["teacher_final_acc"].mean()),
+                            "chance": float(group["chance"].mean()),
+                        })
+                    points.sort(key=lambda p: (by_y(p["y"]) if y else 0, by_x(p["x"]) if x else 0))
+                    rows += points
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Drawing
+# --------------------------------------------------------------------------------------------------
+
+
+def condition_styles(summary: pd.DataFrame) -> dict[str, dict]:
+    """Colour and marker per condition (legend text), the same for a condition wherever it appears."""
+    rows = list(summary.drop_duplicates("condition").itertuples(index=False))
+    colours = {}
+    for row in rows:  # first the named conditions' own colours, then free colours for the others
+        keys = [f"{row.hue_name}={norm(row.hue)}", norm(row.hue)] if row.hue_name else [row.panel]
+        colour = next((CONDITION_COLOURS[k] for k in keys if k in CONDITION_COLOURS), None)
+        if colour is not None and colour not in colours.values():
+            colours[row.condition] = colour
+    for row in rows:
+        if row.condition not in colours:
+            free = [c for c in OTHER_COLOURS if c not in colours.values()] or OTHER_COLOURS
+            colours[row.condition] = free[0]
+    return {row.condition: {"color": colours[row.condition], "marker": MARKERS[i % len(MARKERS)]}
+            for i, row in enumerate(rows)}
+
+
+def is_log(values, setting="auto") -> bool:
+    """A log axis for log-spaced positive values (or as the plot hint `logx` says)."""
+    if setting != "auto":
+        return bool(setting)
+    v = np.sort(np.unique(np.asarray(values, dtype=float)))
+    if v.size < 2 or v[0] <= 0 or v[-1] / v[0] < 10:
+        return False
+    if v.size == 2:
+        return True
+    spread = lambda d: np.std(d) / np.mean(d)  # noqa: E731
+    return bool(spread(np.diff(np.log(v))) < spread(np.diff(v)))
+
+
+def log_ticks(axis, values) -> None:
+    """Log-axis ticks: the values themselves when few, powers of ten otherwise."""
+    values = sorted(set(float(v) for v in values))
+    if max(values) >= 1e5:
+        axis.set_major_locator(mticker.LogLocator(base=10))
+        axis.set_major_formatter(mticker.LogFormatterSciNotation())
+    elif len(values) <= 7:
+        axis.set_major_locator(mticker.FixedLocator(values))
+        axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        axis.set_major_locator(mticker.LogLocator(base=10))
+        axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(mticker.NullFormatter())
+
+
+def _numeric(values) -> bool:
+    try:
+        [float(v) for v in values]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _references(ax, part: pd.DataFrame, positions: dict, styles: dict, segment: float | None) -> None:
+    """Teacher accuracy (dashed) and chance (dotted): one curve when every condition has the same, else
+    one per distinct curve (teacher curves then in their conditions' colours)."""
+    for column, style in (("teacher_acc", TEACHER), ("chance", CHANCE)):
+        curves = {}
+        for condition, s in part.groupby("condition", sort=False):
+            xs = [positions[norm(v)] for v in s["x"]]
+            curve = tuple(zip(xs, np.round(s[column].to_numpy(dtype=float), 9), strict=True))
+            curves.setdefault(curve, condition)
+        for curve, condition in curves.items():
+            colour = styles[condition]["color"] if column == "teacher_acc" and len(curves) > 1 else style["color"]
+            xs, ys = zip(*sorted(curve), strict=True)
+            if segment is None:
+                ax.plot(xs, ys, **{**style, "color": colour}, zorder=1)
+            else:
+                ax.hlines(ys, np.subtract(xs, segment), np.add(xs, segment), **{**style, "color": colour}, zorder=1)
+
+
+def draw_lines(ax, part: pd.DataFrame, panels: list[dict], metric: str, styles: dict) -> None:
+    panel, x = panels[0], part["x_name"].iloc[0]
+    xs = list(dict.fromkeys(part["x"].map(norm)))
+    numeric = _numeric(xs) and not (x in panel["grid"] and panel["grid"][x]["labels"])
+    names = display_names(panel)
+    positions = {v: float(v) for v in xs} if numeric else {v: i for i, v in enumerate(xs)}
+    size = 3.5 if len(positions) <= 12 else 2.2  # dense grids: smaller markers
+    for condition, s in part.groupby("condition", sort=False):
+        pos = [positions[norm(v)] for v in s["x"]]
+        ax.plot(pos, s["mean"], color=styles[condition]["color"], marker=styles[condition]["marker"], ms=size,
+                label=condition, zorder=3)
+        if s["ci_low"].notna().any():
+            ax.fill_between(pos, s["ci_low"], s["ci_high"], color=styles[condition]["color"], alpha=0.18, lw=0,
+                            zorder=2)
+    log = numeric and is_log(list(positions.values()), panel["plot"].get("logx", "auto"))
+    if metric == "acc":
+        single = len(positions) == 1 or not numeric
+        width = 0.35 if not numeric else (0.3 * max(positions.values()) if log else 0.5)
+        _references(ax, part, positions, styles, width if single else None)
+    if log:
+        ax.set_xscale("log")
+        log_ticks(ax.xaxis, positions.values())
+    if not numeric:
+        ax.set_xticks(list(positions.values()), [names.get(v, v) for v in positions])
+        ax.set_xlim(-0.5, len(positions) - 0.5)
+
+
+def draw_points(ax, part: pd.DataFrame, panels: list[dict], metric: str, styles: dict) -> None:
+    """Grouped points: one category per (panel, x value), one point per condition within it."""
+    names = {}
+    for panel in panels:
+        names.update(display_names(panel))
+    categories = list(dict.fromkeys(zip(part["panel"], part["x"].map(norm), strict=True)))
+    where = {c: i for i, c in enumerate(categories)}
+    conditions = list(dict.fromkeys(part["condition"]))
+    width = 0.7 / max(len(conditions), 1)
+    for j, condition in enumerate(conditions):
+        s = part[part["condition"] == condition]
+        pos = np.array([where[(p, norm(v))] for p, v in zip(s["panel"], s["x"], strict=True)], dtype=float)
+        pos += (j - (len(conditions) - 1) / 2) * width
+        err = np.vstack([s["mean"] - s["ci_low"], s["ci_high"] - s["mean"]])
+        ax.errorbar(pos, s["mean"], yerr=np.nan_to_num(err), color=styles[condition]["color"],
+                    marker=styles[condition]["marker"], ms=4, ls="none", capsize=2, elinewidth=1, label=condition,
+                    zorder=3)
+        if metric == "acc":
+            ax.plot(pos, s["teacher_acc"], ls="none", marker="_", ms=9, mew=1.2, color=TEACHER["color"], zorder=2)
+    if metric == "acc":
+        chance = part.groupby(["panel", part["x"].map(norm)], sort=False)["chance"].mean()
+        for (p, v), value in chance.items():
+            i = where[(p, v)]
+            ax.hlines(value, i - 0.45, i + 0.45, **CHANCE, zorder=1)
+    ax.set_xticks(range(len(categories)), [textwrap.fill(names.get(v, v), 12) for _, v in categories])
+    ax.set_xlim(-0.5, len(categories) - 0.5)
+
+
+def _edges(values, log: bool) -> np.ndarray:
+    """Cell edges around sorted values: midpoints (geometric on a log axis), extrapolated at the ends."""
+    v = np.log(values) if log else np.asarray(values, dtype=float)
+    if v.size == 1:
+        inner, step = np.array([]), np.array([np.log(2) if log else 0.5] * 2)
+    else:
+        inner, step = (v[1:] + v[:-1]) / 2, np.array([v[1] - v[0], v[-1] - v[-2]]) / 2
+    e = np.concatenate([[v[0] - step[0]], inner, [v[-1] + step[1]]])
+    return np.exp(e) if log else e
+
+
+def draw_heatmap(ax, part: pd.DataFrame, panels: list[dict], metric: str, fig) -> None:
+    panel = panels[0]
+    xs = sorted(set(part["x"]), key=_order(panel, part["x_name"].iloc[0]))
+    ys = sorted(set(part["y"]), key=_order(panel, part["y_name"].iloc[0]))
+    grid = part.pivot_table(index="y", columns="x", values="mean", aggfunc="first").reindex(index=ys, columns=xs)
+    values = np.ma.masked_invalid(grid.to_numpy(dtype=float))
+    lo, cmap = (0, "viridis") if metric == "acc" else (-1, "RdBu_r")
+    if _numeric(xs) and _numeric(ys):
+        xlog, ylog = is_log(xs), is_log(ys)
+        image = ax.pcolormesh(_edges(np.asarray(xs, float), xlog), _edges(np.asarray(ys, float), ylog), values,
+                              cmap=cmap, vmin=lo, vmax=1, shading="flat", rasterized=True)
+        for log, scale, axis, vals in ((xlog, ax.set_xscale, ax.xaxis, xs), (ylog, ax.set_yscale, ax.yaxis, ys)):
+            if log:
+                scale("log")
+                log_ticks(axis, vals)
+    else:
+        image = ax.imshow(values, origin="lower", aspect="auto", cmap=cmap, vmin=lo, vmax=1, interpolation="nearest")
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=90)
+        ax.set_yticks(range(len(ys)), [str(v) for v in ys])
+    bar = fig.colorbar(image, ax=ax, shrink=0.95, pad=0.02, aspect=25)
+    bar.set_label(METRICS[metric][1] + " (mean)")
+    if metric == "acc":  # the references on the colour scale, dark on its light end and light on its dark end
+        for value, style in ((part["teacher_acc"].mean(), TEACHER), (part["chance"].mean(), CHANCE)):
+            bar.ax.axhline(value, **{**style, "color": "black" if value > 0.5 else "white", "lw": 1.3})
+    bar.ax.tick_params(labelsize=7)
+
+
+def draw(spec: dict, summary: pd.DataFrame):
+    """The figure: accuracy panels of every axis, then cosine panels where asked, 7 in wide, one legend."""
+    groups = axis_groups(spec)
+    cells = [(axis, "acc") for axis in groups]
+    cos_axes = [a for a, panels in groups.items() if any(p["plot"].get("cosine") for p in panels)]
+    cells += [(axis, metric) for axis in cos_axes for metric in ("cos_class", "cos_aux")]
+    n = len(cells)
+    ncols = n if n <= 3 else 2 if n == 4 else 3
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, ROW_HEIGHT * nrows + 0.4), squeeze=False,
+                             layout="constrained")
+    styles = condition_styles(summary)
+    for k, ((axis, metric), ax) in enumerate(zip(cells, axes.flat, strict=False)):
+        panels = groups[axis]
+        part = summary[(summary["axis"] == axis) & (summary["metric"] == metric)]
+        kind = panels[0]["plot"].get("kind", "line")
+        title = panels[0]["title"]
+        if any(p["synthetic"] for p in panels):
+            title += " *"
+        if metric != "acc":
+            title = METRICS[metric][2] if len(cos_axes) == 1 else f"{title}: {METRICS[metric][2]}"
+        ax.set_title(textwrap.fill(f"({chr(ord('a') + k)}) {title}", 40), loc="left")
+        if part.empty:
+            ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="0.5")
+            continue
+        if kind == "heatmap":
+            draw_heatmap(ax, part, panels, metric, fig)
+            ax.set_ylabel(panels[0]["plot"].get("ylabel", panels[0]["plot"]["y"]))
+        else:
+            (draw_points if kind == "points" else draw_lines)(ax, part, panels, metric, styles)
+            ax.set_ylabel(METRICS[metric][1])
+            if metric == "acc":
+                ax.set_ylim(0, 1.02)
+            else:
+                ax.axhline(0, color="0.85", lw=0.6, zorder=0)
+            ax.grid(alpha=0.3, lw=0.4)
+        x = panels[0]["plot"].get("x", part["x_name"].iloc[0])
+        ax.set_xlabel(textwrap.fill(panels[0]["plot"].get("xlabel", x or ""), 40))
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    line_axes = [a for a, panels in groups.items() if panels[0]["plot"].get("kind") != "heatmap"]
+    drawn = set(summary.loc[summary["axis"].isin(line_axes), "condition"])
+    handles = [Line2D([], [], color=s["color"], marker=s["marker"], label=c) for c, s in styles.items() if c in drawn]
+    if (summary["metric"] == "acc").any():
+        handles += [Line2D([], [], **TEACHER, label="teacher"), Line2D([], [], **CHANCE, label="chance")]
+    if handles:
+        ncol = len(handles) if len(handles) <= 6 else math.ceil(len(handles) / 2)
+        fig.legend(handles=handles, loc="outside upper center", ncol=ncol, frameon=False,
+                   handlelength=2.2, columnspacing=1.2)
+    if spec["synthetic"]:
+        fig.supxlabel(f"* synthetic {' and '.join(spec['synthetic'])}: generated stand-in data, not the real "
+                      "dataset; these numbers say nothing about the paper's results", fontsize=7, color=VERMILLION)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------
+
+
+def summary_html(spec: dict, summary: pd.DataFrame) -> str:
+    """The summary as a small HTML page (the Snakemake report shows HTML, not CSV)."""
+    boot = spec["bootstrap"]
+    note = (f"Mean over seeds ({len(spec['seeds'])} configured) with a {float(boot['ci']):.0%} bootstrap interval "
+            f"({boot['resamples']} resamples, each point its own generator from bootstrap seed {boot['seed']}).")
+    if spec["synthetic"]:
+        note += f" SYNTHETIC {' and '.join(spec['synthetic'])}: generated data, not the real dataset."
+    table = summary.to_html(index=False, na_rep="", border=0, float_format=lambda v: f"{v:.4g}")
+    style = ("body{font:13px sans-serif;margin:1em}table{border-collapse:collapse}"
+             "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}th{background:#f4f4f4}")
+    title = html.escape(f"{spec['figure']}: {spec['title']}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>{style}</style>"
+            f"</head><body><h3>{title}</h3><p>{html.escape(note)}</p>\n{table}\n</body></html>\n")
+
+
+def run(snakemake) -> None:
+    """The plot rule's job: summary CSV and HTML, figure PNG and PDF, logged to the rule's log."""
     with logged(snakemake.log[0]):
-        figure = Figure(snakemake)
-        figure.save(draw(figure))
-        print(f"{figure.spec['figure']}: {len(figure.table)} runs plotted")
+        spec = snakemake.params.spec
+        table = pd.read_csv(snakemake.input.table, low_memory=False)
+        summary = summarise(spec, table)
+        summary.to_csv(snakemake.output.summary, index=False, float_format="%.10g")
+        Path(snakemake.output.summary_html).write_text(summary_html(spec, summary))
+        fig = draw(spec, summary)
+        fig.savefig(snakemake.output.png, dpi=200)
+        fig.savefig(snakemake.output.pdf, metadata={"CreationDate": None})
+        plt.close(fig)
+        print(f"{spec['figure']}: {len(table)} runs, {len(summary)} plotted points")

@@ -1,0 +1,207 @@
+"""The figures: summaries (mean, bootstrap interval, seeds, teacher) and drawings, without running anything.
+
+The plot scripts run as Snakemake runs them (their `snakemake` object faked) on tables shaped like the
+merge rule's: every grid point and seed of a figure's panels, with generated accuracies.
+"""
+
+from __future__ import annotations
+
+import itertools
+import runpy
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "workflow" / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import grids  # noqa: E402
+import plotting  # noqa: E402
+
+FIGURES = ["fig2", "fig3", "fig4", "fig5", "fig6"]
+
+
+def load_config(name: str) -> dict:
+    return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+def table_for(cfg: dict, spec: dict, student=None) -> pd.DataFrame:
+    """A tidy table like merge.py's: one row per (panel, grid point, seed), generated accuracies.
+    `student(panel, coords, seed)` gives the student accuracy (default: random around 0.6)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for panel, raw in zip(spec["panels"], cfg["figures"][spec["figure"]]["panels"], strict=True):
+        flags = {**cfg["defaults"], **raw.get("flags", {})}
+        names = list(panel["grid"])
+        for combo in itertools.product(*(panel["grid"][n]["values"] for n in names)):
+            coords = dict(zip(names, combo, strict=True))
+            classes = coords.get("class_count") or (47 if flags.get("dataset") == "emnist" else 10)
+            for seed in spec["seeds"]:
+                rows.append({
+                    "figure": spec["figure"], "panel": panel["name"],
+                    "point": "_".join(f"{n}-{grids.value_label(v)}" for n, v in coords.items()), **coords,
+                    "seed": seed,
+                    "m": coords.get("m", flags["m"]), "noise_steps": coords.get("noise_steps", flags["noise_steps"]),
+                    "noise_bsize": flags["noise_bsize"], "num_classes": classes,
+                    "teacher_final_acc": 0.95,
+                    "student_final_acc": student(panel, coords, seed) if student else rng.uniform(0.3, 0.9),
+                    "cos_final_teacher_student_class_head_weight": rng.uniform(0, 1),
+                    "cos_final_teacher_student_aux_head_weight": rng.uniform(0, 1),
+                })
+    return pd.DataFrame(rows)
+
+
+def run_script(figure: str, spec: dict, table: pd.DataFrame, folder: Path) -> SimpleNamespace:
+    """Run workflow/scripts/<figure>.py as the plot rule does; returns its outputs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "table.csv", index=False)
+    output = SimpleNamespace(**{k: str(folder / f"{figure}{suffix}") for k, suffix in (
+        ("png", ".png"), ("pdf", ".pdf"), ("summary", "_summary.csv"), ("summary_html", "_summary.html"))})
+    fake = SimpleNamespace(input=SimpleNamespace(table=str(folder / "table.csv")), output=output,
+                           params=SimpleNamespace(spec=spec), log=[str(folder / "plot.log")])
+    runpy.run_path(str(SCRIPTS / f"{figure}.py"), init_globals={"snakemake": fake})
+    return output
+
+
+def tiny_spec(panels: list[dict], seeds=(0, 1, 2, 3, 4), boot_seed=0) -> dict:
+    cfg = {"seeds": list(seeds), "bootstrap": {"resamples": 300, "ci": 0.95, "seed": boot_seed},
+           "figures": {"figX": {"title": "test", "panels": panels}}}
+    return grids.figure_spec(cfg, "figX")
+
+
+def tiny_table(spec: dict, values: dict) -> pd.DataFrame:
+    """Rows for (panel, x) -> list of student accuracies, one per seed."""
+    rows = []
+    for (panel, x), accs in values.items():
+        for seed, acc in enumerate(accs):
+            rows.append({"figure": spec["figure"], "panel": panel, "point": f"x-{x}", "x": x, "seed": seed,
+                         "num_classes": 10, "teacher_final_acc": 0.9, "student_final_acc": acc})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# The quick preset's figures
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("figure", FIGURES)
+def test_quick_preset_figures_draw_with_their_summaries(figure, tmp_path):
+    cfg = load_config("quick.yaml")
+    spec = grids.figure_spec(cfg, figure)
+    table = table_for(cfg, spec)
+    out = run_script(figure, spec, table, tmp_path)
+
+    assert Path(out.pdf).read_bytes()[:5] == b"%PDF-"
+    width = matplotlib.image.imread(out.png).shape[1]
+    assert 1000 < width <= 7.2 * 200, width  # 7 in (a two-column page) at 200 dpi
+    summary = pd.read_csv(out.summary)
+    assert list(summary.columns) == plotting.SUMMARY_COLUMNS
+    assert (summary["figure"] == figure).all() and (summary["n_seeds"] == 2).all()
+    # every grid point of every panel, per metric (accuracy, plus head cosines where the panel asks)
+    expected = sum(np.prod([len(g["values"]) for g in p["grid"].values()]) * (3 if p["plot"].get("cosine") else 1)
+                   for p in spec["panels"])
+    assert len(summary) == expected
+    acc = summary[summary["metric"] == "acc"]
+    assert ((acc["ci_low"] <= acc["mean"]) & (acc["mean"] <= acc["ci_high"])).all()
+    assert np.allclose(acc["teacher_acc"], 0.95)
+    assert "<table" in Path(out.summary_html).read_text()
+
+
+def test_paper_figures_share_axes_as_the_paper_compares(tmp_path):
+    """fig5's two heads on one axis, fig6's four MNIST conditions on one axis beside EMNIST, fig3's depth and
+    CNN variants as grouped points; the same condition has the same colour wherever it appears."""
+    cfg = load_config("config.yaml")
+    groups = {f: plotting.axis_groups(grids.figure_spec(cfg, f)) for f in ("fig3", "fig5", "fig6")}
+    assert {a: [p["name"] for p in ps] for a, ps in groups["fig5"].items()} == {"heads": ["aux_head", "class_head"]}
+    assert {a: [p["name"] for p in ps] for a, ps in groups["fig6"].items()} == {
+        "mnist": ["mnist", "frozen_class", "frozen_aux", "frozen_both"], "emnist": ["emnist"]}
+    assert [p["name"] for p in groups["fig3"]["architectures"]] == ["depth", "cnn_student"]
+    assert all(p["plot"]["kind"] == "points" for p in groups["fig3"]["architectures"])
+
+    styles = {}
+    for figure in ("fig2", "fig5", "fig6"):
+        spec = grids.figure_spec(cfg, figure)
+        summary = plotting.summarise(spec, table_for(cfg, spec))
+        styles[figure] = {c: s["color"] for c, s in plotting.condition_styles(summary).items()}
+    # a head changed (random, perturbed, frozen): the same colour in every figure; so the unchanged baseline
+    assert styles["fig2"]["class head random"] == styles["fig5"]["class head perturbed"] == \
+        styles["fig6"]["class heads frozen"]
+    assert styles["fig2"]["aux head random"] == styles["fig5"]["aux head perturbed"] == \
+        styles["fig6"]["aux heads frozen"]
+    assert styles["fig2"]["student all A"] == styles["fig6"]["baseline"]
+    assert len(set(styles["fig2"].values())) == 6 and len(set(styles["fig6"].values())) == 4
+    fig = plotting.draw(spec, summary)
+    shown = [ax for ax in fig.axes if ax.get_visible() and ax.get_title(loc="left")]
+    assert len(shown) == 4  # (a) MNIST, (b) EMNIST, (c, d) cosines
+    assert fig.get_size_inches()[0] == pytest.approx(plotting.WIDTH)
+    assert shown[0].get_xscale() == "log"
+    assert len(shown[0].get_lines()) >= 4 + 1 + 1  # four conditions, teachers, chance
+
+
+# --------------------------------------------------------------------------------------------------
+# Summaries: a known answer, bootstrap independence
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_point_whose_runs_all_equal_one_half_has_mean_and_interval_one_half():
+    spec = tiny_spec([{"name": "a", "grid": {"x": [1, 2, 3]}}])
+    table = tiny_table(spec, {("a", 1): [0.5] * 5, ("a", 2): [0.2, 0.4, 0.2, 0.4, 0.2], ("a", 3): [0.7]})
+    summary = plotting.summarise(spec, table).set_index("x")
+    assert summary.loc[1, ["mean", "ci_low", "ci_high"]].tolist() == [0.5, 0.5, 0.5]
+    assert summary.loc[1, "n_seeds"] == 5 and summary.loc[1, "teacher_acc"] == 0.9
+    assert summary.loc[1, "chance"] == pytest.approx(0.1)
+    assert summary.loc[2, "mean"] == pytest.approx(0.28)
+    assert 0.2 <= summary.loc[2, "ci_low"] < 0.28 < summary.loc[2, "ci_high"] <= 0.4
+    assert summary.loc[3, "n_seeds"] == 1 and np.isnan(summary.loc[3, "ci_low"])  # one seed: no interval
+
+
+def test_adding_a_panel_changes_no_other_panels_interval():
+    noisy = [0.1, 0.5, 0.3, 0.9, 0.6]
+    one = tiny_spec([{"name": "a", "grid": {"x": [1, 2]}}])
+    two = tiny_spec([{"name": "b", "grid": {"x": [1, 2, 3]}}, {"name": "a", "grid": {"x": [1, 2]}}])
+    values = {("a", 1): noisy, ("a", 2): noisy[::-1]}
+    alone = plotting.summarise(one, tiny_table(one, values))
+    more = {**values, **{("b", x): noisy for x in (1, 2, 3)}}
+    together = plotting.summarise(two, tiny_table(two, more))
+    columns = ["x", "mean", "ci_low", "ci_high"]
+    pd.testing.assert_frame_equal(alone[columns].reset_index(drop=True),
+                                  together.loc[together["panel"] == "a", columns].reset_index(drop=True))
+    # the same values at another point (or with another bootstrap seed) get another interval: the
+    # generators differ per point, they are not one stream
+    assert tuple(alone.iloc[0][["ci_low", "ci_high"]]) != tuple(together.iloc[0][["ci_low", "ci_high"]])
+    reseeded = plotting.summarise(tiny_spec([{"name": "a", "grid": {"x": [1, 2]}}], boot_seed=1),
+                                  tiny_table(one, values))
+    assert not np.allclose(reseeded["ci_low"], alone["ci_low"])
+
+
+# --------------------------------------------------------------------------------------------------
+# fig4: N in noise samples per student epoch, log axes
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", ["config.yaml", "quick.yaml"])
+def test_fig4_plots_noise_samples_per_epoch_on_log_axes(config):
+    cfg = load_config(config)
+    spec = grids.figure_spec(cfg, "fig4")
+    table = table_for(cfg, spec)
+    summary = plotting.summarise(spec, table)
+    per_step = cfg["defaults"]["noise_bsize"]
+    heat = summary[summary["panel"] == "m_by_N"]
+    assert (heat["x_name"] == "noise_samples").all()
+    assert sorted(set(heat["x"])) == [s * per_step for s in spec["panels"][0]["grid"]["noise_steps"]["values"]]
+    m1 = summary[summary["panel"] == "m1"]
+    assert list(m1["x"]) == [s * per_step for s in spec["panels"][1]["grid"]["noise_steps"]["values"]]
+    assert "N = $10^3$" in spec["panels"][2]["title"] and cfg["defaults"]["noise_bsize"] == 1000
+
+    fig = plotting.draw(spec, summary)
+    heatmap, m1_axis, n1_axis = [ax for ax in fig.axes if ax.get_title(loc="left")][:3]
+    for ax in (heatmap, m1_axis):
+        assert ax.get_xscale() == "log" and "noise samples per student epoch" in ax.get_xlabel()
+    assert heatmap.get_yscale() == "log" and n1_axis.get_xscale() == "log"
