@@ -2,11 +2,14 @@
 
     python bench/bench_batch.py --data-dir ../shared/data                     # fig4 sample, CPU, 1 thread
     python bench/bench_batch.py --data-dir ../shared/data --sample fig2       # fig2's 36 runs of one seed
+    python bench/bench_batch.py --data-dir ../shared/data --sample fig4-sweep # an N sweep: one trajectory
     python bench/bench_batch.py --data-dir ../shared/data --device cuda      # the same on a GPU
 
 A sample is a set of students of one seed that share one teacher: `fig4` is m in {1, 32, 1024} x N in
 {1, 32, 1024} noise batches per epoch, `fig2` the 6 x 6 grid of aux widths and student inits. The teacher
-is trained once (both sides of the comparison share it, as in the workflow). Then every run is computed
+is trained once (both sides of the comparison share it, as in the workflow). `fig4-sweep` is fig4's
+own N grid (round(sqrt(2)^k) up to 128) for m 1 and 32: runs that differ only in N are one trajectory in
+a batch, so it shows that saving. Then every run is computed
 (1) as today's per-run jobs, one `sublearn student` process each, and (2) as one `sublearn batch` job;
 the script prints both wall times, their ratio, the FLOP rate of the batch (cost model of
 sublearn.batch), and whether every run's numbers are identical (on CPU they must be; on CUDA they agree
@@ -34,6 +37,9 @@ COMPARED = ["student_init_acc", "student_final_acc", "student_final_class_loss",
 def sample_argv(name: str) -> list[list[str]]:
     if name == "fig4":
         return [["--m", str(m), "--noise-steps", str(n)] for m in (1, 32, 1024) for n in (1, 32, 1024)]
+    if name == "fig4-sweep":  # fig4's own N grid (sqrt(2) steps, here up to 128) for two aux widths
+        steps = sorted({round(2 ** (k / 2)) for k in range(15)})
+        return [["--m", str(m), "--noise-steps", str(n)] for m in (1, 32) for n in steps]
     inits = ["A,A,A,A", "random,A,A,A", "A,random,A,A", "random,random,A,A", "A,A,random,A", "A,A,A,random"]
     return [["--m", str(m), "--student-init", init, "--teacher-init", "A,A,A,A"]
             for m in (3, 10, 25, 50, 100, 250) for init in inits]
@@ -53,7 +59,7 @@ def row_of(run_dir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--sample", choices=["fig4", "fig2"], default="fig4")
+    parser.add_argument("--sample", choices=["fig4", "fig4-sweep", "fig2"], default="fig4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")

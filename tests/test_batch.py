@@ -36,6 +36,10 @@ MIXED = {
                   "--perturb", "student:all,std=0.05",
                   "--perturb", "student:class_head,std=0.1,timing=after_student_training"],
     "no_distillation": ["--student-epochs", "0"],
+    # base's trajectory (they differ from it only in N and E): a shorter run, one as long, a longer one
+    "base_N1": ["--noise-steps", "1"],
+    "base_N2_E3": ["--noise-steps", "2", "--student-epochs", "3"],
+    "base_N7": ["--noise-steps", "7"],
 }
 COMPARED = ["teacher_init_acc", "teacher_final_acc", "student_init_acc", "student_final_acc",
             "student_init_class_loss", "student_final_class_loss", "student_init_aux_loss",
@@ -82,6 +86,8 @@ def test_stack_members_equal_lone_runs_bit_for_bit(tiny_data, tiny_cache):
 
     rcs = {name: resolved(tiny_data, tiny_cache, extra) for name, extra in MIXED.items()}
     assert len({batch.stack_key(rc) for rc in rcs.values()}) == 1
+    shared = {rcs[n].trajectory_key() for n in ("base", "base_N1", "base_N2_E3", "base_N7", "no_distillation")}
+    assert len(shared) == 1 and rcs["m3_N5"].trajectory_key() not in shared  # one computation for those
     device = torch.device("cpu")
     cache, _ = ensure_cache("mnist", "balanced", tiny_data, tiny_cache)
     data = load(cache, "mnist", "balanced", None, device, with_train=False)
@@ -147,6 +153,15 @@ def test_cost_model_counts_the_students_matmuls():
     assert batch.teacher_flops(rc, "mnist") > 5 * 60_000 * 3 * 2 * 784 * 256
     wide = resolve_argv(["--m", "1024"])
     assert batch.memory_mb(wide) > batch.memory_mb(rc)
+    # runs that differ only in N share one trajectory: a stack pays its longest run's distillation once
+    sweep = [resolve_argv(["--noise-steps", str(n)]) for n in (1, 8, 64)]
+    runs = [batch.SheetRun(r.run_key(), Path(str(i)), r, {}) for i, r in enumerate(sweep)]
+    costs = [batch.run_flops(r, "mnist") for r in sweep]
+    assert batch.stack_flops(runs, "mnist") == costs[2]["student"] + sum(c["evaluation"] for c in costs) \
+        + costs[2]["teacher_body"]
+    apart = [*runs, batch.SheetRun(wide.run_key(), Path("w"), wide, {})]
+    assert batch.stack_flops(apart, "mnist") > batch.stack_flops(runs, "mnist") + batch.run_flops(wide, "mnist")[
+        "student"] - 1
 
 
 def _run_rows(run_dirs):

@@ -129,14 +129,19 @@ def stack_key(rc: ResolvedConfig) -> str:
 
 
 def stacks(runs: list[SheetRun]) -> list[list[SheetRun]]:
+    """Runs grouped by stack key; within a stack, the runs of one trajectory (differing only in their step
+    counts) side by side, so that a split stack keeps them together where it can."""
     groups: dict[str, list[SheetRun]] = {}
     for run in runs:
         groups.setdefault(stack_key(run.rc), []).append(run)
-    return list(groups.values())
+    first = {}
+    for index, run in enumerate(runs):
+        first.setdefault(run.rc.trajectory_key(), index)
+    return [sorted(group, key=lambda r: first[r.rc.trajectory_key()]) for group in groups.values()]
 
 
 def plan_stacks(runs: list[SheetRun], max_memory_mb: float | None = None) -> list[list[SheetRun]]:
-    """Stacks, each split (in sheet order) so that its members' estimated memory fits the budget."""
+    """Stacks, each split (in order) so that its members' estimated memory fits the budget."""
     out = []
     for stack in stacks(runs):
         part, used = [], 0.0
@@ -336,9 +341,16 @@ def teacher_flops(rc: ResolvedConfig, dataset_key: str) -> float:
 
 
 def stack_flops(runs: list[SheetRun], dataset_key: str) -> float:
-    """FLOPs of a stack: every member's own work plus one teacher-body forward per step of its longest run."""
-    costs = [run_flops(r.rc, dataset_key) for r in runs]
-    return sum(c["student"] + c["evaluation"] for c in costs) + max(c["teacher_body"] for c in costs)
+    """FLOPs of a stack: every member's evaluation, the distillation of each trajectory once (its longest
+    run: runs that differ only in their step counts share it), and one teacher-body forward per step of
+    the longest run."""
+    costs = {r.id: run_flops(r.rc, dataset_key) for r in runs}
+    trajectories: dict[str, float] = {}
+    for r in runs:
+        key = r.rc.trajectory_key()
+        trajectories[key] = max(trajectories.get(key, 0.0), costs[r.id]["student"])
+    return (sum(trajectories.values()) + sum(c["evaluation"] for c in costs.values())
+            + max(c["teacher_body"] for c in costs.values()))
 
 
 def estimated_seconds(flops: float, gflops_per_s: float, runs: int, seconds_per_run: float) -> float:

@@ -562,6 +562,14 @@ class ResolvedConfig:
         blob = json.dumps(self.run_settings(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def trajectory_key(self) -> str:
+        """Runs whose settings differ only in their step counts (noise_steps, student_epochs) follow one
+        training trajectory, step for step, when they share a noise stream: the noise is one continuous
+        stream and epochs only group steps for the reported loss. A run of N x E steps is that
+        trajectory's state after N x E steps."""
+        settings = {k: v for k, v in self.run_settings().items() if k not in ("noise_steps", "student_epochs")}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
 
 def plan_model(config: ExperimentConfig, role: str) -> ModelPlan:
     flag = f"--{role}"

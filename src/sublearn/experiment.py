@@ -461,13 +461,16 @@ class StudentRun:
 
 @dataclass
 class _Distilling:
-    """One student's progress in a lockstep distillation."""
+    """One training trajectory of a lockstep distillation: the run that takes the most steps trains, and
+    the runs that differ from it only in their step counts (followers) take its weights when their own
+    steps are done."""
 
     run: StudentRun
     optimizer: Any
     steps: int
     per_epoch: int
-    losses: list = field(default_factory=list)
+    followers: list[tuple[StudentRun, int, int]]  # (run, steps, steps per epoch), fewest steps first
+    losses: list = field(default_factory=list)  # the latest steps' losses, enough for any member's last epoch
     last: float = float("nan")
     seconds: float = 0.0
 
@@ -478,22 +481,30 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
 
     Every run of one seed and noise setting draws the same noise stream, and a run of N steps per epoch
     and E epochs consumes its first N x E batches: one noise draw and one teacher-body forward per step
-    serve every student, and each does exactly the arithmetic of a lone run. ``on_done(run, last epoch's
-    mean loss, seconds)`` is called as soon as a run's steps are done.
+    serve every student, and each does exactly the arithmetic of a lone run. Runs that differ only in
+    N and E (equal trajectory keys) are one computation: the longest trains, and a shorter one's student
+    is a copy of its weights after that run's own N x E steps. ``on_done(run, last epoch's mean loss,
+    seconds)`` is called as soon as a run's steps are done.
     """
     c0 = runs[0].rc.config
     set_seed(derived_seed(c0.seed, "student_training_noise"))
-    active = []
+    trajectories: dict[str, list[tuple[StudentRun, int, int]]] = {}
     for run in runs:
         c = run.rc.config
         run.student.train()
         run.teacher.eval()
-        params = [p for p in run.student.parameters() if p.requires_grad]
-        active.append(_Distilling(run, adam(params, c.student_lr, device), c.noise_steps * c.student_epochs,
-                                  c.noise_steps))
-    for d in [d for d in active if d.steps == 0]:
-        on_done(d.run, d.last, 0.0)
-    active = [d for d in active if d.steps > 0]
+        steps = c.noise_steps * c.student_epochs
+        if steps == 0:
+            on_done(run, float("nan"), 0.0)
+            continue
+        trajectories.setdefault(run.rc.trajectory_key(), []).append((run, steps, c.noise_steps))
+    active = []
+    for members in trajectories.values():
+        members.sort(key=lambda member: member[1])
+        leader, steps, per_epoch = members[-1]
+        params = [p for p in leader.student.parameters() if p.requires_grad]
+        active.append(_Distilling(leader, adam(params, leader.rc.config.student_lr, device), steps, per_epoch,
+                                  members[:-1]))
     body = runs[0].teacher  # every run's teacher has this body (same teacher key, no body perturbation)
     step = 0
     while active:
@@ -510,12 +521,21 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
             loss.backward()
             d.optimizer.step()
             d.losses.append(loss.detach())
+            del d.losses[:-max([d.per_epoch, *(f[2] for f in d.followers)])]  # any member's last epoch at most
             if step % d.per_epoch == 0:
-                d.last, d.losses = epoch_mean(d.losses), []
+                d.last = epoch_mean(d.losses[-d.per_epoch:])
                 c = d.run.rc.config
                 print(f"[student] {d.run.run_id} epoch {step // d.per_epoch}/{c.student_epochs} aux MSE "
                       f"{d.last:.8f}", flush=True)
             d.seconds += time.perf_counter() - started
+            while d.followers and d.followers[0][1] == step:
+                follower, _, per_epoch = d.followers.pop(0)
+                with torch.no_grad():
+                    for mine, theirs in zip(follower.student.parameters(), d.run.student.parameters(), strict=True):
+                        mine.copy_(theirs)
+                print(f"[student] {follower.run_id}: the first {step} steps of {d.run.run_id}, last epoch aux MSE "
+                      f"{epoch_mean(d.losses[-per_epoch:]):.8f}", flush=True)
+                on_done(follower, epoch_mean(d.losses[-per_epoch:]), d.seconds)
         for d in [d for d in active if step == d.steps]:
             on_done(d.run, d.last, d.seconds)
         active = [d for d in active if step < d.steps]

@@ -386,12 +386,18 @@ def plan_batches(unique_runs, cfg):
         return (run["figures"], run["dataset"])
 
     stack_of = {r["run_key"]: runner_batch.stack_key(r["rc"]) for r in unique_runs}
-    ordered = sorted(unique_runs, key=lambda r: (group(r), stack_of[r["run_key"]], r["run_key"]))
-    chunks, current, flops, last_stack = [], [], 0.0, None
+    trajectory_of = {r["run_key"]: r["rc"].trajectory_key() for r in unique_runs}
+    cost_of = {r["run_key"]: runner_batch.run_flops(r["rc"], r["dataset"]) for r in unique_runs}
+    # runs of one trajectory (differing only in N and E) together, longest first: the shorter ones are
+    # copies of its weights along the way and cost only their evaluation
+    ordered = sorted(unique_runs, key=lambda r: (group(r), stack_of[r["run_key"]], trajectory_of[r["run_key"]],
+                                                 -cost_of[r["run_key"]]["student"], r["run_key"]))
+    chunks, current, flops, last_stack, last_trajectory = [], [], 0.0, None, None
     for run in ordered:
-        stack = stack_of[run["run_key"]]
-        cost = runner_batch.run_flops(run["rc"], run["dataset"])
-        extra = cost["student"] + cost["evaluation"] + (cost["teacher_body"] if stack != last_stack else 0.0)
+        key = run["run_key"]
+        cost = cost_of[key]
+        student = cost["student"] if trajectory_of[key] != last_trajectory else 0.0
+        extra = student + cost["evaluation"] + (cost["teacher_body"] if stack_of[key] != last_stack else 0.0)
         if current and (group(current[-1]) != group(run) or len(current) >= settings["max_runs"]
                         or flops + extra > settings["max_tflop"] * 1e12):
             chunks.append(current)
@@ -399,7 +405,7 @@ def plan_batches(unique_runs, cfg):
             extra = cost["student"] + cost["evaluation"] + cost["teacher_body"]
         current.append(run)
         flops += extra
-        last_stack = stack
+        last_stack, last_trajectory = stack_of[key], trajectory_of[key]
     if current:
         chunks.append(current)
     out = {}
