@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 8's GPU figures in one go, on a machine with one CUDA device (about 10 minutes on an H200):
+#
+#     bash bench/gpu.sh [DATA_DIR] [CORES]        # DATA_DIR holds MNIST/raw (default ../shared/data)
+#
+# 1. batch vs per-run student jobs on the GPU (fig2's 36 runs of a seed, fig4's N sweep): wall times,
+#    ratio, FLOP rate, and whether every run agrees with its lone twin (to float tolerance on CUDA);
+# 2. fig2 end to end through the workflow on the GPU (20 seeds, 720 runs): wall time and sustained rate
+#    against the target (<= 2 minutes), with CORES concurrent jobs sharing the device.
+# Each step is bounded in time, so a slow step cannot eat the machine's whole lease.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-../shared/data}
+CORES=${2:-16}
+python - <<'EOF'
+import torch
+assert torch.cuda.is_available(), "CUDA is not usable here: these figures need a GPU"
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
+EOF
+timeout 240 python bench/bench_batch.py --data-dir "$DATA" --sample fig2 --device cuda --threads 1
+timeout 120 python bench/bench_batch.py --data-dir "$DATA" --sample fig4-sweep --device cuda --threads 1
+timeout 420 python bench/bench_figure.py fig2 --cores "$CORES" --data-dir "$DATA" \
+    --config device=cuda torch_env=gpu 'batch={gflops: 10000, max_tflop: 2000, max_runs: 400}'
