@@ -470,6 +470,7 @@ class _Distilling:
     steps: int
     per_epoch: int
     followers: list[tuple[StudentRun, int, int]]  # (run, steps, steps per epoch), fewest steps first
+    keep: int  # losses kept: the longest epoch of any member
     losses: list = field(default_factory=list)  # the latest steps' losses, enough for any member's last epoch
     last: float = float("nan")
     seconds: float = 0.0
@@ -504,7 +505,7 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
         leader, steps, per_epoch = members[-1]
         params = [p for p in leader.student.parameters() if p.requires_grad]
         active.append(_Distilling(leader, adam(params, leader.rc.config.student_lr, device), steps, per_epoch,
-                                  members[:-1]))
+                                  members[:-1], max(member[2] for member in members)))
     body = runs[0].teacher  # every run's teacher has this body (same teacher key, no body perturbation)
     step = 0
     while active:
@@ -521,7 +522,7 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
             loss.backward()
             d.optimizer.step()
             d.losses.append(loss.detach())
-            del d.losses[:-max([d.per_epoch, *(f[2] for f in d.followers)])]  # any member's last epoch at most
+            del d.losses[:-d.keep]
             if step % d.per_epoch == 0:
                 d.last = epoch_mean(d.losses[-d.per_epoch:])
                 c = d.run.rc.config
