@@ -186,7 +186,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
     for key in dict.fromkeys(stack[0].rc.teacher_key() for stack in plan):  # every teacher, before any training
         rc = next(stack[0].rc for stack in plan if stack[0].rc.teacher_key() == key)
         identity = caches[(rc.config.dataset, rc.config.emnist_split)][1]
-        check_checkpoint(rc, load_checkpoint(teachers[key]), f"--teacher-dir: {teachers[key]}", identity)
+        check_checkpoint(rc, load_checkpoint(teachers[key], mmap=True), f"--teacher-dir: {teachers[key]}", identity)
     loaded: dict[tuple, Any] = {}
     checkpoints: dict[str, dict] = {}
     failures: list[str] = []
@@ -243,11 +243,12 @@ def run_stack(stack: list[SheetRun], checkpoint: dict, data, device, data_dir: s
     distill_stack(members, device, done)
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """A teacher checkpoint; memory-mapped when only its settings are read (its weights stay on disk)."""
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise UsageError(f"--teacher-dir: {path} is not a readable teacher checkpoint ({type(exc).__name__})") \
             from None
