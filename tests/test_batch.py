@@ -40,7 +40,15 @@ MIXED = {
     "base_N1": ["--noise-steps", "1"],
     "base_N2_E3": ["--noise-steps", "2", "--student-epochs", "3"],
     "base_N7": ["--noise-steps", "7"],
+    # base's trajectory too: they differ from it only in the student's class head or after distillation
+    "base_class_random": ["--student-init", "A,A,random,A"],
+    "base_class_frozen_perturbed_N2": ["--student-trainable", "class_head:false", "--noise-steps", "2",
+                                       "--perturb", "student:class_head,std=0.1,timing=after_teacher_training",
+                                       "--perturb", "student:all,std=0.2,timing=after_student_training",
+                                       "--perturb", "student:fc1,std=0"],
 }
+BASE_TRAJECTORY = ("base", "base_N1", "base_N2_E3", "base_N7", "no_distillation", "base_class_random",
+                   "base_class_frozen_perturbed_N2")
 COMPARED = ["teacher_init_acc", "teacher_final_acc", "student_init_acc", "student_final_acc",
             "student_init_class_loss", "student_final_class_loss", "student_init_aux_loss",
             "student_final_aux_loss", "student_train_aux_loss_last", "teacher_final_class_loss"]
@@ -86,8 +94,9 @@ def test_stack_members_equal_lone_runs_bit_for_bit(tiny_data, tiny_cache):
 
     rcs = {name: resolved(tiny_data, tiny_cache, extra) for name, extra in MIXED.items()}
     assert len({batch.stack_key(rc) for rc in rcs.values()}) == 1
-    shared = {rcs[n].trajectory_key() for n in ("base", "base_N1", "base_N2_E3", "base_N7", "no_distillation")}
-    assert len(shared) == 1 and rcs["m3_N5"].trajectory_key() not in shared  # one computation for those
+    shared = {rcs[n].trajectory_key() for n in BASE_TRAJECTORY}
+    assert len(shared) == 1  # one computation for those
+    assert not shared & {rc.trajectory_key() for n, rc in rcs.items() if n not in BASE_TRAJECTORY}
     device = torch.device("cpu")
     cache, _ = ensure_cache("mnist", "balanced", tiny_data, tiny_cache)
     data = load(cache, "mnist", "balanced", None, device, with_train=False)
@@ -159,6 +168,21 @@ def test_cost_model_counts_the_students_matmuls():
     costs = [batch.run_flops(r, "mnist") for r in sweep]
     assert batch.stack_flops(runs, "mnist") == costs[2]["student"] + sum(c["evaluation"] for c in costs) \
         + costs[2]["teacher_body"]
+    # so do runs that differ only in the student's class head or after distillation, but not in the
+    # teacher's class head before its training, the student's aux head, or a perturbation that acts
+    same = [resolve_argv(x) for x in (
+        ["--student-init", "A,A,random,A"], ["--student-trainable", "class_head:false"],
+        ["--perturb", "student:class_head,std=0.1"], ["--perturb", "teacher:class_head,std=0.1"],
+        ["--perturb", "student:all,std=0.1,timing=after_student_training"],
+        ["--perturb", "student:fc1,std=0.1,include_weight=false,include_bias=false"])]
+    other = [resolve_argv(x) for x in (
+        ["--student-init", "A,A,A,random"], ["--teacher-init", "A,A,random,A"],
+        ["--perturb", "teacher:class_head,std=0.1,timing=before_teacher_training"],
+        ["--perturb", "student:fc1,std=0.1,timing=after_teacher_training"],
+        ["--perturb", "student:class_head+aux_head,std=0.1"], ["--student-trainable", "fc2:false"])]
+    assert {r.trajectory_key() for r in same} == {rc.trajectory_key()}
+    assert rc.trajectory_key() not in {r.trajectory_key() for r in other}
+    assert len({r.run_key() for r in [rc, *same]}) == len(same) + 1  # still distinct runs
     apart = [*runs, batch.SheetRun(wide.run_key(), Path("w"), wide, {})]
     assert batch.stack_flops(apart, "mnist") > batch.stack_flops(runs, "mnist") + batch.run_flops(wide, "mnist")[
         "student"] - 1

@@ -129,8 +129,8 @@ def stack_key(rc: ResolvedConfig) -> str:
 
 
 def stacks(runs: list[SheetRun]) -> list[list[SheetRun]]:
-    """Runs grouped by stack key; within a stack, the runs of one trajectory (differing only in their step
-    counts) side by side, so that a split stack keeps them together where it can."""
+    """Runs grouped by stack key; within a stack, the runs of one trajectory (equal trajectory keys) side by
+    side, so that a split stack keeps them together where it can."""
     groups: dict[str, list[SheetRun]] = {}
     for run in runs:
         groups.setdefault(stack_key(run.rc), []).append(run)
@@ -343,7 +343,7 @@ def teacher_flops(rc: ResolvedConfig, dataset_key: str) -> float:
 
 def stack_flops(runs: list[SheetRun], dataset_key: str) -> float:
     """FLOPs of a stack: every member's evaluation, the distillation of each trajectory once (its longest
-    run: runs that differ only in their step counts share it), and one teacher-body forward per step of
+    run: runs of equal trajectory keys share it), and one teacher-body forward per step of
     the longest run."""
     costs = {r.id: run_flops(r.rc, dataset_key) for r in runs}
     trajectories: dict[str, float] = {}

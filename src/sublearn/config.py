@@ -563,12 +563,33 @@ class ResolvedConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def trajectory_key(self) -> str:
-        """Runs whose settings differ only in their step counts (noise_steps, student_epochs) follow one
-        training trajectory, step for step, when they share a noise stream: the noise is one continuous
-        stream and epochs only group steps for the reported loss. A run of N x E steps is that
-        trajectory's state after N x E steps."""
+        """Runs with equal trajectory keys follow one distillation trajectory, step for step, when they
+        share a noise stream: the noise is one continuous stream and epochs only group steps for the
+        reported loss, so a run of N x E steps is that trajectory's state after N x E steps (noise_steps
+        and student_epochs are left out). The student's class head gets no gradient in distillation and
+        feeds nothing the loss sees, so its source, trainability and perturbations are left out too, as
+        are perturbations that change nothing before distillation ends (after student training, std 0)."""
         settings = {k: v for k, v in self.run_settings().items() if k not in ("noise_steps", "student_epochs")}
+        student = dict(settings["student"])
+        for part in ("init", "trainable"):
+            student[part] = {n: v for n, v in student[part].items() if n != "class_head"}
+        settings["student"] = student
+        settings["perturbations"] = [p for p in map(_distillation_perturbation, self.perturbations) if p]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _distillation_perturbation(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The part of a perturbation that can change a distillation (its aux targets or the student's aux
+    path), or None. Each layer draws from its own seed (spec index, timing, target, layer), so dropping
+    a layer leaves the others' draws as they were."""
+    if spec["timing"] == "after_student_training" or spec["std"] == 0:
+        return None
+    if not (spec["include_weight"] or spec["include_bias"]):
+        return None
+    if spec["target"] == "teacher" and spec["timing"] == "before_teacher_training":
+        return spec  # the class head trains the teacher's body
+    layers = [n for n in spec["layers"] if n != "class_head"]
+    return {**spec, "layers": layers} if layers else None
 
 
 def plan_model(config: ExperimentConfig, role: str) -> ModelPlan:

@@ -462,8 +462,7 @@ class StudentRun:
 @dataclass
 class _Distilling:
     """One training trajectory of a lockstep distillation: the run that takes the most steps trains, and
-    the runs that differ from it only in their step counts (followers) take its weights when their own
-    steps are done."""
+    the runs of the same trajectory key (followers) take its weights when their own steps are done."""
 
     run: StudentRun
     optimizer: Any
@@ -483,9 +482,9 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
     Every run of one seed and noise setting draws the same noise stream, and a run of N steps per epoch
     and E epochs consumes its first N x E batches: one noise draw and one teacher-body forward per step
     serve every student, and each does exactly the arithmetic of a lone run. Runs that differ only in
-    N and E (equal trajectory keys) are one computation: the longest trains, and a shorter one's student
-    is a copy of its weights after that run's own N x E steps. ``on_done(run, last epoch's mean loss,
-    seconds)`` is called as soon as a run's steps are done.
+    N and E, or in the student's class head (equal trajectory keys), are one computation: the longest
+    trains, and another one's student takes its weights after that run's own N x E steps.
+    ``on_done(run, last epoch's mean loss, seconds)`` is called as soon as a run's steps are done.
     """
     c0 = runs[0].rc.config
     set_seed(derived_seed(c0.seed, "student_training_noise"))
@@ -531,15 +530,22 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
             d.seconds += time.perf_counter() - started
             while d.followers and d.followers[0][1] == step:
                 follower, _, per_epoch = d.followers.pop(0)
-                with torch.no_grad():
-                    for mine, theirs in zip(follower.student.parameters(), d.run.student.parameters(), strict=True):
-                        mine.copy_(theirs)
+                take_trajectory_weights(follower.student, d.run.student)
                 print(f"[student] {follower.run_id}: the first {step} steps of {d.run.run_id}, last epoch aux MSE "
                       f"{epoch_mean(d.losses[-per_epoch:]):.8f}", flush=True)
                 on_done(follower, epoch_mean(d.losses[-per_epoch:]), d.seconds)
         for d in [d for d in active if step == d.steps]:
             on_done(d.run, d.last, d.seconds)
         active = [d for d in active if step < d.steps]
+
+
+def take_trajectory_weights(follower: SplitHeadModel, leader: SplitHeadModel) -> None:
+    """A follower's student after its steps: the leader's weights, but its own class head, which no
+    distillation step changes and which may differ from the leader's (source or perturbation)."""
+    with torch.no_grad():
+        for (name, mine), theirs in zip(follower.named_parameters(), leader.parameters(), strict=True):
+            if not name.startswith("class_head."):
+                mine.copy_(theirs)
 
 
 def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, checkpoint: dict[str, Any],

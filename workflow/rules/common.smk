@@ -388,8 +388,8 @@ def plan_batches(unique_runs, cfg):
     stack_of = {r["run_key"]: runner_batch.stack_key(r["rc"]) for r in unique_runs}
     trajectory_of = {r["run_key"]: r["rc"].trajectory_key() for r in unique_runs}
     cost_of = {r["run_key"]: runner_batch.run_flops(r["rc"], r["dataset"]) for r in unique_runs}
-    # runs of one trajectory (differing only in N and E) together, longest first: the shorter ones are
-    # copies of its weights along the way and cost only their evaluation
+    # runs of one trajectory (differing only in N and E or the student's class head) together, longest
+    # first: the others take its weights along the way and cost only their evaluation
     ordered = sorted(unique_runs, key=lambda r: (group(r), stack_of[r["run_key"]], trajectory_of[r["run_key"]],
                                                  -cost_of[r["run_key"]]["student"], r["run_key"]))
     chunks, current, flops, last_stack, last_trajectory = [], [], 0.0, None, None
