@@ -424,6 +424,7 @@ def plan_batches(unique_runs, cfg):
         out[batch_id] = {
             "id": batch_id, "runs": runs, "flops": flops, "seconds": seconds,
             "dataset": runs[0]["dataset"],
+            "priority": int(seconds // 60),  # estimated minutes
             "teachers": sorted({f"{store(r['dataset'])}/teachers/{r['teacher_key']}.pt" for r in runs}),
             "outputs": [f"{r['run_dir']}/runs.csv" for r in runs],
             "runtime": max(config["resources"]["student"].get("runtime", 15),
