@@ -157,6 +157,20 @@ def test_paper_dag_plans_every_run_quickly(workdir):
     assert elapsed < 60, f"planning took {elapsed:.1f} s"
 
 
+def test_longest_batch_jobs_start_first(workdir):
+    """Teachers first, then batch jobs longest first (priority: estimated minutes), so that the short jobs
+    fill the cores at the end."""
+    (workdir / "config").mkdir()
+    shutil.copy(REPO / "config" / "config.yaml", workdir / "config" / "config.yaml")
+    out = ok(smk(workdir, "--dry-run", "fig2"))
+    jobs = re.findall(r"rule batch_\w+:.*?priority: (\d+).*?runtime=(\d+)", out, re.S)
+    assert len(jobs) == len(re.findall(r"rule batch_", out)) > 2
+    by_runtime = sorted((int(runtime), int(priority)) for priority, runtime in jobs)
+    assert [p for _, p in by_runtime] == sorted(p for _, p in by_runtime) and by_runtime[0][1] < by_runtime[-1][1]
+    teachers = {int(p) for p in re.findall(r"rule teacher:.*?priority: (\d+)", out, re.S)}
+    assert len(teachers) == 1 and teachers.pop() > by_runtime[-1][1]  # teachers first: they unblock batches
+
+
 def test_quick_preset_replaces_the_paper_grids(workdir):
     """--configfile config/quick.yaml over config/config.yaml: every figure, small grids, 2 seeds; without
     MNIST in data_dir (a fresh clone offline) it plans synthetic MNIST too, and downloads nothing."""

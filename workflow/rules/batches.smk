@@ -44,7 +44,8 @@ for _batch in BATCHES.values():
             memory_mb=config["batch"]["memory_mb"],
             teacher_dir=lambda w, input: os.path.dirname(input.teachers[0]),
         threads: config["threads"]["student"]
-        # longest first: the short jobs then fill the cores at the end instead of one long job alone
+        # longest first (after the teachers): the short jobs then fill the cores at the end instead of one
+        # long job alone
         priority: _batch["priority"]
         resources:
             mem_mb=_batch["mem_mb"],

@@ -424,7 +424,7 @@ def plan_batches(unique_runs, cfg):
         out[batch_id] = {
             "id": batch_id, "runs": runs, "flops": flops, "seconds": seconds,
             "dataset": runs[0]["dataset"],
-            "priority": int(seconds // 60),  # estimated minutes
+            "priority": 1 + int(seconds // 60),  # estimated minutes
             "teachers": sorted({f"{store(r['dataset'])}/teachers/{r['teacher_key']}.pt" for r in runs}),
             "outputs": [f"{r['run_dir']}/runs.csv" for r in runs],
             "runtime": max(config["resources"]["student"].get("runtime", 15),
@@ -460,6 +460,8 @@ def unique_runs(table):
 
 UNIQUE_RUNS = unique_runs(RUNS) if len(RUNS) else []
 BATCHES = plan_batches(UNIQUE_RUNS, config)
+# teachers before any batch job: each is short and unblocks batch jobs
+TEACHER_PRIORITY = 1 + max((b["priority"] for b in BATCHES.values()), default=0)
 
 TEACHER = {}
 FIG_RUNS = {f: [] for f in FIGURES}

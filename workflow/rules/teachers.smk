@@ -14,6 +14,7 @@ rule teacher:
         argv=teacher_argv_of,
         data_dir=data_dir_of_input,
     threads: config["threads"]["teacher"]
+    priority: TEACHER_PRIORITY
     resources:
         mem_mb=config["resources"]["teacher"].get("mem_mb", 4000),
         runtime=config["resources"]["teacher"].get("runtime", 30),
