@@ -377,9 +377,10 @@ def runs_table(cfg):
 def plan_batches(unique_runs, cfg):
     """Runs -> batch jobs: runs of one dataset requested by the same figures, ordered so that runs sharing
     a stack (teacher and noise stream) sit together, cut into chunks of at most `batch.max_tflop` estimated
-    FLOPs and `batch.max_runs` runs. Chunks are cut over all runs, finished or not, and named by the hash of their run keys, so a
-    chunk's name does not change while other jobs finish (a cluster job re-reads this plan when it starts);
-    a chunk's job computes only its unfinished runs, and a chunk with none has no job."""
+    FLOPs and `batch.max_runs` runs. Chunks are cut over all runs, finished or not, and named by the hash
+    of their run keys, so a chunk's name does not change while other jobs finish (a cluster job re-reads
+    this plan when it starts); a chunk's job computes only its unfinished runs, and a chunk with none has
+    no job."""
     settings = cfg["batch"]
 
     def group(run):  # a job serves one set of figures, so `snakemake fig5` computes no other figure's runs
@@ -396,7 +397,7 @@ def plan_batches(unique_runs, cfg):
     for run in ordered:
         key = run["run_key"]
         cost = cost_of[key]
-        student = cost["student"] if trajectory_of[key] != last_trajectory else 0.0
+        student = cost["student"] if (stack_of[key], trajectory_of[key]) != (last_stack, last_trajectory) else 0.0
         extra = student + cost["evaluation"] + (cost["teacher_body"] if stack_of[key] != last_stack else 0.0)
         if current and (group(current[-1]) != group(run) or len(current) >= settings["max_runs"]
                         or flops + extra > settings["max_tflop"] * 1e12):
