@@ -175,9 +175,9 @@ def print_plan(plan: list[list[SheetRun]], gflops: float) -> None:
 
 
 def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, caches: dict[tuple, tuple[Path, str]],
-               data_dir: str, cache_dir: str) -> None:
+               data_dir: str, cache_dir: str, stack_layers: bool | None = None) -> None:
     """Train every stack; write each run's folder as soon as the run is done. caches: (dataset, split) ->
-    (prepared cache, data identity)."""
+    (prepared cache, data identity); stack_layers: see ``experiment.distill_stack``."""
     import torch
 
     from . import data as datasets
@@ -202,7 +202,8 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
         if teacher_key not in checkpoints:
             checkpoints = {teacher_key: load_checkpoint(teachers[teacher_key])}
         print(f"[batch] stack {index + 1}/{len(plan)}: {len(stack)} students in lockstep", flush=True)
-        run_stack(stack, checkpoints[teacher_key], data, device, data_dir, cache_dir, batch_started, failures)
+        run_stack(stack, checkpoints[teacher_key], data, device, data_dir, cache_dir, batch_started, failures,
+                  stack_layers)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if failures:
@@ -211,7 +212,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
 
 
 def run_stack(stack: list[SheetRun], checkpoint: dict, data, device, data_dir: str, cache_dir: str,
-              batch_started: float, failures: list[str]) -> None:
+              batch_started: float, failures: list[str], stack_layers: bool | None = None) -> None:
     from .experiment import distill_stack, finish_student, prepare_student
     from .outputs import write_run_dir
 
@@ -240,7 +241,7 @@ def run_stack(stack: list[SheetRun], checkpoint: dict, data, device, data_dir: s
               f"{row['student_init_acc']:.4f}->{row['student_final_acc']:.4f} -> {run.run_dir}", flush=True)
         member.student = member.teacher = None  # free its weights now
 
-    distill_stack(members, device, done)
+    distill_stack(members, device, done, stack_layers)
 
 
 def load_checkpoint(path: Path, mmap: bool = False) -> dict:

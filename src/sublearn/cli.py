@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--threads", type=_integer, default=None, help="torch intra-op CPU threads")
     batch.add_argument("--max-memory-mb", type=_number, default=None,
                        help="split stacks so that the students distilled side by side fit this estimate")
+    batch.add_argument("--stack-layers", default="auto", choices=("auto", "on", "off"),
+                       help="train a stack's MLP students of equal shape with batched matmuls, one per layer and "
+                            "step (auto: on CUDA, where it fills the device; off keeps a CPU's per-run arithmetic "
+                            "on any BLAS) (default: %(default)s)")
     batch.add_argument("--plan", action="store_true", help="print the stacks and their estimated cost; compute nothing")
     batch.add_argument("--gflops", type=_number, default=100.0,
                        help="sustained GFLOP/s of the device for --plan's time estimate (default: %(default)s)")
@@ -401,7 +405,8 @@ def cmd_batch(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _select_device(args.device)
-    batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir)
+    stack_layers = {"auto": None, "on": True, "off": False}[args.stack_layers]
+    batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers)
     import resource
 
     largest = max(sum(batch.memory_mb(r.rc) for r in stack) for stack in plan)

@@ -465,7 +465,7 @@ class _Distilling:
     the runs of the same trajectory key (followers) take its weights when their own steps are done."""
 
     run: StudentRun
-    optimizer: Any
+    optimizer: Any  # None for a member of a StackedStudents, whose optimizer steps every member at once
     steps: int
     per_epoch: int
     followers: list[tuple[StudentRun, int, int]]  # (run, steps, steps per epoch), fewest steps first
@@ -473,10 +473,94 @@ class _Distilling:
     losses: list = field(default_factory=list)  # the latest steps' losses, enough for any member's last epoch
     last: float = float("nan")
     seconds: float = 0.0
+    stacked: StackedStudents | None = None
+    index: int = 0  # its place in ``stacked``
+
+    def train_step(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = F.mse_loss(self.run.student.aux_logits(x), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def sync(self) -> None:
+        """Bring the run's own student up to date (a stacked member trains in the stack's tensors)."""
+        if self.stacked is not None:
+            self.stacked.write_back(self.index)
+
+
+def stacking_key(d: _Distilling) -> tuple | None:
+    """Trajectories with equal keys can train as one StackedStudents: MLP students of equal hidden widths,
+    hidden-layer trainability, learning rate and steps (their aux heads may differ). None: trains alone."""
+    plan = d.run.rc.student
+    if plan.model_type != "mlp":
+        return None
+    trainable = tuple(bool(plan.trainable[f"fc{i}"]) for i in range(1, len(plan.hidden_dims) + 1))
+    if not any(trainable):
+        return None
+    return tuple(plan.hidden_dims), trainable, d.run.rc.config.student_lr, d.steps
+
+
+class StackedStudents:
+    """MLP students trained side by side: each hidden layer's weights of all members as one [K, out, in]
+    tensor (one batched matmul per layer and step instead of K), each member's own aux head and loss,
+    one optimizer over all. Per member it is the arithmetic of a lone run: on CPU the batched matmuls give
+    the same bits as separate ones for this project's shapes where the BLAS does (tests check it), and on
+    CUDA, where it exists to fill the device with fewer and larger kernels, float tolerance applies."""
+
+    def __init__(self, members: list[_Distilling], device: torch.device):
+        self.members = members
+        students = [d.run.student for d in members]
+        self.layers = [name for name, _, _ in students[0].steps]
+        self.weights, self.biases = [], []
+        for name in self.layers:
+            layer = getattr(students[0], name)
+            trainable = layer.weight.requires_grad
+            for tensors, kind in ((self.weights, "weight"), (self.biases, "bias")):
+                stacked = torch.stack([getattr(getattr(s, name), kind).detach() for s in students])
+                tensors.append(stacked.requires_grad_(trainable))
+        params = [p for p in self.weights + self.biases if p.requires_grad]
+        params += [p for s in students for p in s.aux_head.parameters() if p.requires_grad]
+        self.optimizer = adam(params, members[0].run.rc.config.student_lr, device)
+        for index, d in enumerate(members):
+            d.stacked, d.index, d.optimizer = self, index, None
+
+    def train_step(self, x: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
+        h = x.reshape(x.shape[0], -1).expand(len(self.members), -1, -1)
+        for weight, bias in zip(self.weights, self.biases, strict=True):
+            h = F.relu_(torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)))
+        # unbind: one gradient stack in backward, where indexing would add K zero-padded [K, B, out] tensors
+        losses = [F.mse_loss(d.run.student.aux_head(hidden), target)
+                  for d, hidden, target in zip(self.members, h.unbind(0), targets, strict=True)]
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.stack(losses).sum().backward()  # each member's loss gets gradient 1, as alone
+        self.optimizer.step()
+        return [loss.detach() for loss in losses]
+
+    @torch.no_grad()
+    def write_back(self, index: int) -> None:
+        student = self.members[index].run.student
+        for name, weight, bias in zip(self.layers, self.weights, self.biases, strict=True):
+            getattr(student, name).weight.copy_(weight[index])
+            getattr(student, name).bias.copy_(bias[index])
+
+
+def stack_students(active: list[_Distilling], device: torch.device) -> list[list[_Distilling]]:
+    """Trajectories in training units: stacks of equal stacking keys (two or more), the rest alone."""
+    groups: dict[Any, list[_Distilling]] = {}
+    for d in active:
+        key = stacking_key(d)
+        groups.setdefault(id(d) if key is None else key, []).append(d)
+    for group in groups.values():
+        if len(group) > 1:
+            StackedStudents(group, device)
+            print(f"[stack] {len(group)} students in stacked layers: {', '.join(d.run.run_id for d in group)}",
+                  flush=True)
+    return list(groups.values())
 
 
 def distill_stack(runs: list[StudentRun], device: torch.device,
-                  on_done: Callable[[StudentRun, float, float], None]) -> None:
+                  on_done: Callable[[StudentRun, float, float], None], stack_layers: bool | None = None) -> None:
     """Distil prepared students that share a teacher body and a noise stream (one alone, or a stack).
 
     Every run of one seed and noise setting draws the same noise stream, and a run of N steps per epoch
@@ -484,6 +568,7 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
     serve every student, and each does exactly the arithmetic of a lone run. Runs that differ only in
     N and E, or in the student's class head (equal trajectory keys), are one computation: the longest
     trains, and another one's student takes its weights after that run's own N x E steps.
+    ``stack_layers`` (default: on CUDA only) trains trajectories of equal MLP shape as StackedStudents.
     ``on_done(run, last epoch's mean loss, seconds)`` is called as soon as a run's steps are done.
     """
     c0 = runs[0].rc.config
@@ -505,38 +590,52 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
         params = [p for p in leader.student.parameters() if p.requires_grad]
         active.append(_Distilling(leader, adam(params, leader.rc.config.student_lr, device), steps, per_epoch,
                                   members[:-1], max(member[2] for member in members)))
+    if stack_layers if stack_layers is not None else device.type == "cuda":
+        units = stack_students(active, device)
+    else:
+        units = [[d] for d in active]
     body = runs[0].teacher  # every run's teacher has this body (same teacher key, no body perturbation)
     step = 0
-    while active:
+    while units:
         x = sample_noise(c0.noise_bsize, c0, device)
         with torch.no_grad():
             features = body.features(x)
         step += 1
-        for d in active:
+        for unit in units:
             started = time.perf_counter()
             with torch.no_grad():
-                target = d.run.teacher.aux_head(features)
-            loss = F.mse_loss(d.run.student.aux_logits(x), target)
-            d.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            d.optimizer.step()
-            d.losses.append(loss.detach())
-            del d.losses[:-d.keep]
-            if step % d.per_epoch == 0:
-                d.last = epoch_mean(d.losses[-d.per_epoch:])
-                c = d.run.rc.config
-                print(f"[student] {d.run.run_id} epoch {step // d.per_epoch}/{c.student_epochs} aux MSE "
-                      f"{d.last:.8f}", flush=True)
-            d.seconds += time.perf_counter() - started
-            while d.followers and d.followers[0][1] == step:
-                follower, _, per_epoch = d.followers.pop(0)
-                take_trajectory_weights(follower.student, d.run.student)
-                print(f"[student] {follower.run_id}: the first {step} steps of {d.run.run_id}, last epoch aux MSE "
-                      f"{epoch_mean(d.losses[-per_epoch:]):.8f}", flush=True)
-                on_done(follower, epoch_mean(d.losses[-per_epoch:]), d.seconds)
-        for d in [d for d in active if step == d.steps]:
+                targets = [d.run.teacher.aux_head(features) for d in unit]
+            if unit[0].stacked is None:
+                losses = [unit[0].train_step(x, targets[0])]
+            else:
+                losses = unit[0].stacked.train_step(x, targets)
+            share = (time.perf_counter() - started) / len(unit)
+            for d, loss in zip(unit, losses, strict=True):
+                d.seconds += share
+                record_step(d, step, loss, on_done)
+        for d in (d for unit in units for d in unit if step == d.steps):
+            d.sync()
             on_done(d.run, d.last, d.seconds)
-        active = [d for d in active if step < d.steps]
+        units = [unit for unit in units if step < unit[0].steps]  # a unit's members take equal steps
+
+
+def record_step(d: _Distilling, step: int, loss: torch.Tensor,
+                on_done: Callable[[StudentRun, float, float], None]) -> None:
+    """Keep a trajectory's loss, report its epochs, and finish the followers whose steps are done."""
+    d.losses.append(loss)
+    del d.losses[:-d.keep]
+    if step % d.per_epoch == 0:
+        d.last = epoch_mean(d.losses[-d.per_epoch:])
+        c = d.run.rc.config
+        print(f"[student] {d.run.run_id} epoch {step // d.per_epoch}/{c.student_epochs} aux MSE "
+              f"{d.last:.8f}", flush=True)
+    while d.followers and d.followers[0][1] == step:
+        follower, _, per_epoch = d.followers.pop(0)
+        d.sync()
+        take_trajectory_weights(follower.student, d.run.student)
+        print(f"[student] {follower.run_id}: the first {step} steps of {d.run.run_id}, last epoch aux MSE "
+              f"{epoch_mean(d.losses[-per_epoch:]):.8f}", flush=True)
+        on_done(follower, epoch_mean(d.losses[-per_epoch:]), d.seconds)
 
 
 def take_trajectory_weights(follower: SplitHeadModel, leader: SplitHeadModel) -> None:
