@@ -195,8 +195,9 @@ def test_cost_model_counts_the_students_matmuls():
     rc = resolve_argv([])  # the paper's default run: MLP 256,256, m 10, 5 x 60 batches of 1000
     flops = batch.run_flops(rc, "mnist")
     # forward, weight gradients and fc2/aux input gradients along the aux path: 0.363 TFLOP
-    per_image = 2 * (784 * 256 + 256 * 256 + 256 * 10) * 2 + 2 * (256 * 256 + 256 * 10) + 2 * 256 * 10
+    per_image = 2 * (784 * 256 + 256 * 256 + 256 * 10) * 2 + 2 * (256 * 256 + 256 * 10)
     assert flops["student"] == 300 * 1000 * per_image
+    assert flops["teacher_head"] == 300 * 1000 * 2 * 256 * 10
     assert flops["teacher_body"] == 300 * 1000 * 2 * (784 * 256 + 256 * 256)
     frozen = resolve_argv(["--student-trainable", "fc1:false"])
     assert batch.run_flops(frozen, "mnist")["student"] < flops["student"]
@@ -208,7 +209,16 @@ def test_cost_model_counts_the_students_matmuls():
     runs = [batch.SheetRun(r.run_key(), Path(str(i)), r, {}) for i, r in enumerate(sweep)]
     costs = [batch.run_flops(r, "mnist") for r in sweep]
     assert batch.stack_flops(runs, "mnist") == costs[2]["student"] + sum(c["evaluation"] for c in costs) \
-        + costs[2]["teacher_body"]
+        + costs[2]["teacher_body"] + costs[2]["teacher_head"]
+    # a teacher aux head is computed once per step for every trajectory that uses it
+    inits = [resolve_argv(["--student-init", x]) for x in ("A,A,A,A", "random,A,A,A", "A,random,A,A")]
+    perturbed = resolve_argv(["--perturb", "teacher:aux_head,std=0.1"])
+    assert len({batch.teacher_head_key(r) for r in inits}) == 1
+    assert batch.teacher_head_key(perturbed) != batch.teacher_head_key(rc) != batch.teacher_head_key(wide)
+    three = [batch.SheetRun(r.run_key(), Path(str(i)), r, {}) for i, r in enumerate(inits)]
+    costs = [batch.run_flops(r, "mnist") for r in inits]
+    assert batch.stack_flops(three, "mnist") == sum(c["student"] + c["evaluation"] for c in costs) \
+        + costs[0]["teacher_body"] + costs[0]["teacher_head"]
     # so do runs that differ only in the student's class head or after distillation, but not in the
     # teacher's class head before its training, the student's aux head, or a perturbation that acts
     same = [resolve_argv(x) for x in (

@@ -313,8 +313,8 @@ def _train_step_flops(plan: ModelPlan, macs: list[tuple[str, int]], head: str) -
 
 
 def run_flops(rc: ResolvedConfig, dataset_key: str) -> dict[str, float]:
-    """Estimated FLOPs of one student run: distillation (its own share, without the teacher body that a
-    stack shares), teacher forward passes, and evaluation."""
+    """Estimated FLOPs of one student run: distillation, the teacher's forward passes that give its targets
+    (body and aux head, which a stack shares), and evaluation."""
     c = rc.config
     s_macs = layer_macs(rc.student, c.m, rc.num_classes)
     t_macs = layer_macs(rc.teacher, c.m, rc.num_classes)
@@ -327,7 +327,8 @@ def run_flops(rc: ResolvedConfig, dataset_key: str) -> dict[str, float]:
         test = test * c.class_count // rc.num_classes if c.class_count < rc.num_classes else test
     s_class = 2 * sum(v for n, v in s_macs if n != "aux_head")
     return {
-        "student": steps * c.noise_bsize * (_train_step_flops(rc.student, s_macs, "aux_head") + t_aux),
+        "student": steps * c.noise_bsize * _train_step_flops(rc.student, s_macs, "aux_head"),
+        "teacher_head": steps * c.noise_bsize * t_aux,
         "teacher_body": steps * c.noise_bsize * t_body,
         "evaluation": 2 * test * s_class + 2 * c.eval_noise_batches * c.eval_noise_bsize * (s_fwd + t_body + t_aux),
     }
@@ -344,15 +345,30 @@ def teacher_flops(rc: ResolvedConfig, dataset_key: str) -> float:
 
 def stack_flops(runs: list[SheetRun], dataset_key: str) -> float:
     """FLOPs of a stack: every member's evaluation, the distillation of each trajectory once (its longest
-    run: runs of equal trajectory keys share it), and one teacher-body forward per step of
-    the longest run."""
+    run: runs of equal trajectory keys share it), each distinct teacher aux head's targets and one
+    teacher-body forward for as many steps as the longest run using them."""
     costs = {r.id: run_flops(r.rc, dataset_key) for r in runs}
     trajectories: dict[str, float] = {}
+    heads: dict[str, float] = {}
     for r in runs:
-        key = r.rc.trajectory_key()
+        key, head = r.rc.trajectory_key(), teacher_head_key(r.rc)
         trajectories[key] = max(trajectories.get(key, 0.0), costs[r.id]["student"])
-    return (sum(trajectories.values()) + sum(c["evaluation"] for c in costs.values())
+        heads[head] = max(heads.get(head, 0.0), costs[r.id]["teacher_head"])
+    return (sum(trajectories.values()) + sum(heads.values()) + sum(c["evaluation"] for c in costs.values())
             + max(c["teacher_body"] for c in costs.values()))
+
+
+def teacher_head_key(rc: ResolvedConfig) -> str:
+    """Runs of one stack with equal keys have equal teacher aux heads: same m and the same perturbations of
+    it before distillation (the stack shares the teacher's key, so its initialisation)."""
+    perturbations = [{**p, "layers": ["aux_head"]} for p in rc.perturbations
+                     if p["target"] == "teacher" and "aux_head" in p["layers"] and _changes(p)]
+    return json.dumps([rc.config.m, perturbations], sort_keys=True)
+
+
+def _changes(spec: dict) -> bool:
+    return spec["timing"] != "after_student_training" and spec["std"] > 0 \
+        and bool(spec["include_weight"] or spec["include_bias"])
 
 
 def estimated_seconds(flops: float, gflops_per_s: float, runs: int, seconds_per_run: float) -> float:

@@ -475,6 +475,7 @@ class _Distilling:
     seconds: float = 0.0
     stacked: StackedStudents | None = None
     index: int = 0  # its place in ``stacked``
+    head: int = 0  # its teacher's aux head among the stack's distinct ones (``teacher_aux_heads``)
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = F.mse_loss(self.run.student.aux_logits(x), target)
@@ -595,16 +596,17 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
     else:
         units = [[d] for d in active]
     body = runs[0].teacher  # every run's teacher has this body (same teacher key, no body perturbation)
+    heads = teacher_aux_heads(active)
     step = 0
     while units:
         x = sample_noise(c0.noise_bsize, c0, device)
         with torch.no_grad():
             features = body.features(x)
+            targets_of = {index: heads[index](features) for index in sorted({d.head for u in units for d in u})}
         step += 1
         for unit in units:
             started = time.perf_counter()
-            with torch.no_grad():
-                targets = [d.run.teacher.aux_head(features) for d in unit]
+            targets = [targets_of[d.head] for d in unit]
             if unit[0].stacked is None:
                 losses = [unit[0].train_step(x, targets[0])]
             else:
@@ -617,6 +619,19 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
             d.sync()
             on_done(d.run, d.last, d.seconds)
         units = [unit for unit in units if step < unit[0].steps]  # a unit's members take equal steps
+
+
+def teacher_aux_heads(active: list[_Distilling]) -> list[nn.Module]:
+    """The distinct teacher aux heads of a stack's trajectories (equal m, initialisation and perturbations
+    give equal heads): each gives its target once per step, for every trajectory that uses it."""
+    heads: list[nn.Module] = []
+    for d in active:
+        mine = d.run.teacher.aux_head
+        d.head = next((i for i, head in enumerate(heads) if torch.equal(head.weight, mine.weight)
+                       and torch.equal(head.bias, mine.bias)), len(heads))
+        if d.head == len(heads):
+            heads.append(mine)
+    return heads
 
 
 def record_step(d: _Distilling, step: int, loss: torch.Tensor,

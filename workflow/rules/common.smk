@@ -394,18 +394,22 @@ def plan_batches(unique_runs, cfg):
     ordered = sorted(unique_runs, key=lambda r: (group(r), stack_of[r["run_key"]], trajectory_of[r["run_key"]],
                                                  -cost_of[r["run_key"]]["student"], r["run_key"]))
     chunks, current, flops, last_stack, last_trajectory = [], [], 0.0, None, None
+    heads = {}  # (stack, teacher aux head) -> its targets' FLOPs counted in the current chunk
     for run in ordered:
         key = run["run_key"]
         cost = cost_of[key]
+        head = (stack_of[key], runner_batch.teacher_head_key(run["rc"]))
         student = cost["student"] if (stack_of[key], trajectory_of[key]) != (last_stack, last_trajectory) else 0.0
         extra = student + cost["evaluation"] + (cost["teacher_body"] if stack_of[key] != last_stack else 0.0)
+        extra += max(0.0, cost["teacher_head"] - heads.get(head, 0.0))
         if current and (group(current[-1]) != group(run) or len(current) >= settings["max_runs"]
                         or flops + extra > settings["max_tflop"] * 1e12):
             chunks.append(current)
-            current, flops = [], 0.0
-            extra = cost["student"] + cost["evaluation"] + cost["teacher_body"]
+            current, flops, heads = [], 0.0, {}
+            extra = cost["student"] + cost["evaluation"] + cost["teacher_body"] + cost["teacher_head"]
         current.append(run)
         flops += extra
+        heads[head] = max(heads.get(head, 0.0), cost["teacher_head"])
         last_stack, last_trajectory = stack_of[key], trajectory_of[key]
     if current:
         chunks.append(current)
