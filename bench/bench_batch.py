@@ -3,17 +3,24 @@
     python bench/bench_batch.py --data-dir ../shared/data                     # fig4 sample, CPU, 1 thread
     python bench/bench_batch.py --data-dir ../shared/data --sample fig2       # fig2's 36 runs of one seed
     python bench/bench_batch.py --data-dir ../shared/data --sample fig4-sweep # an N sweep: one trajectory
+    python bench/bench_batch.py --data-dir ../shared/data --sample fig5 --stack-layers both  # 40 of one shape
+    python bench/bench_batch.py --data-dir ../shared/data --sample fig2 --seeds 5 --skip-per-run --stack-layers both
     python bench/bench_batch.py --data-dir ../shared/data --device cuda      # the same on a GPU
 
 A sample is a set of students of one seed that share one teacher: `fig4` is m in {1, 32, 1024} x N in
 {1, 32, 1024} noise batches per epoch, `fig2` the 6 x 6 grid of aux widths and student inits. The teacher
 is trained once (both sides of the comparison share it, as in the workflow). `fig4-sweep` is fig4's
 own N grid (round(sqrt(2)^k) up to 128) for m 1 and 32: runs that differ only in N are one trajectory in
-a batch, so it shows that saving. Then every run is computed
-(1) as today's per-run jobs, one `sublearn student` process each, and (2) as one `sublearn batch` job;
-the script prints both wall times, their ratio, the FLOP rate of the batch (cost model of
-sublearn.batch), and whether every run's numbers are identical (on CPU they must be; on CUDA they agree
-to float tolerance). Optional: --student-epochs to shorten the sample (the default is the paper's 5).
+a batch, so it shows that saving. `fig5` is fig5's aux-head panel (40 perturbation stds, m 10): 40 students
+of one shape, what stacked layers are for. Then every run is computed
+(1) as today's per-run jobs, one `sublearn student` process each, and (2) as one `sublearn batch` job
+(`--stack-layers auto|on|off`, or `both`: one job with and one without stacked layers; `--seeds K`: the
+sample for K seeds, each with its own teacher, in one job, whose stacks train in lockstep with stacked
+layers; `--skip-per-run`: only the batch jobs);
+the script prints the wall times, their ratio, the FLOP rate of the batch (cost model of
+sublearn.batch), and whether every run's numbers are identical (on CPU they must be without stacked
+layers; on CUDA they agree to float tolerance). Optional: --student-epochs to shorten the sample (the
+default is the paper's 5).
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ def sample_argv(name: str) -> list[list[str]]:
     if name == "fig4-sweep":  # fig4's own N grid (sqrt(2) steps, here up to 128) for two aux widths
         steps = sorted({round(2 ** (k / 2)) for k in range(15)})
         return [["--m", str(m), "--noise-steps", str(n)] for m in (1, 32) for n in steps]
+    if name == "fig5":
+        stds = [f"{0.2 * i / 39:.8f}" for i in range(40)]
+        return [["--perturb", f"student:aux_head,std={std},timing=before_student_training"] for std in stds]
     inits = ["A,A,A,A", "random,A,A,A", "A,random,A,A", "random,random,A,A", "A,A,random,A", "A,A,A,random"]
     return [["--m", str(m), "--student-init", init, "--teacher-init", "A,A,A,A"]
             for m in (3, 10, 25, 50, 100, 250) for init in inits]
@@ -59,57 +69,83 @@ def row_of(run_dir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--sample", choices=["fig4", "fig4-sweep", "fig2"], default="fig4")
+    parser.add_argument("--sample", choices=["fig4", "fig4-sweep", "fig2", "fig5"], default="fig4")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="the sample for seeds SEED .. SEED + SEEDS - 1, each "
+                        "with its own teacher; one batch job computes them all (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--student-epochs", type=int, default=5)
+    parser.add_argument("--stack-layers", choices=["auto", "on", "off", "both"], default="auto")
+    parser.add_argument("--skip-per-run", action="store_true",
+                        help="time only the batch job(s); with --stack-layers both, `on` is compared with `off`")
     parser.add_argument("--work", default=None, help="keep the outputs here (default: a temporary folder)")
     args = parser.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="sublearn-bench-batch-"))
     common = ["--data-dir", args.data_dir, "--cache-dir", str(work / "cache"), "--device", args.device,
-              "--seed", str(args.seed), "--student-epochs", str(args.student_epochs)]
-    runs = {f"run{i:02d}": [*common, *extra] for i, extra in enumerate(sample_argv(args.sample))}
+              "--student-epochs", str(args.student_epochs)]
+    runs = {f"s{seed}-run{i:02d}": [*common, "--seed", str(seed), *extra]
+            for seed in range(args.seed, args.seed + args.seeds) for i, extra in enumerate(sample_argv(args.sample))}
     resolved = {name: resolve_argv(argv) for name, argv in runs.items()}
     py = [sys.executable, "-m", "sublearn.cli"]
     threads = ["--threads", str(args.threads)]
 
-    first = next(iter(runs.values()))
-    teacher = work / "teachers" / f"{resolved['run00'].teacher_key()}.pt"
-    seconds_teacher = timed([*py, "teacher", *first, *threads, "--teacher-out", str(teacher)])
+    teacher_dir = work / "teachers"
+    seconds_teacher = 0.0
+    for key in dict.fromkeys(rc.teacher_key() for rc in resolved.values()):
+        name = next(n for n, rc in resolved.items() if rc.teacher_key() == key)
+        seconds_teacher += timed([*py, "teacher", *runs[name], *threads,
+                                  "--teacher-out", str(teacher_dir / f"{key}.pt")])
 
-    seconds_lone = 0.0
-    for name, argv in runs.items():
-        seconds_lone += timed([*py, "student", *argv, *threads, "--teacher-checkpoint", str(teacher),
-                               "--run-dir", str(work / "lone" / name)])
+    outputs = {}
+    seconds_lone = None
+    if not args.skip_per_run:
+        seconds_lone = 0.0
+        for name, argv in runs.items():
+            seconds_lone += timed([*py, "student", *argv, *threads, "--run-dir", str(work / "lone" / name),
+                                   "--teacher-checkpoint", str(teacher_dir / f"{resolved[name].teacher_key()}.pt")])
+        outputs["per-run jobs"] = work / "lone"
 
     sheet = work / "sheet.jsonl"
-    sheet.write_text("".join(batch.sheet_record(rc.run_key(), str(work / "batched" / name), sheet_settings(rc.config),
-                                                {"name": name}) + "\n" for name, rc in resolved.items()))
-    seconds_batch = timed([*py, "batch", "--sheet", str(sheet), "--teacher-dir", str(teacher.parent),
-                           "--data-dir", args.data_dir, "--cache-dir", str(work / "cache"), "--device", args.device,
-                           *threads])
+    modes = ["off", "on"] if args.stack_layers == "both" else [args.stack_layers]
+    seconds_batch = {}
+    for mode in modes:
+        sheet.write_text("".join(batch.sheet_record(rc.run_key(), str(work / f"batched-{mode}" / name),
+                                                    sheet_settings(rc.config), {"name": name}) + "\n"
+                                 for name, rc in resolved.items()))
+        seconds_batch[mode] = timed([*py, "batch", "--sheet", str(sheet), "--teacher-dir", str(teacher_dir),
+                                     "--data-dir", args.data_dir, "--cache-dir", str(work / "cache"),
+                                     "--device", args.device, *threads, "--stack-layers", mode])
+        outputs[f"batch --stack-layers {mode}"] = work / f"batched-{mode}"
 
-    differing = [(name, column) for name in runs for column in COMPARED
-                 if row_of(work / "lone" / name)[column] != row_of(work / "batched" / name)[column]]
     runs_list = [batch.SheetRun(rc.run_key(), Path(name), rc, {}) for name, rc in resolved.items()]
     flops = sum(batch.stack_flops(stack, "mnist") for stack in batch.stacks(runs_list))
     lone_flops = sum(sum(batch.run_flops(rc, "mnist").values()) for rc in resolved.values())
-    print(f"sample {args.sample}: {len(runs)} students, seed {args.seed}, {args.student_epochs} student epochs, "
-          f"device {args.device}, {args.threads} thread(s)")
-    print(f"teacher (shared by both): {seconds_teacher:.1f} s")
-    print(f"per-run jobs (sublearn student x {len(runs)}): {seconds_lone:.1f} s, "
-          f"{lone_flops / seconds_lone / 1e9:.0f} GFLOP/s of model work")
-    print(f"one batch job (sublearn batch): {seconds_batch:.1f} s, {flops / seconds_batch / 1e9:.0f} GFLOP/s "
-          f"({flops / 1e12:.2f} TFLOP by the cost model)")
-    print(f"batch / per-run wall time: {seconds_batch / seconds_lone:.3f}")
-    if differing:
-        gaps = [abs(float(row_of(work / "lone" / n)[c]) - float(row_of(work / "batched" / n)[c])) for n, c in differing]
-        print(f"NOT identical: {len(differing)} values differ (largest absolute difference {max(gaps):.3g}; on "
-              f"CUDA expected in the last digits), e.g. {differing[:4]}")
-    else:
-        print(f"identical: all {len(COMPARED)} compared values of all {len(runs)} runs")
+    print(f"sample {args.sample}: {len(runs)} students, seeds {args.seed}..{args.seed + args.seeds - 1}, "
+          f"{args.student_epochs} student epochs, device {args.device}, {args.threads} thread(s)")
+    print(f"teachers (shared by all): {seconds_teacher:.1f} s")
+    if seconds_lone is not None:
+        print(f"per-run jobs (sublearn student x {len(runs)}): {seconds_lone:.1f} s, "
+              f"{lone_flops / seconds_lone / 1e9:.0f} GFLOP/s of model work")
+    for mode, seconds in seconds_batch.items():
+        print(f"one batch job (sublearn batch --stack-layers {mode}): {seconds:.1f} s, "
+              f"{flops / seconds / 1e9:.0f} GFLOP/s ({flops / 1e12:.2f} TFLOP by the cost model)")
+        if seconds_lone is not None:
+            print(f"  batch (stack layers {mode}) / per-run wall time: {seconds / seconds_lone:.3f}")
+        elif mode != modes[0]:
+            print(f"  stack layers {mode} / {modes[0]} wall time: {seconds / seconds_batch[modes[0]]:.3f}")
+    reference_name, reference = next(iter(outputs.items()))
+    for label, folder in list(outputs.items())[1:]:
+        differing = [(name, column) for name in runs for column in COMPARED
+                     if row_of(reference / name)[column] != row_of(folder / name)[column]]
+        if differing:
+            gaps = [abs(float(row_of(reference / n)[c]) - float(row_of(folder / n)[c])) for n, c in differing]
+            print(f"{label} vs {reference_name}: NOT identical: {len(differing)} values differ (largest absolute "
+                  f"difference {max(gaps):.3g}; on CUDA expected in the last digits), e.g. {differing[:4]}")
+        else:
+            print(f"{label} vs {reference_name}: identical: all {len(COMPARED)} compared values of all "
+                  f"{len(runs)} runs")
     print(f"outputs: {work}")
 
 

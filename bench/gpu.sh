@@ -3,9 +3,11 @@
 #
 #     bash bench/gpu.sh [DATA_DIR] [CORES]        # DATA_DIR holds MNIST/raw (default ../shared/data)
 #
-# 1. batch vs per-run student jobs on the GPU (fig2's 36 runs of a seed, fig4's N sweep): wall times,
-#    ratio, FLOP rate, and whether every run agrees with its lone twin (to float tolerance on CUDA);
-# 2. fig2 end to end through the workflow on the GPU (20 seeds, 720 runs): wall time and sustained rate
+# 1. batch vs per-run student jobs on the GPU (fig2's 36 runs of a seed), with and without stacked layers:
+#    wall times, ratios, FLOP rate, and whether every run agrees with its lone twin (to float tolerance);
+# 2. one batch job of fig2's runs of 5 seeds (180 runs, 5 teachers), stacked layers on vs off: what
+#    lockstep across seeds with batched matmuls gives;
+# 3. fig2 end to end through the workflow on the GPU (20 seeds, 720 runs): wall time and sustained rate
 #    against the target (<= 2 minutes), with CORES concurrent jobs sharing the device.
 # Each step is bounded in time, so a slow step cannot eat the machine's whole lease.
 set -euo pipefail
@@ -17,7 +19,8 @@ import torch
 assert torch.cuda.is_available(), "CUDA is not usable here: these figures need a GPU"
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
 EOF
-timeout 240 python bench/bench_batch.py --data-dir "$DATA" --sample fig2 --device cuda --threads 1
-timeout 120 python bench/bench_batch.py --data-dir "$DATA" --sample fig4-sweep --device cuda --threads 1
+timeout 240 python bench/bench_batch.py --data-dir "$DATA" --sample fig2 --device cuda --threads 1 --stack-layers both
+timeout 150 python bench/bench_batch.py --data-dir "$DATA" --sample fig2 --seeds 5 --skip-per-run --device cuda \
+    --threads 1 --stack-layers both
 timeout 420 python bench/bench_figure.py fig2 --cores "$CORES" --data-dir "$DATA" \
     --config device=cuda torch_env=gpu 'batch={gflops: 10000, max_tflop: 2000, max_runs: 400}'

@@ -116,45 +116,48 @@ def same_value(a, b, exact: bool) -> bool:
     return a == b if exact else abs(a - b) <= 1e-4 * max(abs(a), abs(b)) + 1e-6
 
 
+# a second seed (its own teacher and noise stream) distilled in lockstep with MIXED: with stacked layers its
+# students join MIXED's stacks of their shape (batched matmuls over per-member noise batches)
+SEED1 = {"s1_N7": ["--noise-steps", "7"], "s1_m3": ["--m", "3"], "s1_perlin": ["--noise-dist", "perlin"]}
+
+
 @pytest.mark.parametrize("stack_layers", [False, True], ids=["per_member", "stacked_layers"])
 def test_stack_members_equal_lone_runs_bit_for_bit(stack_layers, tiny_data, tiny_cache, capsys):
-    """The exactness contract: every member of a lockstep stack equals the same run alone. With stacked
-    layers (the CUDA default; here on the CPU) bit for bit where batched matmuls are, else to tolerance."""
+    """The exactness contract: every member of a lockstep stack equals the same run alone, also with stacks
+    of two seeds in lockstep. With stacked layers (the CUDA default; here on the CPU) bit for bit where
+    batched matmuls are, else to tolerance."""
     from sublearn.data import ensure_cache, load
-    from sublearn.experiment import distill_stack, prepare_student
+    from sublearn.experiment import distill_stack, finish_student, prepare_student, train_teacher_stage
 
     rcs = {name: resolved(tiny_data, tiny_cache, extra) for name, extra in MIXED.items()}
     assert len({batch.stack_key(rc) for rc in rcs.values()}) == 1
     shared = {rcs[n].trajectory_key() for n in BASE_TRAJECTORY}
     assert len(shared) == 1  # one computation for those
     assert not shared & {rc.trajectory_key() for n, rc in rcs.items() if n not in BASE_TRAJECTORY}
+    rcs.update({name: resolved(tiny_data, tiny_cache, extra, seed=1) for name, extra in SEED1.items()})
     device = torch.device("cpu")
     cache, _ = ensure_cache("mnist", "balanced", tiny_data, tiny_cache)
     data = load(cache, "mnist", "balanced", None, device, with_train=False)
-    from sublearn.experiment import train_teacher_stage
-
     full = load(cache, "mnist", "balanced", None, device)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         exact = not stack_layers or batched_matmul_is_exact()
-        checkpoint = train_teacher_stage(next(iter(rcs.values())), full, device)
-        lone = {name: lone_result(rc, data, checkpoint) for name, rc in rcs.items()}
-        members = {name: prepare_student(rc, data, device, checkpoint) for name, rc in rcs.items()}
+        checkpoints = {seed: train_teacher_stage(rcs[name], full, device) for seed, name in ((0, "base"), (1, "s1_m3"))}
+        lone = {name: lone_result(rc, data, checkpoints[rc.config.seed]) for name, rc in rcs.items()}
+        members = {name: prepare_student(rc, data, device, checkpoints[rc.config.seed]) for name, rc in rcs.items()}
         name_of = {id(m): n for n, m in members.items()}
         finished = {}
 
         def done(member, loss, seconds):
-            from sublearn.experiment import finish_student
-
             finished[name_of[id(member)]] = finish_student(member, data, device, loss, seconds)
 
         capsys.readouterr()
         distill_stack(list(members.values()), device, done, stack_layers=stack_layers)
     finally:
         torch.set_num_threads(before)
-    assert set(finished) == set(MIXED)
-    for name in MIXED:
+    assert set(finished) == set(rcs)
+    for name in rcs:
         a, b = finished[name].run_row, lone[name].run_row
         for column in COMPARED:
             assert same_value(a[column], b[column], exact), (name, column, a[column], b[column])
@@ -164,12 +167,13 @@ def test_stack_members_equal_lone_runs_bit_for_bit(stack_layers, tiny_data, tiny
                 for column in ("diff_norm", "other_norm"):
                     assert same_value(ra[column], rb[column], exact), (name, ra["comparison"], ra["layer_name"])
         assert a["run_key"] == rcs[name].run_key()
-    if stack_layers:  # the stacks this test means to exercise did form (other m, inits, frozen layers, followers)
+    if stack_layers:  # the stacks this test means to exercise did form (other m, inits, seeds, frozen layers,
+        # followers); s1_perlin (6 steps) joins frozen_aux's: the noise kind does not change a batch's shape
         run_ids = {m.run_id: n for n, m in members.items()}
         stacked = [sorted(run_ids[i] for i in line.split(": ", 1)[1].split(", "))
                    for line in capsys.readouterr().out.splitlines() if line.startswith("[stack] ")]
-        assert sorted(stacked) == [["base_N7", "m5_N7", "m9_N7_random"], ["frozen", "frozen_m2"],
-                                   ["frozen_aux", "perturbed"]]
+        assert sorted(stacked) == [["base_N7", "m5_N7", "m9_N7_random", "s1_N7"], ["frozen", "frozen_m2"],
+                                   ["frozen_aux", "perturbed", "s1_m3", "s1_perlin"]]
 
 
 def test_stacking_decisions(tiny_data, tiny_cache):

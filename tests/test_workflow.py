@@ -169,6 +169,11 @@ def test_longest_batch_jobs_start_first(workdir):
     assert [p for _, p in by_runtime] == sorted(p for _, p in by_runtime) and by_runtime[0][1] < by_runtime[-1][1]
     teachers = {int(p) for p in re.findall(r"rule teacher:.*?priority: (\d+)", out, re.S)}
     assert len(teachers) == 1 and teachers.pop() > by_runtime[-1][1]  # teachers first: they unblock batches
+    # stacked layers: auto by default (the runner decides by device); batch.stack_layers off (YAML: false)
+    out = ok(smk(workdir, "--dry-run", "--printshellcmds", "fig2"))
+    assert out.count("--stack-layers auto") == len(jobs)
+    out = ok(smk(workdir, "--dry-run", "--printshellcmds", "fig2", "--config", "batch={stack_layers: off}"))
+    assert out.count("--stack-layers off") == len(jobs)
 
 
 def test_quick_preset_replaces_the_paper_grids(workdir):
@@ -249,6 +254,7 @@ def test_fig5_passes_the_stds_as_the_papers_shell_printed_them(workdir):
     (lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(m={"linspace": [1, 5, 3], "decimals": -1}),
      "config.figures.fig2.panels[0].grid.m"),
     (lambda c: c.update(synthetic_mnist="sometimes"), "config.synthetic_mnist"),
+    (lambda c: c.setdefault("batch", {}).update(stack_layers="yes"), "config.batch.stack_layers"),
     (lambda c: c["figures"]["fig2"]["panels"][0]["plot"].update(x="width"),
      "figure fig2, panel init: plot x 'width' is neither a grid coordinate"),
 ])

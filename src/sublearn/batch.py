@@ -174,10 +174,28 @@ def print_plan(plan: list[list[SheetRun]], gflops: float) -> None:
           f"~{total_seconds:.0f} s at {gflops:g} GFLOP/s", flush=True)
 
 
+def lockstep_sets(plan: list[list[SheetRun]], max_memory_mb: float | None = None) -> list[list[list[SheetRun]]]:
+    """Consecutive stacks distilled together while their students' estimated memory fits the budget (all
+    of them without one): with stacked layers, students of equal shape from several stacks (seeds, say)
+    share one batched matmul per layer and step."""
+    sets: list[list[list[SheetRun]]] = []
+    used = 0.0
+    for stack in plan:
+        need = sum(memory_mb(r.rc) for r in stack)
+        if not sets or (max_memory_mb is not None and used + need > max_memory_mb):
+            sets.append([])
+            used = 0.0
+        sets[-1].append(stack)
+        used += need
+    return sets
+
+
 def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, caches: dict[tuple, tuple[Path, str]],
-               data_dir: str, cache_dir: str, stack_layers: bool | None = None) -> None:
+               data_dir: str, cache_dir: str, stack_layers: bool | None = None,
+               max_memory_mb: float | None = None) -> None:
     """Train every stack; write each run's folder as soon as the run is done. caches: (dataset, split) ->
-    (prepared cache, data identity); stack_layers: see ``experiment.distill_stack``."""
+    (prepared cache, data identity); stack_layers (default: on CUDA): see ``experiment.distill_stack``;
+    with it, stacks train together in lockstep sets within max_memory_mb, else one after another."""
     import torch
 
     from . import data as datasets
@@ -187,23 +205,29 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
         rc = next(stack[0].rc for stack in plan if stack[0].rc.teacher_key() == key)
         identity = caches[(rc.config.dataset, rc.config.emnist_split)][1]
         check_checkpoint(rc, load_checkpoint(teachers[key], mmap=True), f"--teacher-dir: {teachers[key]}", identity)
+    stacked = stack_layers if stack_layers is not None else device.type == "cuda"
+    sets = lockstep_sets(plan, max_memory_mb) if stacked else [[stack] for stack in plan]
     loaded: dict[tuple, Any] = {}
-    checkpoints: dict[str, dict] = {}
     failures: list[str] = []
     batch_started = time.time()
-    for index, stack in enumerate(plan):
-        c0 = stack[0].rc.config
-        data_key = (c0.dataset, c0.emnist_split, c0.class_count)
-        if data_key not in loaded:
-            cache = caches[(c0.dataset, c0.emnist_split)][0]
-            loaded[data_key] = datasets.load(cache, *data_key, device, with_train=False)
-        data = loaded[data_key]
-        teacher_key = stack[0].rc.teacher_key()
-        if teacher_key not in checkpoints:
-            checkpoints = {teacher_key: load_checkpoint(teachers[teacher_key])}
-        print(f"[batch] stack {index + 1}/{len(plan)}: {len(stack)} students in lockstep", flush=True)
-        run_stack(stack, checkpoints[teacher_key], data, device, data_dir, cache_dir, batch_started, failures,
-                  stack_layers)
+    done_stacks = 0
+    for lockstep in sets:
+        data_of = {}
+        for stack in lockstep:
+            c0 = stack[0].rc.config
+            data_key = (c0.dataset, c0.emnist_split, c0.class_count)
+            if data_key not in loaded:
+                cache = caches[(c0.dataset, c0.emnist_split)][0]
+                loaded[data_key] = datasets.load(cache, *data_key, device, with_train=False)
+            data_of[id(stack)] = loaded[data_key]
+        checkpoints = {key: load_checkpoint(teachers[key])
+                       for key in dict.fromkeys(stack[0].rc.teacher_key() for stack in lockstep)}
+        which = f"stack {done_stacks + 1}" if len(lockstep) == 1 else \
+            f"stacks {done_stacks + 1}-{done_stacks + len(lockstep)}"
+        print(f"[batch] {which}/{len(plan)}: {sum(map(len, lockstep))} students in lockstep", flush=True)
+        run_lockstep(lockstep, checkpoints, data_of, device, data_dir, cache_dir, batch_started, failures,
+                     stack_layers)
+        done_stacks += len(lockstep)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if failures:
@@ -211,23 +235,26 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
                        + "; ".join(failures))
 
 
-def run_stack(stack: list[SheetRun], checkpoint: dict, data, device, data_dir: str, cache_dir: str,
-              batch_started: float, failures: list[str], stack_layers: bool | None = None) -> None:
+def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], data_of: dict[int, Any], device,
+                 data_dir: str, cache_dir: str, batch_started: float, failures: list[str],
+                 stack_layers: bool | None = None) -> None:
+    """Prepare, distil (in lockstep) and finish the runs of some stacks; data_of: id(stack) -> its data."""
     from .experiment import distill_stack, finish_student, prepare_student
     from .outputs import write_run_dir
 
-    run_of = {}
-    members = []
-    for run in stack:
-        run.rc.config.data_dir, run.rc.config.cache_dir = str(data_dir), str(cache_dir)
-        run.rc.config.outdir = str(run.run_dir)
-        member = prepare_student(run.rc, data, device, checkpoint)
-        run_of[id(member)] = run
-        members.append(member)
+    run_of, stack_size, members = {}, {}, []
+    for stack in lockstep:
+        for run in stack:
+            run.rc.config.data_dir, run.rc.config.cache_dir = str(data_dir), str(cache_dir)
+            run.rc.config.outdir = str(run.run_dir)
+            member = prepare_student(run.rc, data_of[id(stack)], device, checkpoints[run.rc.teacher_key()])
+            run_of[id(member)] = (run, data_of[id(stack)])
+            stack_size[id(member)] = len(stack)
+            members.append(member)
 
     def done(member, last_loss: float, seconds: float) -> None:
-        run = run_of[id(member)]
-        extra = {"batch_stack_size": len(stack), "batch_elapsed_seconds": time.time() - batch_started}
+        run, data = run_of[id(member)]
+        extra = {"batch_stack_size": stack_size[id(member)], "batch_elapsed_seconds": time.time() - batch_started}
         try:
             result = finish_student(member, data, device, last_loss, seconds, extra)
         except Diverged as exc:  # the other members go on; the job fails at the end, naming this run
@@ -239,7 +266,7 @@ def run_stack(stack: list[SheetRun], checkpoint: dict, data, device, data_dir: s
         row = result.run_row
         print(f"[done] {run.id} m {row['m']} N {row['noise_steps']} student acc "
               f"{row['student_init_acc']:.4f}->{row['student_final_acc']:.4f} -> {run.run_dir}", flush=True)
-        member.student = member.teacher = None  # free its weights now
+        member.student = member.teacher = None  # free its weights now (a stream keeps its body)
 
     distill_stack(members, device, done, stack_layers)
 

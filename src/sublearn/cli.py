@@ -406,7 +406,8 @@ def cmd_batch(args) -> None:
         torch.set_num_threads(args.threads)
     device = _select_device(args.device)
     stack_layers = {"auto": None, "on": True, "off": False}[args.stack_layers]
-    batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers)
+    batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers,
+                     args.max_memory_mb)
     import resource
 
     largest = max(sum(batch.memory_mb(r.rc) for r in stack) for stack in plan)

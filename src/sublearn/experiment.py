@@ -45,12 +45,13 @@ def _lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return a + t * (b - a)
 
 
-def perlin_noise(n: int, res: int, device: torch.device, size: int = 28) -> torch.Tensor:
+def perlin_noise(n: int, res: int, device: torch.device, size: int = 28,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     coords = torch.arange(size, device=device, dtype=torch.float32) * (res / size)
     gy, gx = torch.meshgrid(coords, coords, indexing="ij")
     y0, x0 = gy.floor().long(), gx.floor().long()
     fy, fx = gy - y0.float(), gx - x0.float()
-    angles = 2 * math.pi * torch.rand(n, res + 1, res + 1, device=device)
+    angles = 2 * math.pi * torch.rand(n, res + 1, res + 1, device=device, generator=generator)
     gradients = torch.stack((torch.cos(angles), torch.sin(angles)), dim=-1)
 
     def corner(dy: int, dx: int) -> torch.Tensor:
@@ -62,14 +63,14 @@ def perlin_noise(n: int, res: int, device: torch.device, size: int = 28) -> torc
     return noise / (noise.abs().amax(dim=(1, 2, 3), keepdim=True) + EPS)
 
 
-def sample_noise(n: int, config, device: torch.device) -> torch.Tensor:
-    """A batch of noise images from the global torch stream."""
+def sample_noise(n: int, config, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A batch of noise images from ``generator`` (default: the global torch stream)."""
     if config.noise_dist == "uniform":  # in place: same values as 2 * rand - 1, no temporaries
-        x = torch.rand(n, 1, 28, 28, device=device).mul_(2.0).sub_(1.0)
+        x = torch.rand(n, 1, 28, 28, device=device, generator=generator).mul_(2.0).sub_(1.0)
     elif config.noise_dist == "normal":
-        x = torch.randn(n, 1, 28, 28, device=device)
+        x = torch.randn(n, 1, 28, 28, device=device, generator=generator)
     else:
-        x = perlin_noise(n, config.perlin_res, device)
+        x = perlin_noise(n, config.perlin_res, device, generator=generator)
     if config.normalize_noise:
         x = x.sub_(0.1307).div_(0.3081)
     return x
@@ -475,7 +476,8 @@ class _Distilling:
     seconds: float = 0.0
     stacked: StackedStudents | None = None
     index: int = 0  # its place in ``stacked``
-    head: int = 0  # its teacher's aux head among the stack's distinct ones (``teacher_aux_heads``)
+    stream: _Stream | None = None  # its stack's noise stream and teacher body
+    head: int = 0  # its teacher's aux head among the stream's distinct ones (``_Stream.heads``)
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = F.mse_loss(self.run.student.aux_logits(x), target)
@@ -492,14 +494,16 @@ class _Distilling:
 
 def stacking_key(d: _Distilling) -> tuple | None:
     """Trajectories with equal keys can train as one StackedStudents: MLP students of equal hidden widths,
-    hidden-layer trainability, learning rate and steps (their aux heads may differ). None: trains alone."""
+    hidden-layer trainability, learning rate, steps and noise batch size (their aux heads, seeds and noise
+    streams may differ). None: trains alone."""
     plan = d.run.rc.student
     if plan.model_type != "mlp":
         return None
     trainable = tuple(bool(plan.trainable[f"fc{i}"]) for i in range(1, len(plan.hidden_dims) + 1))
     if not any(trainable):
         return None
-    return tuple(plan.hidden_dims), trainable, d.run.rc.config.student_lr, d.steps
+    c = d.run.rc.config
+    return tuple(plan.hidden_dims), trainable, c.student_lr, d.steps, c.noise_bsize
 
 
 class StackedStudents:
@@ -526,8 +530,12 @@ class StackedStudents:
         for index, d in enumerate(members):
             d.stacked, d.index, d.optimizer = self, index, None
 
-    def train_step(self, x: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
-        h = x.reshape(x.shape[0], -1).expand(len(self.members), -1, -1)
+    def train_step(self, xs: list[torch.Tensor], targets: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One step of every member on its own noise batch (the same tensor for members of one stream)."""
+        if all(x is xs[0] for x in xs):
+            h = xs[0].reshape(xs[0].shape[0], -1).expand(len(xs), -1, -1)
+        else:
+            h = torch.stack([x.reshape(x.shape[0], -1) for x in xs])
         for weight, bias in zip(self.weights, self.biases, strict=True):
             h = F.relu_(torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)))
         # unbind: one gradient stack in backward, where indexing would add K zero-padded [K, B, out] tensors
@@ -560,21 +568,54 @@ def stack_students(active: list[_Distilling], device: torch.device) -> list[list
     return list(groups.values())
 
 
+@dataclass
+class _Stream:
+    """A stack's noise stream and teacher body: one noise draw and one body forward per step serve every
+    student of the stack. Each stream draws from its own generator, so stacks of several seeds can step
+    in lockstep."""
+
+    config: Any
+    generator: torch.Generator
+    body: SplitHeadModel
+    heads: list = field(default_factory=list)  # distinct teacher aux heads: each gives its target once
+    x: torch.Tensor | None = None
+    targets: dict = field(default_factory=dict)
+
+    def draw(self, device: torch.device, heads_in_use: set[int]) -> None:
+        c = self.config
+        self.x = sample_noise(c.noise_bsize, c, device, self.generator)
+        with torch.no_grad():
+            features = self.body.features(self.x)
+            self.targets = {i: self.heads[i](features) for i in sorted(heads_in_use)}
+
+    def head_of(self, teacher: SplitHeadModel) -> int:
+        """Its index of a teacher's aux head (equal m, initialisation and perturbations give equal heads)."""
+        mine = teacher.aux_head
+        for index, head in enumerate(self.heads):
+            if torch.equal(head.weight, mine.weight) and torch.equal(head.bias, mine.bias):
+                return index
+        self.heads.append(mine)
+        return len(self.heads) - 1
+
+
 def distill_stack(runs: list[StudentRun], device: torch.device,
                   on_done: Callable[[StudentRun, float, float], None], stack_layers: bool | None = None) -> None:
-    """Distil prepared students that share a teacher body and a noise stream (one alone, or a stack).
+    """Distil prepared students in lockstep: one stack (runs that share a teacher body and a noise
+    stream) or several (a stack per seed, say), one run alone being the smallest case.
 
     Every run of one seed and noise setting draws the same noise stream, and a run of N steps per epoch
     and E epochs consumes its first N x E batches: one noise draw and one teacher-body forward per step
-    serve every student, and each does exactly the arithmetic of a lone run. Runs that differ only in
-    N and E, or in the student's class head (equal trajectory keys), are one computation: the longest
-    trains, and another one's student takes its weights after that run's own N x E steps.
-    ``stack_layers`` (default: on CUDA only) trains trajectories of equal MLP shape as StackedStudents.
-    ``on_done(run, last epoch's mean loss, seconds)`` is called as soon as a run's steps are done.
+    serve every student of a stack, and each does exactly the arithmetic of a lone run. Runs that differ
+    only in N and E, or in the student's class head (equal trajectory keys), are one computation: the
+    longest trains, and another one's student takes its weights after that run's own N x E steps.
+    ``stack_layers`` (default: on CUDA only) trains trajectories of equal MLP shape as StackedStudents,
+    across stacks too. ``on_done(run, last epoch's mean loss, seconds)`` is called as soon as a run's
+    steps are done.
     """
-    c0 = runs[0].rc.config
-    set_seed(derived_seed(c0.seed, "student_training_noise"))
-    trajectories: dict[str, list[tuple[StudentRun, int, int]]] = {}
+    from .batch import stack_key
+
+    streams: dict[str, _Stream] = {}
+    trajectories: dict[tuple[str, str], list[tuple[StudentRun, int, int]]] = {}
     for run in runs:
         c = run.rc.config
         run.student.train()
@@ -583,34 +624,41 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
         if steps == 0:
             on_done(run, float("nan"), 0.0)
             continue
-        trajectories.setdefault(run.rc.trajectory_key(), []).append((run, steps, c.noise_steps))
+        key = stack_key(run.rc)
+        if key not in streams:  # its teacher's body is every run's of the stack (same teacher key)
+            generator = torch.Generator(device).manual_seed(derived_seed(c.seed, "student_training_noise"))
+            streams[key] = _Stream(c, generator, run.teacher)
+        trajectories.setdefault((key, run.rc.trajectory_key()), []).append((run, steps, c.noise_steps))
     active = []
-    for members in trajectories.values():
+    for (key, _), members in trajectories.items():
         members.sort(key=lambda member: member[1])
         leader, steps, per_epoch = members[-1]
         params = [p for p in leader.student.parameters() if p.requires_grad]
-        active.append(_Distilling(leader, adam(params, leader.rc.config.student_lr, device), steps, per_epoch,
-                                  members[:-1], max(member[2] for member in members)))
+        d = _Distilling(leader, adam(params, leader.rc.config.student_lr, device), steps, per_epoch,
+                        members[:-1], max(member[2] for member in members), stream=streams[key])
+        d.head = d.stream.head_of(leader.teacher)
+        active.append(d)
     if stack_layers if stack_layers is not None else device.type == "cuda":
         units = stack_students(active, device)
     else:
         units = [[d] for d in active]
-    body = runs[0].teacher  # every run's teacher has this body (same teacher key, no body perturbation)
-    heads = teacher_aux_heads(active)
     step = 0
     while units:
-        x = sample_noise(c0.noise_bsize, c0, device)
-        with torch.no_grad():
-            features = body.features(x)
-            targets_of = {index: heads[index](features) for index in sorted({d.head for u in units for d in u})}
+        heads_in_use: dict[int, set[int]] = {}
+        for d in (d for unit in units for d in unit):
+            heads_in_use.setdefault(id(d.stream), set()).add(d.head)
+        for stream in streams.values():
+            if id(stream) in heads_in_use:  # a stream none of whose runs is left stops drawing
+                stream.draw(device, heads_in_use[id(stream)])
         step += 1
         for unit in units:
             started = time.perf_counter()
-            targets = [targets_of[d.head] for d in unit]
             if unit[0].stacked is None:
-                losses = [unit[0].train_step(x, targets[0])]
+                d = unit[0]
+                losses = [d.train_step(d.stream.x, d.stream.targets[d.head])]
             else:
-                losses = unit[0].stacked.train_step(x, targets)
+                losses = unit[0].stacked.train_step([d.stream.x for d in unit],
+                                                    [d.stream.targets[d.head] for d in unit])
             share = (time.perf_counter() - started) / len(unit)
             for d, loss in zip(unit, losses, strict=True):
                 d.seconds += share
@@ -619,19 +667,6 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
             d.sync()
             on_done(d.run, d.last, d.seconds)
         units = [unit for unit in units if step < unit[0].steps]  # a unit's members take equal steps
-
-
-def teacher_aux_heads(active: list[_Distilling]) -> list[nn.Module]:
-    """The distinct teacher aux heads of a stack's trajectories (equal m, initialisation and perturbations
-    give equal heads): each gives its target once per step, for every trajectory that uses it."""
-    heads: list[nn.Module] = []
-    for d in active:
-        mine = d.run.teacher.aux_head
-        d.head = next((i for i, head in enumerate(heads) if torch.equal(head.weight, mine.weight)
-                       and torch.equal(head.bias, mine.bias)), len(heads))
-        if d.head == len(heads):
-            heads.append(mine)
-    return heads
 
 
 def record_step(d: _Distilling, step: int, loss: torch.Tensor,

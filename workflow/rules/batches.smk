@@ -42,6 +42,7 @@ for _batch in BATCHES.values():
         params:
             data_dir=DATA_DIRS[_batch["dataset"]],
             memory_mb=config["batch"]["memory_mb"],
+            stack_layers=stack_layers_flag(config["batch"]["stack_layers"]),
             teacher_dir=lambda w, input: os.path.dirname(input.teachers[0]),
         threads: config["threads"]["student"]
         # longest first (after the teachers): the short jobs then fill the cores at the end instead of one
@@ -58,4 +59,4 @@ for _batch in BATCHES.values():
             "--sheet {input.sheet:q} --teacher-dir {params.teacher_dir:q} --threads {threads} "
             "--device \"$SUBLEARN_DEVICE\" --data-dir {params.data_dir:q} --cache-dir \"$(dirname {input.cache:q})\" "
             "--cache-only "
-            "--max-memory-mb {params.memory_mb} > {log:q} 2>&1"
+            "--max-memory-mb {params.memory_mb} --stack-layers {params.stack_layers} > {log:q} 2>&1"

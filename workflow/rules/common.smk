@@ -389,10 +389,17 @@ def plan_batches(unique_runs, cfg):
     stack_of = {r["run_key"]: runner_batch.stack_key(r["rc"]) for r in unique_runs}
     trajectory_of = {r["run_key"]: r["rc"].trajectory_key() for r in unique_runs}
     cost_of = {r["run_key"]: runner_batch.run_flops(r["rc"], r["dataset"]) for r in unique_runs}
-    # runs of one trajectory (differing only in N and E or the student's class head) together, longest
-    # first: the others take its weights along the way and cost only their evaluation
-    ordered = sorted(unique_runs, key=lambda r: (group(r), stack_of[r["run_key"]], trajectory_of[r["run_key"]],
-                                                 -cost_of[r["run_key"]]["student"], r["run_key"]))
+    # stacks of equal student shapes (one per seed, say) next to each other, so that a GPU job's lockstep
+    # sets stack their layers; within a stack, runs of one trajectory (differing only in N and E or the
+    # student's class head) together, longest first: the others take its weights along the way and cost
+    # only their evaluation
+    shape_of = {}
+    for r in unique_runs:
+        shape = json.dumps(r["rc"].student.arch_description(), sort_keys=True)
+        shape_of[stack_of[r["run_key"]]] = min(shape_of.get(stack_of[r["run_key"]], shape), shape)
+    ordered = sorted(unique_runs, key=lambda r: (group(r), shape_of[stack_of[r["run_key"]]], stack_of[r["run_key"]],
+                                                 trajectory_of[r["run_key"]], -cost_of[r["run_key"]]["student"],
+                                                 r["run_key"]))
     chunks, current, flops, last_stack, last_trajectory = [], [], 0.0, None, None
     heads = {}  # (stack, teacher aux head) -> its targets' FLOPs counted in the current chunk
     for run in ordered:
@@ -438,6 +445,11 @@ def plan_batches(unique_runs, cfg):
                           + min(memory, settings["memory_mb"])),
         }
     return out
+
+
+def stack_layers_flag(value):
+    """config batch.stack_layers (YAML reads on/off as booleans) -> `sublearn batch --stack-layers`."""
+    return {True: "on", False: "off"}.get(value, value)
 
 
 def sheet_text(batch):
