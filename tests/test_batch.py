@@ -193,6 +193,12 @@ def test_stacking_decisions(tiny_data, tiny_cache):
     parts = batch.plan_stacks(runs[:5], max_memory_mb=budget)
     assert len(parts) >= 2 and sum(map(len, parts)) == 5
     assert all(len(p) == 1 or sum(batch.memory_mb(r.rc) for r in p) <= budget for p in parts)
+    # stacks train together in lockstep sets while their memory fits (all of them without a budget)
+    plan = batch.plan_stacks(runs)
+    assert batch.lockstep_sets(plan) == [plan]
+    sets = batch.lockstep_sets(plan, max_memory_mb=budget)
+    assert [stack for lockstep in sets for stack in lockstep] == plan and len(sets) > 1
+    assert all(len(s) == 1 or sum(batch.memory_mb(r.rc) for stack in s for r in stack) <= budget for s in sets)
 
 
 def test_cost_model_counts_the_students_matmuls():
@@ -293,7 +299,8 @@ def test_batch_cli_writes_run_folders_and_skips_finished_runs(tiny_data, tiny_ca
 def test_batch_cli_stack_layers(tiny_data, tiny_cache, tmp_path, capsys):
     """`--stack-layers on` trains students of equal shape in stacked layers and writes what `off` writes
     (bit for bit where this CPU's batched matmuls are exact); a bad value names the choices."""
-    rcs = {"base": resolved(tiny_data, tiny_cache, []), "m5": resolved(tiny_data, tiny_cache, ["--m", "5"])}
+    rcs = {"base": resolved(tiny_data, tiny_cache, []), "m5": resolved(tiny_data, tiny_cache, ["--m", "5"]),
+           "seed1": resolved(tiny_data, tiny_cache, ["--m", "3"], seed=1)}
     teachers = tmp_path / "teachers"
     train_teachers(rcs.values(), tiny_data, tiny_cache, teachers)
     rows = {}
@@ -304,7 +311,11 @@ def test_batch_cli_stack_layers(tiny_data, tiny_cache, tmp_path, capsys):
         assert main(["batch", "--sheet", str(sheet), "--teacher-dir", str(teachers), "--data-dir", str(tiny_data),
                      "--cache-dir", str(tiny_cache), "--device", "cpu", "--threads", "1",
                      "--stack-layers", mode]) == 0
-        assert ("[stack] 2 students in stacked layers" in capsys.readouterr().out) == (mode == "on")
+        out = capsys.readouterr().out
+        # on: the two seeds' stacks in lockstep, their three students in stacked layers; off: one after another
+        assert ("[batch] stacks 1-2/2: 3 students in lockstep" in out) == (mode == "on")
+        assert ("[stack] 3 students in stacked layers" in out) == (mode == "on")
+        assert ("[batch] stack 2/2: 1 students in lockstep" in out) == (mode == "off")
         rows[mode] = _run_rows(dirs)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
