@@ -32,6 +32,7 @@ from .config import (
     config_from_settings,
     conv_output_hw,
     dataset_key,
+    distillation_perturbation,
     resolve,
 )
 
@@ -388,14 +389,9 @@ def stack_flops(runs: list[SheetRun], dataset_key: str) -> float:
 def teacher_head_key(rc: ResolvedConfig) -> str:
     """Runs of one stack with equal keys have equal teacher aux heads: same m and the same perturbations of
     it before distillation (the stack shares the teacher's key, so its initialisation)."""
-    perturbations = [{**p, "layers": ["aux_head"]} for p in rc.perturbations
-                     if p["target"] == "teacher" and "aux_head" in p["layers"] and _changes(p)]
+    perturbations = [{**p, "layers": ["aux_head"]} for p in map(distillation_perturbation, rc.perturbations)
+                     if p and p["target"] == "teacher" and "aux_head" in p["layers"]]
     return json.dumps([rc.config.m, perturbations], sort_keys=True)
-
-
-def _changes(spec: dict) -> bool:
-    return spec["timing"] != "after_student_training" and spec["std"] > 0 \
-        and bool(spec["include_weight"] or spec["include_bias"])
 
 
 def estimated_seconds(flops: float, gflops_per_s: float, runs: int, seconds_per_run: float) -> float:

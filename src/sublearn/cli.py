@@ -171,11 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     batch.add_argument("--threads", type=_integer, default=None, help="torch intra-op CPU threads")
     batch.add_argument("--max-memory-mb", type=_number, default=None,
-                       help="split stacks so that the students distilled side by side fit this estimate")
+                       help="split stacks (and, with stacked layers, group stacks in lockstep) so that the "
+                            "students distilled side by side fit this estimate")
     batch.add_argument("--stack-layers", default="auto", choices=("auto", "on", "off"),
-                       help="train a stack's MLP students of equal shape with batched matmuls, one per layer and "
-                            "step (auto: on CUDA, where it fills the device; off keeps a CPU's per-run arithmetic "
-                            "on any BLAS) (default: %(default)s)")
+                       help="train the stacks in lockstep and their MLP students of equal shape (any seed) with "
+                            "batched matmuls, one per layer and step (auto: on CUDA, where it fills the device; off "
+                            "keeps a CPU's per-run arithmetic on any BLAS) (default: %(default)s)")
     batch.add_argument("--plan", action="store_true", help="print the stacks and their estimated cost; compute nothing")
     batch.add_argument("--gflops", type=_number, default=100.0,
                        help="sustained GFLOP/s of the device for --plan's time estimate (default: %(default)s)")

@@ -574,11 +574,11 @@ class ResolvedConfig:
         for part in ("init", "trainable"):
             student[part] = {n: v for n, v in student[part].items() if n != "class_head"}
         settings["student"] = student
-        settings["perturbations"] = [p for p in map(_distillation_perturbation, self.perturbations) if p]
+        settings["perturbations"] = [p for p in map(distillation_perturbation, self.perturbations) if p]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _distillation_perturbation(spec: dict[str, Any]) -> dict[str, Any] | None:
+def distillation_perturbation(spec: dict[str, Any]) -> dict[str, Any] | None:
     """The part of a perturbation that can change a distillation (its aux targets or the student's aux
     path), or None. Each layer draws from its own seed (spec index, timing, target, layer), so dropping
     a layer leaves the others' draws as they were."""
