@@ -403,16 +403,22 @@ def test_missing_teacher_is_refused_naming_the_run(tiny_data, tiny_cache, tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
-def test_kill_during_a_batch_keeps_finished_runs_and_rerun_computes_the_rest(tiny_data, tiny_cache, tmp_path):
-    # a long run and short runs: the short ones finish (and are written) while the long one still trains
-    rcs = {f"short{m}": resolved(tiny_data, tiny_cache, ["--m", str(m)]) for m in (2, 3, 4)}
+@pytest.mark.parametrize("stack_layers", ["off", "on"])
+def test_kill_during_a_batch_keeps_finished_runs_and_rerun_computes_the_rest(stack_layers, tiny_data, tiny_cache,
+                                                                             tmp_path):
+    # a long run and short runs: the short ones finish (and are written) while the long one still trains;
+    # with stacked layers the short ones of two seeds train as one stack, in lockstep with the long one
+    # (without, stacks of two seeds would train one after the other)
+    seed = {m: m % 2 if stack_layers == "on" else 0 for m in (2, 3, 4)}
+    rcs = {f"short{m}": resolved(tiny_data, tiny_cache, ["--m", str(m)], seed=seed[m]) for m in (2, 3, 4)}
     rcs["long"] = resolved(tiny_data, tiny_cache, ["--noise-steps", "10000"])
     teachers = tmp_path / "teachers"
     train_teachers(rcs.values(), tiny_data, tiny_cache, teachers)
     sheet = tmp_path / "sheet.jsonl"
     dirs = write_sheet(sheet, rcs, tmp_path / "runs")
     cmd = [sys.executable, "-m", "sublearn.cli", "batch", "--sheet", str(sheet), "--teacher-dir", str(teachers),
-           "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache), "--device", "cpu", "--threads", "1"]
+           "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache), "--device", "cpu", "--threads", "1",
+           "--stack-layers", stack_layers]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not all((dirs[f"short{m}"] / "runs.csv").exists() for m in (2, 3, 4)):
