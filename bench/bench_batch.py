@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--stack-layers", choices=["auto", "on", "off", "both"], default="auto")
     parser.add_argument("--skip-per-run", action="store_true",
                         help="time only the batch job(s); with --stack-layers both, `on` is compared with `off`")
+    parser.add_argument("--max-memory-mb", type=float, default=8000,
+                        help="the batch jobs' memory budget, as the workflow's batch.memory_mb (default: %(default)s)")
     parser.add_argument("--work", default=None, help="keep the outputs here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -109,14 +111,21 @@ def main() -> None:
 
     sheet = work / "sheet.jsonl"
     modes = ["off", "on"] if args.stack_layers == "both" else [args.stack_layers]
-    seconds_batch = {}
+    seconds_batch, memory = {}, {}
     for mode in modes:
         sheet.write_text("".join(batch.sheet_record(rc.run_key(), str(work / f"batched-{mode}" / name),
                                                     sheet_settings(rc.config), {"name": name}) + "\n"
                                  for name, rc in resolved.items()))
-        seconds_batch[mode] = timed([*py, "batch", "--sheet", str(sheet), "--teacher-dir", str(teacher_dir),
-                                     "--data-dir", args.data_dir, "--cache-dir", str(work / "cache"),
-                                     "--device", args.device, *threads, "--stack-layers", mode])
+        log = work / f"batch-{mode}.log"
+        with open(log, "w") as handle:
+            started = time.perf_counter()
+            subprocess.run([*py, "batch", "--sheet", str(sheet), "--teacher-dir", str(teacher_dir),
+                            "--data-dir", args.data_dir, "--cache-dir", str(work / "cache"), "--device", args.device,
+                            *threads, "--stack-layers", mode, "--max-memory-mb", str(args.max_memory_mb)],
+                           check=True, stdout=handle)
+            seconds_batch[mode] = time.perf_counter() - started
+        memory[mode] = next((line.split("] ", 1)[1].strip() for line in log.read_text().splitlines()
+                             if line.startswith("[batch] peak RSS")), "")
         outputs[f"batch --stack-layers {mode}"] = work / f"batched-{mode}"
 
     runs_list = [batch.SheetRun(rc.run_key(), Path(name), rc, {}) for name, rc in resolved.items()]
@@ -130,7 +139,8 @@ def main() -> None:
               f"{lone_flops / seconds_lone / 1e9:.0f} GFLOP/s of model work")
     for mode, seconds in seconds_batch.items():
         print(f"one batch job (sublearn batch --stack-layers {mode}): {seconds:.1f} s, "
-              f"{flops / seconds / 1e9:.0f} GFLOP/s ({flops / 1e12:.2f} TFLOP by the cost model)")
+              f"{flops / seconds / 1e9:.0f} GFLOP/s ({flops / 1e12:.2f} TFLOP by the cost model); {memory[mode]} "
+              f"(budget --max-memory-mb {args.max_memory_mb:g})")
         if seconds_lone is not None:
             print(f"  batch (stack layers {mode}) / per-run wall time: {seconds / seconds_lone:.3f}")
         elif mode != modes[0]:
