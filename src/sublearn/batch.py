@@ -193,10 +193,11 @@ def lockstep_sets(plan: list[list[SheetRun]], max_memory_mb: float | None = None
 
 def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, caches: dict[tuple, tuple[Path, str]],
                data_dir: str, cache_dir: str, stack_layers: bool | None = None,
-               max_memory_mb: float | None = None) -> None:
+               max_memory_mb: float | None = None) -> list[list[list[SheetRun]]]:
     """Train every stack; write each run's folder as soon as the run is done. caches: (dataset, split) ->
     (prepared cache, data identity); stack_layers (default: on CUDA): see ``experiment.distill_stack``;
-    with it, stacks train together in lockstep sets within max_memory_mb, else one after another."""
+    with it, stacks train together in lockstep sets within max_memory_mb, else one after another.
+    Returns the lockstep sets."""
     import torch
 
     from . import data as datasets
@@ -234,6 +235,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
     if failures:
         raise Diverged(f"{len(failures)} of {sum(map(len, plan))} runs diverged and were not written: "
                        + "; ".join(failures))
+    return sets
 
 
 def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], data_of: dict[int, Any], device,

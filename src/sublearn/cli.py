@@ -407,15 +407,15 @@ def cmd_batch(args) -> None:
         torch.set_num_threads(args.threads)
     device = _select_device(args.device)
     stack_layers = {"auto": None, "on": True, "off": False}[args.stack_layers]
-    batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers,
-                     args.max_memory_mb)
+    sets = batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers,
+                            args.max_memory_mb)
     import resource
 
-    largest = max(sum(batch.memory_mb(r.rc) for r in stack) for stack in plan)
+    largest = max(sum(batch.memory_mb(r.rc) for stack in lockstep for r in stack) for lockstep in sets)
     cuda = f", CUDA max allocated {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB" \
         if device.type == "cuda" else ""
     print(f"[batch] peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB{cuda}; "
-          f"largest stack estimated at {largest:.0f} MB of students", flush=True)
+          f"largest lockstep set estimated at {largest:.0f} MB of students", flush=True)
 
 
 def _require_positive(value, flag: str) -> None:
