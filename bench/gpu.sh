@@ -19,8 +19,11 @@ import torch
 assert torch.cuda.is_available(), "CUDA is not usable here: these figures need a GPU"
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
 EOF
-timeout 240 python bench/bench_batch.py --data-dir "$DATA" --sample fig2 --device cuda --threads 1 --stack-layers both
-timeout 150 python bench/bench_batch.py --data-dir "$DATA" --sample fig2 --seeds 5 --skip-per-run --device cuda \
+step() {  # a step that fails or times out is reported, and the next one still runs
+    timeout "$@" || echo "[gpu.sh] exit $? (124: timed out after $1 s): ${*:2}"
+}
+step 240 python bench/bench_batch.py --data-dir "$DATA" --sample fig2 --device cuda --threads 1 --stack-layers both
+step 150 python bench/bench_batch.py --data-dir "$DATA" --sample fig2 --seeds 5 --skip-per-run --device cuda \
     --threads 1 --stack-layers both
-timeout 420 python bench/bench_figure.py fig2 --cores "$CORES" --data-dir "$DATA" \
+step 420 python bench/bench_figure.py fig2 --cores "$CORES" --data-dir "$DATA" \
     --config device=cuda torch_env=gpu 'batch={gflops: 10000, max_tflop: 2000, max_runs: 400}'

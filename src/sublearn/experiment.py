@@ -643,10 +643,8 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
     else:
         units = [[d] for d in active]
     step = 0
+    heads_in_use = _heads_in_use(units)
     while units:
-        heads_in_use: dict[int, set[int]] = {}
-        for d in (d for unit in units for d in unit):
-            heads_in_use.setdefault(id(d.stream), set()).add(d.head)
         for stream in streams.values():
             if id(stream) in heads_in_use:  # a stream none of whose runs is left stops drawing
                 stream.draw(device, heads_in_use[id(stream)])
@@ -663,10 +661,21 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
             for d, loss in zip(unit, losses, strict=True):
                 d.seconds += share
                 record_step(d, step, loss, on_done)
-        for d in (d for unit in units for d in unit if step == d.steps):
-            d.sync()
-            on_done(d.run, d.last, d.seconds)
-        units = [unit for unit in units if step < unit[0].steps]  # a unit's members take equal steps
+        finished = [unit for unit in units if step == unit[0].steps]  # a unit's members take equal steps
+        if finished:
+            for d in (d for unit in finished for d in unit):
+                d.sync()
+                on_done(d.run, d.last, d.seconds)
+            units = [unit for unit in units if step < unit[0].steps]
+            heads_in_use = _heads_in_use(units)
+
+
+def _heads_in_use(units: list[list[_Distilling]]) -> dict[int, set[int]]:
+    """id(stream) -> the indices of its teacher aux heads that the units still training use."""
+    heads: dict[int, set[int]] = {}
+    for d in (d for unit in units for d in unit):
+        heads.setdefault(id(d.stream), set()).add(d.head)
+    return heads
 
 
 def record_step(d: _Distilling, step: int, loss: torch.Tensor,
