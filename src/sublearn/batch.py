@@ -201,14 +201,13 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
     import torch
 
     from . import data as datasets
-    from .experiment import check_checkpoint
+    from .experiment import check_checkpoint, uses_stacked_layers
 
     for key in dict.fromkeys(stack[0].rc.teacher_key() for stack in plan):  # every teacher, before any training
         rc = next(stack[0].rc for stack in plan if stack[0].rc.teacher_key() == key)
         identity = caches[(rc.config.dataset, rc.config.emnist_split)][1]
         check_checkpoint(rc, load_checkpoint(teachers[key], mmap=True), f"--teacher-dir: {teachers[key]}", identity)
-    stacked = stack_layers if stack_layers is not None else device.type == "cuda"
-    sets = lockstep_sets(plan, max_memory_mb) if stacked else [[stack] for stack in plan]
+    sets = lockstep_sets(plan, max_memory_mb) if uses_stacked_layers(stack_layers, device) else [[s] for s in plan]
     loaded: dict[tuple, Any] = {}
     failures: list[str] = []
     batch_started = time.time()

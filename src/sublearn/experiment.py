@@ -466,7 +466,7 @@ class _Distilling:
     the runs of the same trajectory key (followers) take its weights when their own steps are done."""
 
     run: StudentRun
-    optimizer: Any  # None for a member of a StackedStudents, whose optimizer steps every member at once
+    optimizer: Any  # its own, or None in a StackedStudents, whose optimizer steps every member at once
     steps: int
     per_epoch: int
     followers: list[tuple[StudentRun, int, int]]  # (run, steps, steps per epoch), fewest steps first
@@ -528,7 +528,7 @@ class StackedStudents:
         params += [p for s in students for p in s.aux_head.parameters() if p.requires_grad]
         self.optimizer = adam(params, members[0].run.rc.config.student_lr, device)
         for index, d in enumerate(members):
-            d.stacked, d.index, d.optimizer = self, index, None
+            d.stacked, d.index = self, index
 
     def train_step(self, xs: list[torch.Tensor], targets: list[torch.Tensor]) -> list[torch.Tensor]:
         """One step of every member on its own noise batch (the same tensor for members of one stream)."""
@@ -552,6 +552,12 @@ class StackedStudents:
         for name, weight, bias in zip(self.layers, self.weights, self.biases, strict=True):
             getattr(student, name).weight.copy_(weight[index])
             getattr(student, name).bias.copy_(bias[index])
+
+
+def uses_stacked_layers(stack_layers: bool | None, device: torch.device) -> bool:
+    """``stack_layers`` as asked, by default on CUDA only: on a CPU the per-run matmuls already run at the
+    core's matmul rate and give the same bits on any BLAS."""
+    return stack_layers if stack_layers is not None else device.type == "cuda"
 
 
 def stack_students(active: list[_Distilling], device: torch.device) -> list[list[_Distilling]]:
@@ -633,15 +639,15 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
     for (key, _), members in trajectories.items():
         members.sort(key=lambda member: member[1])
         leader, steps, per_epoch = members[-1]
-        params = [p for p in leader.student.parameters() if p.requires_grad]
-        d = _Distilling(leader, adam(params, leader.rc.config.student_lr, device), steps, per_epoch,
-                        members[:-1], max(member[2] for member in members), stream=streams[key])
+        d = _Distilling(leader, None, steps, per_epoch, members[:-1], max(member[2] for member in members),
+                        stream=streams[key])
         d.head = d.stream.head_of(leader.teacher)
         active.append(d)
-    if stack_layers if stack_layers is not None else device.type == "cuda":
-        units = stack_students(active, device)
-    else:
-        units = [[d] for d in active]
+    units = stack_students(active, device) if uses_stacked_layers(stack_layers, device) else [[d] for d in active]
+    for unit in units:
+        if unit[0].stacked is None:  # a stack's members share its optimizer
+            params = [p for p in unit[0].run.student.parameters() if p.requires_grad]
+            unit[0].optimizer = adam(params, unit[0].run.rc.config.student_lr, device)
     step = 0
     heads_in_use = _heads_in_use(units)
     while units:
