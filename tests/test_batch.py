@@ -135,7 +135,13 @@ def test_stack_members_equal_lone_runs_bit_for_bit(stack_layers, tiny_data, tiny
     of two seeds in lockstep. With stacked layers (the CUDA default; here on the CPU) bit for bit where
     batched matmuls are, else to tolerance."""
     from sublearn.data import ensure_cache, load
-    from sublearn.experiment import distill_stack, finish_student, prepare_student, train_teacher_stage
+    from sublearn.experiment import (
+        SharedEvaluations,
+        distill_stack,
+        finish_student,
+        prepare_student,
+        train_teacher_stage,
+    )
 
     rcs = {name: resolved(tiny_data, tiny_cache, extra) for name, extra in MIXED.items()}
     assert len({batch.stack_key(rc) for rc in rcs.values()}) == 1
@@ -153,12 +159,18 @@ def test_stack_members_equal_lone_runs_bit_for_bit(stack_layers, tiny_data, tiny
         exact = not stack_layers or batched_matmul_is_exact()
         checkpoints = {seed: train_teacher_stage(rcs[name], full, device) for seed, name in ((0, "base"), (1, "s1_m3"))}
         lone = {name: lone_result(rc, data, checkpoints[rc.config.seed]) for name, rc in rcs.items()}
-        members = {name: prepare_student(rc, data, device, checkpoints[rc.config.seed]) for name, rc in rcs.items()}
+        shared = SharedEvaluations()  # as in a batch job: evaluations that runs have in common are done once
+        members = {name: prepare_student(rc, data, device, checkpoints[rc.config.seed], shared=shared)
+                   for name, rc in rcs.items()}
+        # students of equal initial bodies were evaluated once: 7 distinct bodies among the 20 runs (12 runs of
+        # seed 0 have its A,A body, seed 1's three runs their own)
+        test_features = [key for key in shared.entries if key[0] == "features" and key[2][0] == "split"]
+        assert len(test_features) == 7
         name_of = {id(m): n for n, m in members.items()}
         finished = {}
 
         def done(member, loss, seconds):
-            finished[name_of[id(member)]] = finish_student(member, data, device, loss, seconds)
+            finished[name_of[id(member)]] = finish_student(member, data, device, loss, seconds, shared=shared)
 
         capsys.readouterr()
         distill_stack(list(members.values()), device, done, stack_layers=stack_layers)
@@ -182,6 +194,33 @@ def test_stack_members_equal_lone_runs_bit_for_bit(stack_layers, tiny_data, tiny
                    for line in capsys.readouterr().out.splitlines() if line.startswith("[stack] ")]
         assert sorted(stacked) == [["base_N7", "m5_N7", "m9_N7_random", "s1_N7"], ["frozen", "frozen_m2"],
                                    ["frozen_aux", "perturbed", "s1_m3", "s1_perlin"]]
+
+
+def test_shared_evaluations_stay_within_their_budget_and_tell_bodies_apart():
+    from sublearn.experiment import SharedEvaluations, body_key
+    from sublearn.model import build_model
+
+    shared = SharedEvaluations(max_bytes=3 * 400)  # three 10 x 10 float32 tensors
+    computed = []
+
+    def compute(i):
+        computed.append(i)
+        return [torch.full((10, 10), float(i))]
+
+    for i in range(4):
+        shared.get(("k", i), lambda i=i: compute(i))
+    assert ("k", 0) not in shared.entries and shared.bytes == 1200  # the least recently used went
+    assert shared.get(("k", 3), lambda: compute(99))[0][0, 0] == 3 and computed == [0, 1, 2, 3]
+    assert shared.get(("big",), lambda: [torch.zeros(1000)]).__len__() == 1 and ("big",) not in shared.entries
+    # equal feature layers give equal keys whatever the heads; any change of a body weight another key
+    rc = resolve_argv(["--student-hidden-dims", "24,16"])
+    small, wide = (build_model(rc.student, m, rc.num_classes, 0, torch.device("cpu")) for m in (3, 7))
+    assert body_key(small) == body_key(wide)
+    with torch.no_grad():
+        wide.fc2.bias[5] += 1e-6
+    assert body_key(small) != body_key(wide)
+    other_seed = build_model(rc.student, 3, rc.num_classes, 1, torch.device("cpu"))
+    assert body_key(other_seed) != body_key(small)
 
 
 def test_stacking_decisions(tiny_data, tiny_cache):
@@ -215,8 +254,9 @@ def test_cost_model_counts_the_students_matmuls():
     # forward, weight gradients and fc2/aux input gradients along the aux path: 0.363 TFLOP
     per_image = 2 * (784 * 256 + 256 * 256 + 256 * 10) * 2 + 2 * (256 * 256 + 256 * 10)
     assert flops["student"] == 300 * 1000 * per_image
-    assert flops["teacher_head"] == 300 * 1000 * 2 * 256 * 10
-    assert flops["teacher_body"] == 300 * 1000 * 2 * (784 * 256 + 256 * 256)
+    # the teacher's targets: 300 batches of distillation, 2 x 10 of evaluation
+    assert flops["teacher_head"] == 320 * 1000 * 2 * 256 * 10
+    assert flops["teacher_body"] == 320 * 1000 * 2 * (784 * 256 + 256 * 256)
     frozen = resolve_argv(["--student-trainable", "fc1:false"])
     assert batch.run_flops(frozen, "mnist")["student"] < flops["student"]
     assert batch.teacher_flops(rc, "mnist") > 5 * 60_000 * 3 * 2 * 784 * 256

@@ -201,7 +201,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
     import torch
 
     from . import data as datasets
-    from .experiment import check_checkpoint, uses_stacked_layers
+    from .experiment import SharedEvaluations, check_checkpoint, uses_stacked_layers
 
     for key in dict.fromkeys(stack[0].rc.teacher_key() for stack in plan):  # every teacher, before any training
         rc = next(stack[0].rc for stack in plan if stack[0].rc.teacher_key() == key)
@@ -212,6 +212,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
     failures: list[str] = []
     batch_started = time.time()
     done_stacks = 0
+    shared = SharedEvaluations()
     for lockstep in sets:
         data_of = {}
         for stack in lockstep:
@@ -227,7 +228,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
             f"stacks {done_stacks + 1}-{done_stacks + len(lockstep)}"
         print(f"[batch] {which}/{len(plan)}: {sum(map(len, lockstep))} students in lockstep", flush=True)
         run_lockstep(lockstep, checkpoints, data_of, device, data_dir, cache_dir, batch_started, failures,
-                     stack_layers)
+                     stack_layers, shared)
         done_stacks += len(lockstep)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -239,8 +240,9 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
 
 def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], data_of: dict[int, Any], device,
                  data_dir: str, cache_dir: str, batch_started: float, failures: list[str],
-                 stack_layers: bool | None = None) -> None:
-    """Prepare, distil (in lockstep) and finish the runs of some stacks; data_of: id(stack) -> its data."""
+                 stack_layers: bool | None = None, shared=None) -> None:
+    """Prepare, distil (in lockstep) and finish the runs of some stacks; data_of: id(stack) -> its data;
+    shared: the job's ``experiment.SharedEvaluations``."""
     from .experiment import distill_stack, finish_student, prepare_student
     from .outputs import write_run_dir
 
@@ -249,7 +251,8 @@ def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], d
         for run in stack:
             run.rc.config.data_dir, run.rc.config.cache_dir = str(data_dir), str(cache_dir)
             run.rc.config.outdir = str(run.run_dir)
-            member = prepare_student(run.rc, data_of[id(stack)], device, checkpoints[run.rc.teacher_key()])
+            member = prepare_student(run.rc, data_of[id(stack)], device, checkpoints[run.rc.teacher_key()],
+                                     shared=shared)
             run_of[id(member)] = (run, data_of[id(stack)])
             stack_size[id(member)] = len(stack)
             members.append(member)
@@ -258,7 +261,7 @@ def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], d
         run, data = run_of[id(member)]
         extra = {"batch_stack_size": stack_size[id(member)], "batch_elapsed_seconds": time.time() - batch_started}
         try:
-            result = finish_student(member, data, device, last_loss, seconds, extra)
+            result = finish_student(member, data, device, last_loss, seconds, extra, shared)
         except Diverged as exc:  # the other members go on; the job fails at the end, naming this run
             print(f"[failed] {run.id}: {exc}", flush=True)
             failures.append(f"run {run.id}: {exc}")
@@ -343,23 +346,25 @@ def _train_step_flops(plan: ModelPlan, macs: list[tuple[str, int]], head: str) -
 
 def run_flops(rc: ResolvedConfig, dataset_key: str) -> dict[str, float]:
     """Estimated FLOPs of one student run: distillation, the teacher's forward passes that give its targets
-    (body and aux head, which a stack shares), and evaluation."""
+    in distillation and on the eval noise (body and aux head, which a stack shares), and the student's
+    evaluation."""
     c = rc.config
     s_macs = layer_macs(rc.student, c.m, rc.num_classes)
     t_macs = layer_macs(rc.teacher, c.m, rc.num_classes)
     s_fwd = 2 * sum(v for n, v in s_macs if n != "class_head")
     t_body = 2 * sum(v for n, v in t_macs if n not in ("class_head", "aux_head"))
     t_aux = 2 * dict(t_macs)["aux_head"]
-    steps = c.noise_steps * c.student_epochs
+    images = c.noise_steps * c.student_epochs * c.noise_bsize
+    eval_images = 2 * c.eval_noise_batches * c.eval_noise_bsize  # before and after distillation
     test = TEST_SPLIT_SIZE.get(dataset_key, 10_000)
     if c.class_count:
         test = test * c.class_count // rc.num_classes if c.class_count < rc.num_classes else test
     s_class = 2 * sum(v for n, v in s_macs if n != "aux_head")
     return {
-        "student": steps * c.noise_bsize * _train_step_flops(rc.student, s_macs, "aux_head"),
-        "teacher_head": steps * c.noise_bsize * t_aux,
-        "teacher_body": steps * c.noise_bsize * t_body,
-        "evaluation": 2 * test * s_class + 2 * c.eval_noise_batches * c.eval_noise_bsize * (s_fwd + t_body + t_aux),
+        "student": images * _train_step_flops(rc.student, s_macs, "aux_head"),
+        "teacher_head": (images + eval_images) * t_aux,
+        "teacher_body": (images + eval_images) * t_body,
+        "evaluation": 2 * test * s_class + eval_images * s_fwd,
     }
 
 

@@ -8,10 +8,12 @@ what a full run gives. Every random draw follows the reference order (see REFERE
 
 from __future__ import annotations
 
+import hashlib
 import math
 import platform
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -130,13 +132,65 @@ def adam(params: list[torch.Tensor], lr: float, device: torch.device):
     return CpuAdam(params, lr) if device.type == "cpu" else torch.optim.Adam(params, lr=lr)
 
 
+class SharedEvaluations:
+    """What the evaluations of a batch job's runs have in common, computed once: each seed's eval-noise
+    batches, a model body's features on an input (the test split, or those batches) keyed by the body's
+    weights, and a teacher's aux logits on the noise. In fig2, say, the 36 runs of a seed start from 4
+    distinct student bodies and share one teacher. Equal weights and inputs through the same operations
+    give equal outputs, so every run's numbers are those of its lone run. The least recently used entries
+    go beyond ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.entries: OrderedDict[tuple, tuple[Any, list[torch.Tensor], int]] = OrderedDict()
+
+    def get(self, key: tuple, compute: Callable[[], list[torch.Tensor]], keep: Any = None) -> list[torch.Tensor]:
+        """The cached value of ``key``, else ``compute()`` (cached when it fits). ``keep``: an object the
+        key names by id(), held as long as the entry so that its id cannot be reused."""
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key][1]
+        value = compute()
+        size = sum(t.numel() * t.element_size() for t in value)
+        if size <= self.max_bytes:
+            self.entries[key] = (keep, value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                self.bytes -= self.entries.popitem(last=False)[1][2]
+        return value
+
+    def features(self, model: SplitHeadModel, name: tuple, inputs: list[torch.Tensor], keep: Any = None):
+        return self.get(("features", body_key(model), name), lambda: [model.features(x) for x in inputs], keep)
+
+
+def weights_digest(modules: list[nn.Module]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def body_key(model: SplitHeadModel) -> tuple:
+    """Equal keys: the same feature layers (structure and weights), so equal features of any input."""
+    return repr(model.steps), weights_digest([getattr(model, name) for name, _, _ in model.steps])
+
+
 @torch.no_grad()
-def evaluate_class(model: SplitHeadModel, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def evaluate_class(model: SplitHeadModel, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                   shared: SharedEvaluations | None = None) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of the class head over a split, in order, in loader-sized batches."""
     model.eval()
+    starts = range(0, x.shape[0], batch_size)
+    if shared is None:
+        features = (model.features(x[start:start + batch_size]) for start in starts)
+    else:
+        features = shared.features(model, ("split", id(x), batch_size),
+                                   [x[start:start + batch_size] for start in starts], keep=x)
     correct, loss_sum = 0, 0.0
-    for start in range(0, x.shape[0], batch_size):
-        logits = model.class_logits(x[start:start + batch_size])
+    for start, h in zip(starts, features, strict=True):
+        logits = model.class_head(h)
         target = y[start:start + batch_size]
         loss_sum += float(F.cross_entropy(logits, target, reduction="sum").item())
         correct += int((logits.argmax(dim=1) == target).sum().item())
@@ -184,18 +238,30 @@ def train_teacher(model: SplitHeadModel, data: Dataset, rc: ResolvedConfig, devi
     return last_epoch_loss
 
 
-@torch.no_grad()
-def aux_mse_on_noise(student: SplitHeadModel, teacher: SplitHeadModel, rc: ResolvedConfig,
-                     device: torch.device, moment: str) -> float:
+def eval_noise(rc: ResolvedConfig, device: torch.device, moment: str) -> list[torch.Tensor]:
     c = rc.config
-    student.eval()
-    teacher.eval()
-    losses = []
     with forked_rng(device):
         set_seed(derived_seed(c.seed, "eval_noise", moment))
-        for _ in range(c.eval_noise_batches):
-            x = sample_noise(c.eval_noise_bsize, c, device)
-            losses.append(float(F.mse_loss(student.aux_logits(x), teacher.aux_logits(x)).item()))
+        return [sample_noise(c.eval_noise_bsize, c, device) for _ in range(c.eval_noise_batches)]
+
+
+@torch.no_grad()
+def aux_mse_on_noise(student: SplitHeadModel, teacher: SplitHeadModel, rc: ResolvedConfig,
+                     device: torch.device, moment: str, shared: SharedEvaluations | None = None) -> float:
+    student.eval()
+    teacher.eval()
+    if shared is None:
+        batches = eval_noise(rc, device, moment)
+        pairs = ((student.aux_logits(x), teacher.aux_logits(x)) for x in batches)
+    else:
+        c = rc.config
+        name = ("eval_noise", c.seed, moment, c.eval_noise_batches, c.eval_noise_bsize, c.noise_dist,
+                c.perlin_res, c.normalize_noise, str(device))
+        batches = shared.get(name, lambda: eval_noise(rc, device, moment))
+        targets = shared.get(("aux", body_key(teacher), weights_digest([teacher.aux_head]), name),
+                             lambda: [teacher.aux_head(h) for h in shared.features(teacher, name, batches)])
+        pairs = zip((student.aux_head(h) for h in shared.features(student, name, batches)), targets, strict=True)
+    losses = [float(F.mse_loss(output, target).item()) for output, target in pairs]
     return float(sum(losses) / len(losses)) if losses else float("nan")
 
 
@@ -713,8 +779,9 @@ def take_trajectory_weights(follower: SplitHeadModel, leader: SplitHeadModel) ->
 
 
 def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, checkpoint: dict[str, Any],
-                    teacher_in_process: bool = False) -> StudentRun:
-    """Everything of a student run before distillation (steps 1-8 of the reference order)."""
+                    teacher_in_process: bool = False, shared: SharedEvaluations | None = None) -> StudentRun:
+    """Everything of a student run before distillation (steps 1-8 of the reference order); ``shared``:
+    evaluations that the runs of a batch have in common."""
     c = rc.config
     started = time.time()
     run_id = uuid.uuid4().hex[:12]
@@ -742,8 +809,8 @@ def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, che
 
     perturb_rows += apply_perturbations("before_student_training", rc, models, device, run_id)
     snaps["student_initial"] = snapshot(student)
-    init_acc, init_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize)
-    init_aux = aux_mse_on_noise(student, teacher, rc, device, "student_initial")
+    init_acc, init_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize, shared)
+    init_aux = aux_mse_on_noise(student, teacher, rc, device, "student_initial", shared)
     print(f"[eval] student initial acc {init_acc:.6f} class CE {init_loss:.6f} aux MSE {init_aux:.8f}", flush=True)
     return StudentRun(rc, checkpoint, teacher, student, run_id, timestamp, started, metrics, snaps, perturb_rows,
                       init_acc, init_loss, init_aux, teacher_in_process)
@@ -759,7 +826,8 @@ def student_stage(rc: ResolvedConfig, data: Dataset, device: torch.device,
 
 
 def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_aux: float,
-                   distill_seconds: float, extra: dict[str, Any] | None = None) -> RunResult:
+                   distill_seconds: float, extra: dict[str, Any] | None = None,
+                   shared: SharedEvaluations | None = None) -> RunResult:
     """Everything after distillation (steps 10-11): perturbations, evaluations, metrics and records."""
     rc, checkpoint, teacher, student = run.rc, run.checkpoint, run.teacher, run.student
     c = rc.config
@@ -769,8 +837,8 @@ def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_a
     models = {"teacher": teacher, "student": student}
     perturb_rows = run.perturb_rows + apply_perturbations("after_student_training", rc, models, device, run_id)
     snaps["student_final"] = snapshot(student)
-    final_acc, final_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize)
-    final_aux = aux_mse_on_noise(student, teacher, rc, device, "student_final")
+    final_acc, final_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize, shared)
+    final_aux = aux_mse_on_noise(student, teacher, rc, device, "student_final", shared)
     print(f"[eval] student final acc {final_acc:.6f} class CE {final_loss:.6f} aux MSE {final_aux:.8f}", flush=True)
     check_student_finite(rc, train_aux, final_aux)
 
