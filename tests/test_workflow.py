@@ -176,6 +176,31 @@ def test_longest_batch_jobs_start_first(workdir):
     assert out.count("--stack-layers off") == len(jobs)
 
 
+def test_a_stack_that_fits_in_a_job_is_never_split(real_mnist, workdir):
+    """Batch jobs hold whole stacks (here each seed's 4 runs) while one fits in batch.max_tflop, so no job
+    repeats another's noise draws and teacher passes and equal seeds make equal jobs; a stack larger than
+    the budget is cut."""
+    from sublearn import batch
+    from sublearn.config import config_from_flags, resolve
+
+    cfg = base_config(real_mnist, {"fig2": fig2_block()}, seeds=(0, 1, 2))
+    runs = []
+    for m in (3, 10):
+        for init in INIT_LABELS.values():
+            rc = resolve(config_from_flags({**cfg["defaults"], "teacher_init": "A,A,A,A", "m": m,
+                                            "student_init": init, "seed": 0}))
+            runs.append(batch.SheetRun(rc.run_key(), Path(f"{m}{init}"), rc, {}))
+    stack = batch.stack_flops(runs, "mnist")
+    # 1.5 stacks per job: 3 jobs of one seed (cutting by FLOPs alone makes jobs of 5, 5 and 2 runs); 2.5:
+    # two seeds and one; 0.6: each seed's stack cut in two
+    for budget, sizes in ((1.5, [4, 4, 4]), (2.5, [4, 8]), (3.2, [12]), (0.6, [2, 2, 2, 2, 2, 2])):
+        cfg["batch"] = {"max_tflop": budget * stack / 1e12}
+        write_config(workdir, cfg)
+        out = ok(smk(workdir, "--dry-run", "all"))
+        outputs = re.findall(r"rule batch_\w+:.*?output: ([^\n]*)", out, re.S)
+        assert sorted(line.count("runs.csv") for line in outputs) == sizes, budget
+
+
 def test_quick_preset_replaces_the_paper_grids(workdir):
     """--configfile config/quick.yaml over config/config.yaml: every figure, small grids, 2 seeds; without
     MNIST in data_dir (a fresh clone offline) it plans synthetic MNIST too, and downloads nothing."""

@@ -377,7 +377,7 @@ def runs_table(cfg):
 def plan_batches(unique_runs, cfg):
     """Runs -> batch jobs: runs of one dataset requested by the same figures, ordered so that runs sharing
     a stack (teacher and noise stream) sit together, cut into chunks of at most `batch.max_tflop` estimated
-    FLOPs and `batch.max_runs` runs. Chunks are cut over all runs, finished or not, and named by the hash
+    FLOPs and `batch.max_runs` runs, a stack that fits in a chunk never split across two. Chunks are cut over all runs, finished or not, and named by the hash
     of their run keys, so a chunk's name does not change while other jobs finish (a cluster job re-reads
     this plan when it starts); a chunk's job computes only its unfinished runs, and a chunk with none has
     no job."""
@@ -400,6 +400,14 @@ def plan_batches(unique_runs, cfg):
     ordered = sorted(unique_runs, key=lambda r: (group(r), shape_of[stack_of[r["run_key"]]], stack_of[r["run_key"]],
                                                  trajectory_of[r["run_key"]], -cost_of[r["run_key"]]["student"],
                                                  r["run_key"]))
+    # a stack that fits in a job is not split: a job of whole stacks shares every noise draw and teacher
+    # pass, and equal stacks (fig2's seeds) make equal jobs, which share the cores evenly to the end
+    members = {}
+    for run in ordered:
+        members.setdefault((group(run), stack_of[run["run_key"]]), []).append(
+            runner_batch.SheetRun(run["run_key"], Path(run["run_dir"]), run["rc"], {}))
+    whole = {where: runner_batch.stack_flops(runs, where[0][1]) for where, runs in members.items()}
+    budget = settings["max_tflop"] * 1e12
     chunks, current, flops, last_stack, last_trajectory = [], [], 0.0, None, None
     heads = {}  # (stack, teacher aux head) -> its targets' FLOPs counted in the current chunk
     for run in ordered:
@@ -409,8 +417,10 @@ def plan_batches(unique_runs, cfg):
         student = cost["student"] if (stack_of[key], trajectory_of[key]) != (last_stack, last_trajectory) else 0.0
         extra = student + cost["evaluation"] + (cost["teacher_body"] if stack_of[key] != last_stack else 0.0)
         extra += max(0.0, cost["teacher_head"] - heads.get(head, 0.0))
+        new_stack = not current or (group(current[-1]), last_stack) != (group(run), stack_of[key])
+        needed = max(extra, whole[(group(run), stack_of[key])]) if new_stack else extra
         if current and (group(current[-1]) != group(run) or len(current) >= settings["max_runs"]
-                        or flops + extra > settings["max_tflop"] * 1e12):
+                        or flops + needed > budget):
             chunks.append(current)
             current, flops, heads = [], 0.0, {}
             extra = cost["student"] + cost["evaluation"] + cost["teacher_body"] + cost["teacher_head"]
