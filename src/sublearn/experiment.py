@@ -206,10 +206,12 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
     return order.split(batch_size)
 
 
-def epoch_mean(losses: list[torch.Tensor]) -> float:
-    """Mean of an epoch's batch losses, summed as Python floats in order like the reference's running sum
-    (one device sync per epoch instead of one per batch)."""
-    return sum(torch.stack(losses).tolist()) / len(losses) if losses else float("nan")
+def epoch_mean(losses: list[torch.Tensor] | torch.Tensor) -> float:
+    """Mean of an epoch's batch losses (scalars, or one tensor of them), summed as Python floats in order like
+    the reference's running sum (one device sync per epoch instead of one per batch)."""
+    if isinstance(losses, list):
+        losses = torch.stack(losses) if losses else torch.empty(0)
+    return sum(losses.tolist()) / len(losses) if len(losses) else float("nan")
 
 
 def train_teacher(model: SplitHeadModel, data: Dataset, rc: ResolvedConfig, device: torch.device) -> float:
@@ -537,7 +539,9 @@ class _Distilling:
     per_epoch: int
     followers: list[tuple[StudentRun, int, int]]  # (run, steps, steps per epoch), fewest steps first
     keep: int  # losses kept: the longest epoch of any member
-    losses: list = field(default_factory=list)  # the latest steps' losses, enough for any member's last epoch
+    # the latest ``keep`` steps' losses, enough for any member's last epoch, in one ring buffer: kept as a list
+    # of per-step scalars they pinned the allocator's heap between steps (a job grew ~4 MB per kept step)
+    losses: torch.Tensor | None = None
     last: float = float("nan")
     seconds: float = 0.0
     stacked: StackedStudents | None = None
@@ -753,10 +757,11 @@ def _heads_in_use(units: list[list[_Distilling]]) -> dict[int, set[int]]:
 def record_step(d: _Distilling, step: int, loss: torch.Tensor,
                 on_done: Callable[[StudentRun, float, float], None]) -> None:
     """Keep a trajectory's loss, report its epochs, and finish the followers whose steps are done."""
-    d.losses.append(loss)
-    del d.losses[:-d.keep]
+    if d.losses is None:
+        d.losses = torch.empty(d.keep, dtype=loss.dtype, device=loss.device)
+    d.losses[(step - 1) % d.keep] = loss
     if step % d.per_epoch == 0:
-        d.last = epoch_mean(d.losses[-d.per_epoch:])
+        d.last = latest_mean(d, step, d.per_epoch)
         c = d.run.rc.config
         print(f"[student] {d.run.run_id} epoch {step // d.per_epoch}/{c.student_epochs} aux MSE "
               f"{d.last:.8f}", flush=True)
@@ -764,9 +769,15 @@ def record_step(d: _Distilling, step: int, loss: torch.Tensor,
         follower, _, per_epoch = d.followers.pop(0)
         d.sync()
         take_trajectory_weights(follower.student, d.run.student)
+        last = latest_mean(d, step, per_epoch)
         print(f"[student] {follower.run_id}: the first {step} steps of {d.run.run_id}, last epoch aux MSE "
-              f"{epoch_mean(d.losses[-per_epoch:]):.8f}", flush=True)
-        on_done(follower, epoch_mean(d.losses[-per_epoch:]), d.seconds)
+              f"{last:.8f}", flush=True)
+        on_done(follower, last, d.seconds)
+
+
+def latest_mean(d: _Distilling, step: int, count: int) -> float:
+    """epoch_mean of a trajectory's losses of steps step - count + 1 .. step (in the ring buffer)."""
+    return epoch_mean(d.losses[torch.arange(step - count, step, device=d.losses.device) % d.keep])
 
 
 def take_trajectory_weights(follower: SplitHeadModel, leader: SplitHeadModel) -> None:
