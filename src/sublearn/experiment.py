@@ -206,11 +206,9 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
     return order.split(batch_size)
 
 
-def epoch_mean(losses: list[torch.Tensor] | torch.Tensor) -> float:
-    """Mean of an epoch's batch losses (scalars, or one tensor of them), summed as Python floats in order like
-    the reference's running sum (one device sync per epoch instead of one per batch)."""
-    if isinstance(losses, list):
-        losses = torch.stack(losses) if losses else torch.empty(0)
+def epoch_mean(losses: torch.Tensor) -> float:
+    """Mean of an epoch's batch losses, summed as Python floats in order like the reference's running sum
+    (one device sync per epoch instead of one per batch)."""
     return sum(losses.tolist()) / len(losses) if len(losses) else float("nan")
 
 
@@ -224,14 +222,15 @@ def train_teacher(model: SplitHeadModel, data: Dataset, rc: ResolvedConfig, devi
     model.train()
     last_epoch_loss = float("nan")
     for epoch in range(c.teacher_epochs):
-        losses = []
-        for index in shuffled_batches(data.train_x.shape[0], c.data_bsize, generator):
+        batches = shuffled_batches(data.train_x.shape[0], c.data_bsize, generator)
+        losses = torch.empty(len(batches), device=device)  # one tensor: see _Distilling.losses
+        for i, index in enumerate(batches):
             index = index.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model.class_logits(data.train_x[index]), data.train_y[index])
             loss.backward()
             optimizer.step()
-            losses.append(loss.detach())
+            losses[i] = loss.detach()
         last_epoch_loss = epoch_mean(losses)
         print(f"[teacher] epoch {epoch + 1}/{c.teacher_epochs} class CE {last_epoch_loss:.6f}", flush=True)
         if not math.isfinite(last_epoch_loss):
