@@ -505,3 +505,114 @@ def test_diverged_training_writes_no_result(tiny_data, tiny_cache, tmp_path, cap
     err = capsys.readouterr().err
     assert rcs["bad"].run_key() in err and "1 of 2 runs diverged" in err
     assert (dirs["ok"] / "runs.csv").exists() and not (dirs["bad"] / "runs.csv").exists()
+
+
+# teachers of one sheet: a stack of three seeds, and teachers that differ in what a stack must share
+TEACHERS = {
+    "seed0": ([], 0), "seed1": ([], 1), "seed2": ([], 2),
+    "classes4": (["--class-count", "4"], 0),  # fewer training images: other steps per epoch
+    "cnn": (["--teacher-type", "cnn", "--teacher-hidden-dims", "8"], 0),
+    "frozen_fc1": (["--teacher-trainable", "fc1:false"], 1),
+    "two_epochs_lr": (["--teacher-epochs", "2", "--teacher-lr", "0.003"], 2),
+    # the teacher perturbation is the second: its random stream depends on that index
+    "perturbed": (["--perturb", "student:fc1,std=0.2,timing=before_teacher_training",
+                   "--perturb", "teacher:fc2+aux_head,std=0.1,timing=before_teacher_training"], 1),
+}
+
+
+def teacher_sheet(path: Path, rcs: dict, root: Path) -> dict:
+    from sublearn.config import resolve, teacher_config
+
+    outs = {}
+    with open(path, "w") as handle:
+        for name, rc in rcs.items():
+            trc = resolve(teacher_config(rc))
+            assert trc.teacher_key() == rc.teacher_key()  # the canonical config trains this run's teacher
+            outs[name] = root / f"{rc.teacher_key()}.pt"
+            handle.write(batch.teacher_record(rc.teacher_key(), str(outs[name]), sheet_settings(trc.config)) + "\n")
+    return outs
+
+
+@pytest.mark.parametrize("stack_layers", ["off", "on"], ids=["per_member", "stacked_layers"])
+def test_teachers_in_lockstep_equal_lone_teachers_bit_for_bit(stack_layers, tiny_data, tiny_cache, tmp_path, capsys):
+    """`sublearn teachers` trains a sheet's teachers side by side, each on its own data order, and writes
+    each exactly as `sublearn teacher` does alone; with stacked layers (the CUDA default; here on the CPU)
+    the three seeds and the perturbed teacher share batched matmuls, bit for bit where this CPU's batched matmuls are exact."""
+    rcs = {name: resolved(tiny_data, tiny_cache, extra, seed) for name, (extra, seed) in TEACHERS.items()}
+    sheet = tmp_path / "teachers.jsonl"
+    outs = teacher_sheet(sheet, rcs, tmp_path / "set")
+    argv = ["teachers", "--sheet", str(sheet), "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache),
+            "--device", "cpu", "--threads", "1", "--stack-layers", stack_layers]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert ("[stack] 4 teachers in stacked layers" in out) == (stack_layers == "on")
+    assert f"{len(rcs)} teachers, 0 already trained, {len(rcs)} to train" in out
+    for name, (extra, seed) in TEACHERS.items():  # each alone, from the run's own flags
+        assert main(["teacher", "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache), "--device", "cpu",
+                     "--threads", "1", *SMALL, *extra, "--seed", str(seed),
+                     "--teacher-out", str(tmp_path / "alone" / outs[name].name)]) == 0
+    exact = stack_layers == "off" or batched_matmul_is_exact()
+    for name, rc in rcs.items():
+        together = torch.load(outs[name], weights_only=True)
+        alone = torch.load(tmp_path / "alone" / outs[name].name, weights_only=True)
+        assert together["teacher_key"] == alone["teacher_key"] == rc.teacher_key()
+        for k, tensor in alone["trained_body"].items():
+            same = torch.equal(tensor, together["trained_body"][k]) if exact else torch.allclose(
+                tensor, together["trained_body"][k], rtol=1e-4, atol=1e-6)
+            assert same, (name, k)
+        assert all(torch.equal(v, together["initial_body"][k]) for k, v in alone["initial_body"].items())
+        assert all(same_value(alone["metrics"][k], together["metrics"][k], exact) for k in alone["metrics"]), name
+        summary = json.loads(outs[name].with_suffix(".json").read_text())
+        assert summary["teacher_key"] == rc.teacher_key() and "trained_body" not in summary
+    # a run distils from its set-trained teacher exactly as from its own (the perturbed run included)
+    from sublearn import data as datasets
+    from sublearn.experiment import student_stage
+
+    rc = rcs["perturbed"]
+    cache, _ = datasets.ensure_cache("mnist", "balanced", str(tiny_data), str(tiny_cache))
+    test_data = datasets.load(cache, "mnist", "balanced", None, torch.device("cpu"), with_train=False)
+    from_set = student_stage(rc, test_data, torch.device("cpu"), torch.load(outs["perturbed"], weights_only=True))
+    from_alone = student_stage(rc, test_data, torch.device("cpu"),
+                               torch.load(tmp_path / "alone" / outs["perturbed"].name, weights_only=True))
+    assert all(same_value(from_set.run_row[k], from_alone.run_row[k], exact) for k in COMPARED)
+    # rerun: every teacher is trained; delete one and only that one is trained again
+    assert main(argv) == 0 and f"{len(rcs)} already trained, 0 to train" in capsys.readouterr().out
+    outs["cnn"].with_suffix(".json").unlink()
+    stamp = outs["seed1"].stat().st_mtime_ns
+    assert main(argv) == 0 and f"{len(rcs) - 1} already trained, 1 to train" in capsys.readouterr().out
+    assert outs["cnn"].with_suffix(".json").exists() and outs["seed1"].stat().st_mtime_ns == stamp
+
+
+BAD_TEACHER_SHEETS = [
+    (lambda r: {**r, "settings": {**r["settings"], "teacher_lr": "fast"}}, "setting teacher_lr: invalid value"),
+    (lambda r: {**r, "id": "0123456789abcdef"}, "the id does not match the settings (their teacher key is"),
+    (lambda r: {**r, "out": r["out"][:-3] + ".json"}, "out: invalid value"),
+    (lambda r: {k: v for k, v in r.items() if k != "out"}, "expected an object with id, out, settings"),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "message"), BAD_TEACHER_SHEETS)
+def test_bad_teacher_sheet_is_refused_before_any_training(corrupt, message, tiny_data, tiny_cache, tmp_path, capsys):
+    rcs = {"good": resolved(tiny_data, tiny_cache, []), "bad": resolved(tiny_data, tiny_cache, [], seed=1)}
+    sheet = tmp_path / "teachers.jsonl"
+    outs = teacher_sheet(sheet, rcs, tmp_path / "set")
+    good, bad = sheet.read_text().splitlines()
+    sheet.write_text(good + "\n" + json.dumps(corrupt(json.loads(bad))) + "\n")
+    code = main(["teachers", "--sheet", str(sheet), "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "line 2" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not outs["good"].exists()
+
+
+def test_a_diverged_teacher_fails_its_job_and_the_others_are_written(tiny_data, tiny_cache, tmp_path, capsys):
+    rcs = {"ok": resolved(tiny_data, tiny_cache, []), "bad": resolved(tiny_data, tiny_cache, ["--teacher-lr", "1e30"])}
+    sheet = tmp_path / "teachers.jsonl"
+    outs = teacher_sheet(sheet, rcs, tmp_path / "set")
+    assert main(["teachers", "--sheet", str(sheet), "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache),
+                 "--device", "cpu", "--stack-layers", "on"]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 2 teachers diverged" in err and rcs["bad"].teacher_key() in err and "1e+30" in err
+    assert outs["ok"].with_suffix(".json").exists() and not outs["bad"].exists()
+    assert not outs["bad"].with_suffix(".json").exists()

@@ -57,13 +57,13 @@ def sheet_record(run_id: str, run_dir: str, settings: dict[str, Any], coords: di
     return json.dumps({"id": run_id, "run_dir": run_dir, "settings": settings, "coords": coords}, sort_keys=True)
 
 
-def read_sheet(path: str | Path) -> list[SheetRun]:
-    """Parse and validate every run of a sheet; the first bad run stops everything, before any training."""
+def _sheet_records(path: str | Path, fields: set[str], optional: set[str], what: str):
+    """(where, record, id) of every line of a sheet; a line that is not an object of ``fields`` (and maybe
+    ``optional``) or repeats an id stops everything."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise UsageError(f"--sheet: invalid value {str(path)!r}; cannot read it ({exc.strerror})") from None
-    runs: list[SheetRun] = []
     seen: set[str] = set()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -73,21 +73,92 @@ def read_sheet(path: str | Path) -> list[SheetRun]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UsageError(f"{where}: not a JSON object ({exc.msg})") from None
-        if not isinstance(record, dict) or set(record) - {"id", "run_dir", "settings", "coords"} \
-                or not {"id", "run_dir", "settings"} <= set(record):
-            raise UsageError(f"{where}: expected an object with id, run_dir, settings and optional coords")
-        run_id = str(record["id"])
-        where = f"{where}, run {run_id}"
-        if run_id in seen:
-            raise UsageError(f"{where}: the run id appears twice")
-        seen.add(run_id)
+        if not isinstance(record, dict) or set(record) - fields - optional or not fields <= set(record):
+            extra = f" and optional {', '.join(sorted(optional))}" if optional else ""
+            raise UsageError(f"{where}: expected an object with {', '.join(sorted(fields))}{extra}")
+        record_id = str(record["id"])
+        where = f"{where}, {what} {record_id}"
+        if record_id in seen:
+            raise UsageError(f"{where}: the {what} id appears twice")
+        seen.add(record_id)
+        yield where, record, record_id
+    if not seen:
+        raise UsageError(f"--sheet: invalid value {str(path)!r}; it holds no {what}s")
+
+
+def read_sheet(path: str | Path) -> list[SheetRun]:
+    """Parse and validate every run of a sheet; the first bad run stops everything, before any training."""
+    runs: list[SheetRun] = []
+    for where, record, run_id in _sheet_records(path, {"id", "run_dir", "settings"}, {"coords"}, "run"):
         rc = resolve_in(config_from_settings(record["settings"], where), where)
         if rc.run_key() != run_id:
             raise UsageError(f"{where}: the id does not match the settings (their run key is {rc.run_key()})")
         runs.append(SheetRun(run_id, Path(record["run_dir"]), rc, record.get("coords") or {}))
-    if not runs:
-        raise UsageError(f"--sheet: invalid value {str(path)!r}; it holds no runs")
     return runs
+
+
+@dataclass
+class SheetTeacher:
+    id: str  # its teacher key
+    out: Path  # its checkpoint (.pt); the .json summary goes beside it
+    rc: ResolvedConfig
+
+
+def teacher_record(teacher_key: str, out: str, settings: dict[str, Any]) -> str:
+    return json.dumps({"id": teacher_key, "out": out, "settings": settings}, sort_keys=True)
+
+
+def read_teacher_sheet(path: str | Path) -> list[SheetTeacher]:
+    """A teacher sheet (JSON Lines: id = teacher key, out = checkpoint path, settings), validated whole
+    before any training."""
+    teachers: list[SheetTeacher] = []
+    for where, record, key in _sheet_records(path, {"id", "out", "settings"}, set(), "teacher"):
+        rc = resolve_in(config_from_settings(record["settings"], where), where)
+        if rc.teacher_key() != key:
+            raise UsageError(f"{where}: the id does not match the settings (their teacher key is "
+                             f"{rc.teacher_key()})")
+        if not str(record["out"]).endswith(".pt"):
+            raise UsageError(f"{where}: out: invalid value {record['out']!r}; expected a checkpoint path ending in .pt")
+        teachers.append(SheetTeacher(key, Path(record["out"]), rc))
+    return teachers
+
+
+def train_teacher_sheet(teachers: list[SheetTeacher], device, caches: dict[tuple, tuple[Path, str]], data_dir: str,
+                        cache_dir: str, stack_layers: bool | None = None) -> None:
+    """Train teachers in lockstep (``experiment.train_teachers``), each written as soon as it is done, exactly
+    as `sublearn teacher --teacher-out` writes it. caches: (dataset, split) -> (prepared cache, identity)."""
+    from . import data as datasets
+    from .experiment import finish_teacher, prepare_teacher, train_teachers
+    from .outputs import write_teacher
+
+    loaded: dict[tuple, Any] = {}
+    runs, out_of = [], {}
+    for teacher in teachers:
+        c = teacher.rc.config
+        c.data_dir, c.cache_dir = str(data_dir), str(cache_dir)
+        data_key = (c.dataset, c.emnist_split, c.class_count)
+        if data_key not in loaded:
+            loaded[data_key] = datasets.load(caches[(c.dataset, c.emnist_split)][0], *data_key, device)
+        run = prepare_teacher(teacher.rc, loaded[data_key], device)
+        out_of[id(run)] = teacher.out
+        runs.append(run)
+    failures: list[str] = []
+
+    def done(run) -> None:
+        out = out_of[id(run)]
+        checkpoint = finish_teacher(run, device)
+        write_teacher(checkpoint, run.rc.config.to_dict(), out)
+        print(f"[done] teacher {checkpoint['teacher_key']} seed {run.rc.config.seed} acc {run.init_acc:.4f}->"
+              f"{checkpoint['metrics']['teacher_final_acc']:.4f} -> {out}", flush=True)
+        run.model = None  # free its weights now
+
+    def failed(run, error: Diverged) -> None:  # the others go on; the job fails at the end, naming it
+        print(f"[failed] teacher {run.rc.teacher_key()}: {error}", flush=True)
+        failures.append(f"teacher {run.rc.teacher_key()}: {error}")
+
+    train_teachers(runs, device, done, failed, stack_layers)
+    if failures:
+        raise Diverged(f"{len(failures)} of {len(runs)} teachers diverged and were not written: " + "; ".join(failures))
 
 
 def resolve_in(config, where: str) -> ResolvedConfig:

@@ -138,6 +138,15 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
                            "include_bias, distribution; applied before the --perturb entries")
 
 
+def add_job_flags(p: argparse.ArgumentParser) -> None:
+    """Where a sheet's job finds its data and what it runs on."""
+    p.add_argument("--data-dir", default="./data", help="torchvision dataset folder (default: %(default)s)")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="prepared dataset tensors (default: %(default)s)")
+    p.add_argument("--cache-only", action="store_true", help=CACHE_ONLY_HELP)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--threads", type=_integer, default=None, help="torch intra-op CPU threads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="sublearn", description="Subliminal-learning teacher/student experiments.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -165,11 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "exactly as `sublearn student --run-dir` writes it.")
     batch.add_argument("--sheet", required=True, help="the run sheet (.jsonl)")
     batch.add_argument("--teacher-dir", required=True, help="folder of teacher checkpoints named TEACHER_KEY.pt")
-    batch.add_argument("--data-dir", default="./data", help="torchvision dataset folder (default: %(default)s)")
-    batch.add_argument("--cache-dir", default=DEFAULT_CACHE, help="prepared dataset tensors (default: %(default)s)")
-    batch.add_argument("--cache-only", action="store_true", help=CACHE_ONLY_HELP)
-    batch.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    batch.add_argument("--threads", type=_integer, default=None, help="torch intra-op CPU threads")
+    add_job_flags(batch)
     batch.add_argument("--max-memory-mb", type=_number, default=None,
                        help="split stacks (and, with stacked layers, group stacks in lockstep) so that the "
                             "students distilled side by side fit this estimate")
@@ -180,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--plan", action="store_true", help="print the stacks and their estimated cost; compute nothing")
     batch.add_argument("--gflops", type=_number, default=100.0,
                        help="sustained GFLOP/s of the device for --plan's time estimate (default: %(default)s)")
+    teachers = sub.add_parser("teachers", help="train the teachers of a teacher sheet in lockstep",
+                              description="Train every untrained teacher of a teacher sheet (JSON Lines: id = "
+                                          "teacher key, out = checkpoint .pt, settings) in one process, side by "
+                                          "side, each on its own data order; each is written as soon as it is "
+                                          "done, exactly as `sublearn teacher --teacher-out` writes it.")
+    teachers.add_argument("--sheet", required=True, help="the teacher sheet (.jsonl)")
+    add_job_flags(teachers)
+    teachers.add_argument("--stack-layers", default="auto", choices=("auto", "on", "off"),
+                          help="train MLP teachers of equal shape, learning rate, batch size and epochs (any seed) "
+                               "with batched matmuls, one per layer and step (auto: on CUDA) (default: %(default)s)")
     prep = sub.add_parser("prepare-data", help="download/parse a dataset once and cache its tensors",
                           description="Read a dataset with torchvision (downloading it when absent) and cache it.")
     prep.add_argument("--dataset", type=_lower, default="mnist", choices=DATASETS)
@@ -322,25 +337,14 @@ def cmd_run(args) -> None:
 
 
 def cmd_teacher(args) -> None:
-    import json
-
     from .experiment import train_teacher_stage
-    from .outputs import atomic_torch_save, atomic_write_text, jsonable
+    from .outputs import write_teacher
 
     rc, device = _setup(args)
     data = _prepare_data(rc, device, args.cache_only)
     checkpoint = train_teacher_stage(rc, data, device)
-    out = Path(args.teacher_out)
-    summary = {k: v for k, v in checkpoint.items() if k not in ("initial_body", "trained_body")}
-    summary["effective_config"] = rc.config.to_dict()
-    # the checkpoint first, then its summary: a failed write leaves neither (never a .json without its .pt)
-    atomic_torch_save(checkpoint, out)
-    try:
-        atomic_write_text(out.with_suffix(".json"), json.dumps(jsonable(summary), sort_keys=True, indent=1))
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
-    print(f"[teacher] {out} (key {checkpoint['teacher_key']})", flush=True)
+    write_teacher(checkpoint, rc.config.to_dict(), Path(args.teacher_out))
+    print(f"[teacher] {args.teacher_out} (key {checkpoint['teacher_key']})", flush=True)
 
 
 def cmd_student(args) -> None:
@@ -418,12 +422,41 @@ def cmd_batch(args) -> None:
           f"largest lockstep set estimated at {largest:.0f} MB of students", flush=True)
 
 
+def cmd_teachers(args) -> None:
+    from . import batch
+    from .outputs import recorded_teacher
+
+    teachers = batch.read_teacher_sheet(args.sheet)
+    _require_positive(args.threads, "--threads")
+    for teacher in teachers:
+        _check_writable(teacher.out, f"teacher {teacher.id}: out", is_file=True)
+    from . import data
+
+    _check_writable(args.cache_dir, "--cache-dir")
+    datasets = dict.fromkeys((t.rc.config.dataset, t.rc.config.emnist_split) for t in teachers)
+    caches = {k: data.ensure_cache(*k, args.data_dir, args.cache_dir, build=not args.cache_only) for k in datasets}
+    todo = [t for t in teachers if recorded_teacher(t.out) != (t.id, caches[(t.rc.config.dataset,
+                                                                               t.rc.config.emnist_split)][1])]
+    print(f"[teachers] {len(teachers)} teachers, {len(teachers) - len(todo)} already trained, {len(todo)} to train",
+          flush=True)
+    if not todo:
+        return
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _select_device(args.device)
+    batch.train_teacher_sheet(todo, device, caches, args.data_dir, args.cache_dir,
+                              {"auto": None, "on": True, "off": False}[args.stack_layers])
+
+
 def _require_positive(value, flag: str) -> None:
     if value is not None and not value > 0:
         raise bad_value(flag, value, "must be a number > 0")
 
 
-COMMANDS = {"run": cmd_run, "batch": cmd_batch, "teacher": cmd_teacher, "student": cmd_student,
+COMMANDS = {"run": cmd_run, "batch": cmd_batch, "teacher": cmd_teacher, "teachers": cmd_teachers,
+            "student": cmd_student,
             "prepare-data": cmd_prepare_data}
 
 

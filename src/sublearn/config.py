@@ -578,6 +578,33 @@ class ResolvedConfig:
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def teacher_config(rc: ResolvedConfig) -> ExperimentConfig:
+    """The canonical settings of a run's teacher: its teacher settings, everything else at the defaults, so
+    that every run with the same teacher key gives the same config (a teacher job's identity, which adding
+    a run never changes). Perturbations keep their positions (a perturbation's random stream depends on its
+    index): those that shape the trained teacher are kept, earlier others become no-op placeholders."""
+    c, plan = rc.config, rc.teacher
+    body = [n for n in plan.layer_names if n != "aux_head"]
+    relevant = [p["target"] == "teacher" and p["timing"] == "before_teacher_training" for p in rc.perturbations]
+    last = max((i for i, keep in enumerate(relevant) if keep), default=-1)
+    specs: list[dict[str, Any]] = []
+    for p, keep in zip(rc.perturbations[: last + 1], relevant[: last + 1], strict=True):
+        if keep:
+            specs.append({"target": "teacher", "layers": [n for n in p["layers"] if n != "aux_head"] or ["aux_head"],
+                          "std": p["std"], "timing": "before_teacher_training",
+                          "include_weight": p["include_weight"], "include_bias": p["include_bias"]})
+        else:
+            specs.append({"target": "student", "layers": "all", "std": 0.0})
+    return ExperimentConfig(
+        dataset=c.dataset, emnist_split=c.emnist_split, class_count=c.class_count, seed=c.seed,
+        teacher_type=plan.model_type, teacher_hidden_dims=list(plan.hidden_dims),
+        teacher_arch_spec=plan.feature_spec if plan.model_type == "cnn" else None,
+        teacher_init=",".join(f"{n}:{plan.init[n]}" for n in body),
+        teacher_trainable=",".join(f"{n}:{str(plan.trainable[n]).lower()}" for n in body),
+        teacher_epochs=c.teacher_epochs, data_bsize=c.data_bsize, teacher_lr=float(c.teacher_lr),
+        perturb_specs=specs)
+
+
 def distillation_perturbation(spec: dict[str, Any]) -> dict[str, Any] | None:
     """The part of a perturbation that can change a distillation (its aux targets or the student's aux
     path), or None. Each layer draws from its own seed (spec index, timing, target, layer), so dropping

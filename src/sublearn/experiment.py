@@ -212,33 +212,6 @@ def epoch_mean(losses: torch.Tensor) -> float:
     return sum(losses.tolist()) / len(losses) if len(losses) else float("nan")
 
 
-def train_teacher(model: SplitHeadModel, data: Dataset, rc: ResolvedConfig, device: torch.device) -> float:
-    c = rc.config
-    set_seed(derived_seed(c.seed, "teacher_training"))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adam(params, c.teacher_lr, device)
-    generator = torch.Generator()
-    generator.manual_seed(derived_seed(c.seed, "dataloader_shuffle"))
-    model.train()
-    last_epoch_loss = float("nan")
-    for epoch in range(c.teacher_epochs):
-        batches = shuffled_batches(data.train_x.shape[0], c.data_bsize, generator)
-        losses = torch.empty(len(batches), device=device)  # one tensor: see _Distilling.losses
-        for i, index in enumerate(batches):
-            index = index.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model.class_logits(data.train_x[index]), data.train_y[index])
-            loss.backward()
-            optimizer.step()
-            losses[i] = loss.detach()
-        last_epoch_loss = epoch_mean(losses)
-        print(f"[teacher] epoch {epoch + 1}/{c.teacher_epochs} class CE {last_epoch_loss:.6f}", flush=True)
-        if not math.isfinite(last_epoch_loss):
-            raise Diverged(f"teacher training diverged: class cross-entropy {last_epoch_loss} in epoch {epoch + 1} "
-                           f"(teacher_lr {c.teacher_lr:g}); no result was written")
-    return last_epoch_loss
-
-
 def eval_noise(rc: ResolvedConfig, device: torch.device, moment: str) -> list[torch.Tensor]:
     c = rc.config
     with forked_rng(device):
@@ -443,40 +416,171 @@ def _body(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in state.items() if not k.startswith("aux_head.")}
 
 
-def train_teacher_stage(rc: ResolvedConfig, data: Dataset, device: torch.device) -> dict[str, Any]:
-    """Train the teacher; the checkpoint holds its body (every layer but aux_head) before and after."""
+@dataclass
+class TeacherRun:
+    """A teacher between its stages: built, perturbed and evaluated, then trained (alone or in lockstep)."""
+
+    rc: ResolvedConfig
+    data: Dataset
+    model: SplitHeadModel
+    started: float
+    initial_body: dict[str, torch.Tensor]
+    init_acc: float
+    init_loss: float
+    optimizer: Any = None  # its own, or None in a StackedMLP, whose optimizer steps every member at once
+    generator: torch.Generator | None = None  # its data order (DataLoader shuffle)
+    batches: tuple = ()  # this epoch's index batches
+    losses: torch.Tensor | None = None  # this epoch's batch losses, in one tensor (see _Distilling.losses)
+    epoch: int = 0  # epochs done
+    step: int = 0  # steps done in this epoch
+    last: float = float("nan")
+    train_seconds: float = 0.0
+    stacked: StackedMLP | None = None
+    index: int = 0  # its place in ``stacked``
+    failed: bool = False
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.data.train_x.shape[0] / self.rc.config.data_bsize)
+
+
+def prepare_teacher(rc: ResolvedConfig, data: Dataset, device: torch.device) -> TeacherRun:
+    """Build the teacher (reference order: seed, construction, perturbations), keep its initial body and
+    evaluate it; then seed its training, make its optimizer and its data-order generator."""
     c = rc.config
     started = time.time()
     set_seed(derived_seed(c.seed, "experiment_start"))
-    teacher = build_model(rc.teacher, c.m, rc.num_classes, c.seed, device)
-    apply_perturbations("before_teacher_training", rc, {"teacher": teacher}, device, run_id="")
-    initial_body = _body(teacher.state_dict())
-    init_acc, init_loss = evaluate_class(teacher, data.test_x, data.test_y, c.data_bsize)
+    model = build_model(rc.teacher, c.m, rc.num_classes, c.seed, device)
+    apply_perturbations("before_teacher_training", rc, {"teacher": model}, device, run_id="")
+    initial_body = _body(model.state_dict())
+    init_acc, init_loss = evaluate_class(model, data.test_x, data.test_y, c.data_bsize)
     print(f"[eval] teacher initial acc {init_acc:.6f} class CE {init_loss:.6f}", flush=True)
-    train_started = time.time()
-    train_loss = train_teacher(teacher, data, rc, device)
-    train_seconds = time.time() - train_started
-    final_acc, final_loss = evaluate_class(teacher, data.test_x, data.test_y, c.data_bsize)
+    run = TeacherRun(rc, data, model, started, initial_body, init_acc, init_loss)
+    set_seed(derived_seed(c.seed, "teacher_training"))  # training draws nothing from it; kept as the reference
+    run.generator = torch.Generator()
+    run.generator.manual_seed(derived_seed(c.seed, "dataloader_shuffle"))
+    model.train()
+    return run
+
+
+def train_teachers(runs: list[TeacherRun], device: torch.device, on_done: Callable[[TeacherRun], None],
+                   on_failed: Callable[[TeacherRun, Diverged], None], stack_layers: bool | None = None) -> None:
+    """Train prepared teachers in lockstep, each on its own data order, with exactly a lone teacher's
+    arithmetic; ``stack_layers`` (default: on CUDA only) trains MLP teachers of equal shape, learning rate,
+    batch size, steps per epoch and epochs as one StackedMLP. ``on_done(run)`` is called as soon as a
+    teacher's epochs are done; ``on_failed(run, error)`` when it diverges (the others go on)."""
+    groups: dict[Any, list[TeacherRun]] = {}
+    for run in runs:
+        c = run.rc.config
+        key = stacked_mlp_key(run.rc.teacher, c.teacher_lr, run.steps_per_epoch * c.teacher_epochs, c.data_bsize)
+        if not uses_stacked_layers(stack_layers, device) or key is None:
+            key = id(run)
+        key = (key, run.steps_per_epoch, run.data.train_x.shape[0])  # equal batch shapes in every step
+        groups.setdefault(key, []).append(run)
+    units = list(groups.values())
+    for unit in units:
+        if len(unit) > 1:
+            stacked = StackedMLP([r.model for r in unit], "class_head", unit[0].rc.config.teacher_lr, device)
+            for index, run in enumerate(unit):
+                run.stacked, run.index = stacked, index
+            print(f"[stack] {len(unit)} teachers in stacked layers", flush=True)
+        else:
+            run = unit[0]
+            run.optimizer = adam([p for p in run.model.parameters() if p.requires_grad], run.rc.config.teacher_lr,
+                                 device)
+    while units:
+        for unit in units:
+            _teacher_step(unit, device, on_done, on_failed)
+        units = [unit for unit in units if unit[0].epoch < unit[0].rc.config.teacher_epochs
+                 and not all(run.failed for run in unit)]
+
+
+def _teacher_step(unit: list[TeacherRun], device: torch.device, on_done: Callable[[TeacherRun], None],
+                  on_failed: Callable[[TeacherRun, Diverged], None]) -> None:
+    """One training step of a unit (a lone teacher or a StackedMLP's members); at an epoch's end its losses,
+    at the last epoch's end the finished teachers."""
+    lead = unit[0]
+    if lead.step == 0:
+        for run in unit:
+            run.batches = shuffled_batches(run.data.train_x.shape[0], run.rc.config.data_bsize, run.generator)
+            run.losses = torch.empty(len(run.batches), device=device)
+    started = time.perf_counter()
+    indices = [run.batches[lead.step].to(device) for run in unit]
+    xs = [run.data.train_x[index] for run, index in zip(unit, indices, strict=True)]
+    ys = [run.data.train_y[index] for run, index in zip(unit, indices, strict=True)]
+    if lead.stacked is None:
+        lead.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(lead.model.class_logits(xs[0]), ys[0])
+        loss.backward()
+        lead.optimizer.step()
+        losses = [loss.detach()]
+    else:
+        losses = lead.stacked.train_step(xs, F.cross_entropy, ys)
+    share = (time.perf_counter() - started) / len(unit)
+    for run, loss in zip(unit, losses, strict=True):
+        run.losses[run.step] = loss
+        run.train_seconds += share
+        run.step += 1
+    if lead.step < lead.steps_per_epoch:
+        return
+    for run in unit:
+        run.step = 0
+        run.epoch += 1
+        if not run.failed:
+            _end_teacher_epoch(run, on_failed)
+    if lead.epoch == lead.rc.config.teacher_epochs:
+        for run in unit:
+            if not run.failed:
+                if run.stacked is not None:
+                    run.stacked.write_back(run.index)
+                on_done(run)
+
+
+def _end_teacher_epoch(run: TeacherRun, on_failed: Callable[[TeacherRun, Diverged], None]) -> None:
+    c = run.rc.config
+    run.last = epoch_mean(run.losses)
+    print(f"[teacher] {run.rc.teacher_key()} epoch {run.epoch}/{c.teacher_epochs} class CE {run.last:.6f}", flush=True)
+    if not math.isfinite(run.last):
+        run.failed = True
+        on_failed(run, Diverged(f"teacher training diverged: class cross-entropy {run.last} in epoch {run.epoch} "
+                                f"(teacher_lr {c.teacher_lr:g}); no result was written"))
+
+
+def finish_teacher(run: TeacherRun, device: torch.device) -> dict[str, Any]:
+    """Evaluate a trained teacher; its checkpoint holds its body (every layer but aux_head) before and after."""
+    rc, data, teacher = run.rc, run.data, run.model
+    final_acc, final_loss = evaluate_class(teacher, data.test_x, data.test_y, rc.config.data_bsize)
     print(f"[eval] teacher final acc {final_acc:.6f} class CE {final_loss:.6f}", flush=True)
     return {
         "format": CHECKPOINT_FORMAT,
         "teacher_key": rc.teacher_key(),
         "teacher_settings": rc.teacher_settings(),
         "data_identity": data.identity,
-        "initial_body": initial_body,
+        "initial_body": run.initial_body,
         "trained_body": _body(teacher.state_dict()),
         "metrics": {
-            "teacher_init_acc": init_acc, "teacher_init_class_loss": init_loss,
+            "teacher_init_acc": run.init_acc, "teacher_init_class_loss": run.init_loss,
             "teacher_final_acc": final_acc, "teacher_final_class_loss": final_loss,
-            "teacher_train_loss_last": train_loss,
+            "teacher_train_loss_last": run.last,
         },
         "train_size": int(data.train_x.shape[0]),
         "test_size": int(data.test_x.shape[0]),
-        "runtime_seconds": time.time() - started,
-        "train_seconds": train_seconds,
+        "runtime_seconds": time.time() - run.started,
+        "train_seconds": run.train_seconds,
         "environment": environment(device),
         "timestamp": datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def train_teacher_stage(rc: ResolvedConfig, data: Dataset, device: torch.device) -> dict[str, Any]:
+    """Train one teacher; its checkpoint (see finish_teacher)."""
+    run = prepare_teacher(rc, data, device)
+
+    def failed(_, error: Diverged) -> None:
+        raise error
+
+    train_teachers([run], device, lambda _: None, failed)
+    return finish_teacher(run, device)
 
 
 def check_checkpoint(rc: ResolvedConfig, checkpoint: dict[str, Any], flag: str = "--teacher-checkpoint",
@@ -562,45 +666,36 @@ class _Distilling:
 
 
 def stacking_key(d: _Distilling) -> tuple | None:
-    """Trajectories with equal keys can train as one StackedStudents: MLP students of equal hidden widths,
-    hidden-layer trainability, learning rate, steps and noise batch size (their aux heads, seeds and noise
-    streams may differ). None: trains alone."""
-    plan = d.run.rc.student
-    if plan.model_type != "mlp":
-        return None
-    trainable = tuple(bool(plan.trainable[f"fc{i}"]) for i in range(1, len(plan.hidden_dims) + 1))
-    if not any(trainable):
-        return None
+    """Trajectories with equal keys can train as one StackedStudents (see stacked_mlp_key)."""
     c = d.run.rc.config
-    return tuple(plan.hidden_dims), trainable, c.student_lr, d.steps, c.noise_bsize
+    return stacked_mlp_key(d.run.rc.student, c.student_lr, d.steps, c.noise_bsize)
 
 
-class StackedStudents:
-    """MLP students trained side by side: each hidden layer's weights of all members as one [K, out, in]
-    tensor (one batched matmul per layer and step instead of K), each member's own aux head and loss,
-    one optimizer over all. Per member it is the arithmetic of a lone run: on CPU the batched matmuls give
-    the same bits as separate ones for this project's shapes where the BLAS does (tests check it), and on
-    CUDA, where it exists to fill the device with fewer and larger kernels, float tolerance applies."""
+class StackedMLP:
+    """MLPs of equal hidden widths trained side by side: each hidden layer's weights of all members as one
+    [K, out, in] tensor (one batched matmul per layer and step instead of K), each member's own head
+    (``head``: aux_head for a student, class_head for a teacher) and loss, one optimizer over all. Per
+    member it is the arithmetic of a lone run: on CPU the batched matmuls give the same bits as separate
+    ones for this project's shapes where the BLAS does (tests check it), and on CUDA, where it exists to
+    fill the device with fewer and larger kernels, float tolerance applies."""
 
-    def __init__(self, members: list[_Distilling], device: torch.device):
-        self.members = members
-        students = [d.run.student for d in members]
-        self.layers = [name for name, _, _ in students[0].steps]
+    def __init__(self, models: list[SplitHeadModel], head: str, lr: float, device: torch.device):
+        self.models, self.head = models, head
+        self.layers = [name for name, _, _ in models[0].steps]
         self.weights, self.biases = [], []
         for name in self.layers:
-            layer = getattr(students[0], name)
-            trainable = layer.weight.requires_grad
+            trainable = getattr(models[0], name).weight.requires_grad
             for tensors, kind in ((self.weights, "weight"), (self.biases, "bias")):
-                stacked = torch.stack([getattr(getattr(s, name), kind).detach() for s in students])
+                stacked = torch.stack([getattr(getattr(m, name), kind).detach() for m in models])
                 tensors.append(stacked.requires_grad_(trainable))
         params = [p for p in self.weights + self.biases if p.requires_grad]
-        params += [p for s in students for p in s.aux_head.parameters() if p.requires_grad]
-        self.optimizer = adam(params, members[0].run.rc.config.student_lr, device)
-        for index, d in enumerate(members):
-            d.stacked, d.index = self, index
+        params += [p for m in models for p in getattr(m, head).parameters() if p.requires_grad]
+        self.optimizer = adam(params, lr, device)
 
-    def train_step(self, xs: list[torch.Tensor], targets: list[torch.Tensor]) -> list[torch.Tensor]:
-        """One step of every member on its own noise batch (the same tensor for members of one stream)."""
+    def train_step(self, xs: list[torch.Tensor], loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   targets: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One step of every member on its own batch (the same tensor for members of one noise stream):
+        ``loss(member's head output, its target)``."""
         if all(x is xs[0] for x in xs):
             h = xs[0].reshape(xs[0].shape[0], -1).expand(len(xs), -1, -1)
         else:
@@ -608,19 +703,41 @@ class StackedStudents:
         for weight, bias in zip(self.weights, self.biases, strict=True):
             h = F.relu_(torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)))
         # unbind: one gradient stack in backward, where indexing would add K zero-padded [K, B, out] tensors
-        losses = [F.mse_loss(d.run.student.aux_head(hidden), target)
-                  for d, hidden, target in zip(self.members, h.unbind(0), targets, strict=True)]
+        losses = [loss(getattr(m, self.head)(hidden), target)
+                  for m, hidden, target in zip(self.models, h.unbind(0), targets, strict=True)]
         self.optimizer.zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()  # each member's loss gets gradient 1, as alone
         self.optimizer.step()
-        return [loss.detach() for loss in losses]
+        return [value.detach() for value in losses]
 
     @torch.no_grad()
     def write_back(self, index: int) -> None:
-        student = self.members[index].run.student
+        """Copy a member's hidden layers into its own model."""
+        model = self.models[index]
         for name, weight, bias in zip(self.layers, self.weights, self.biases, strict=True):
-            getattr(student, name).weight.copy_(weight[index])
-            getattr(student, name).bias.copy_(bias[index])
+            getattr(model, name).weight.copy_(weight[index])
+            getattr(model, name).bias.copy_(bias[index])
+
+
+def stacked_mlp_key(plan, lr: float, steps: int, batch_size: int) -> tuple | None:
+    """Models with equal keys can train as one StackedMLP: MLPs of equal hidden widths and hidden-layer
+    trainability, learning rate, steps and batch size. None: trains alone."""
+    if plan.model_type != "mlp":
+        return None
+    trainable = tuple(bool(plan.trainable[f"fc{i}"]) for i in range(1, len(plan.hidden_dims) + 1))
+    if not any(trainable):
+        return None
+    return tuple(plan.hidden_dims), trainable, lr, steps, batch_size
+
+
+class StackedStudents(StackedMLP):
+    """Distilling trajectories in one StackedMLP (their aux heads, seeds and noise streams may differ)."""
+
+    def __init__(self, members: list[_Distilling], device: torch.device):
+        super().__init__([d.run.student for d in members], "aux_head", members[0].run.rc.config.student_lr, device)
+        self.members = members
+        for index, d in enumerate(members):
+            d.stacked, d.index = self, index
 
 
 def uses_stacked_layers(stack_layers: bool | None, device: torch.device) -> bool:
@@ -730,7 +847,7 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
                 d = unit[0]
                 losses = [d.train_step(d.stream.x, d.stream.targets[d.head])]
             else:
-                losses = unit[0].stacked.train_step([d.stream.x for d in unit],
+                losses = unit[0].stacked.train_step([d.stream.x for d in unit], F.mse_loss,
                                                     [d.stream.targets[d.head] for d in unit])
             share = (time.perf_counter() - started) / len(unit)
             for d, loss in zip(unit, losses, strict=True):

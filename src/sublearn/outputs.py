@@ -150,3 +150,29 @@ def write_run_dir(run_dir: Path, result) -> Path:
     # runs.csv last: its presence marks a complete run
     atomic_write_text(run_dir / "runs.csv", _csv_text(list(result.run_row), [result.run_row]))
     return run_dir
+
+
+def write_teacher(checkpoint: dict[str, Any], effective_config: dict[str, Any], out: Path) -> None:
+    """A teacher's checkpoint, then its .json summary beside it (settings, metrics, provenance): a failed
+    write leaves neither (never a .json without its .pt), so a .json marks a finished teacher."""
+    summary = {k: v for k, v in checkpoint.items() if k not in ("initial_body", "trained_body")}
+    summary["effective_config"] = effective_config
+    atomic_torch_save(checkpoint, out)
+    try:
+        atomic_write_text(out.with_suffix(".json"), json.dumps(jsonable(summary), sort_keys=True, indent=1))
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def recorded_teacher(out: str | Path) -> tuple[str | None, str | None] | None:
+    """(teacher key, data identity) of a finished teacher (its .pt and its .json summary, written last), or
+    None. A teacher is finished when both equal its own key and its data's identity now."""
+    out = Path(out)
+    try:
+        summary = json.loads(out.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not out.is_file() or not isinstance(summary, dict):
+        return None
+    return summary.get("teacher_key"), summary.get("data_identity")
