@@ -537,7 +537,8 @@ def teacher_sheet(path: Path, rcs: dict, root: Path) -> dict:
 def test_teachers_in_lockstep_equal_lone_teachers_bit_for_bit(stack_layers, tiny_data, tiny_cache, tmp_path, capsys):
     """`sublearn teachers` trains a sheet's teachers side by side, each on its own data order, and writes
     each exactly as `sublearn teacher` does alone; with stacked layers (the CUDA default; here on the CPU)
-    the three seeds and the perturbed teacher share batched matmuls, bit for bit where this CPU's batched matmuls are exact."""
+    the three seeds and the perturbed teacher share batched matmuls, bit for bit where this CPU's batched
+    matmuls are exact."""
     rcs = {name: resolved(tiny_data, tiny_cache, extra, seed) for name, (extra, seed) in TEACHERS.items()}
     sheet = tmp_path / "teachers.jsonl"
     outs = teacher_sheet(sheet, rcs, tmp_path / "set")

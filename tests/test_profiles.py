@@ -24,7 +24,7 @@ SLURM_PROFILES = ["slurm-cpu", "slurm-gpu"]
 CONFIGS = [REPO / "config" / "config.yaml", REPO / "config" / "quick.yaml"]
 ENVS = sorted((REPO / "envs").glob("*.yaml"))
 # rules whose memory and wall time the workflow computes per job from config `resources`
-SIZED_BY_WORKFLOW = {"teacher"}  # and the batch rules (one per batch job, named batch_<id>)
+SIZED_BY_WORKFLOW = {"prepare_data"}  # and the teacher and batch rules (one per job: teachers_<id>, batch_<id>)
 
 
 def load(path: Path) -> dict:
@@ -152,18 +152,22 @@ def test_profiles_name_existing_rules_and_keep_per_job_sizes(name):
         assert not {"runtime", "mem_mb"} & set(data["set-resources"][rule]), rule
 
 
-def test_gpu_profile_asks_for_gpus_only_for_training():
+def test_gpu_profile_asks_for_gpus_only_for_training(tmp_path):
     data = load(PROFILES["slurm-gpu"])
-    res = data["set-resources"]
-    assert res["teacher"]["gpu"] == 1  # sbatch --gpus=1
-    assert set(res) <= {"teacher"}  # merge and plot jobs ask for no GPU
     assert "gres" not in PROFILES["slurm-gpu"].read_text().replace("# ", "")  # one request style: --gpus
     assert "gpu" not in data["default-resources"] and "gres" not in data["default-resources"]
-    # the CUDA build, one GPU per batch job (workflow/rules/batches.smk), and device cuda: a job that
-    # cannot use CUDA stops with the reason instead of computing on the CPU while holding a GPU
+    # the CUDA build and device cuda: a job that cannot use CUDA stops with the reason instead of computing
+    # on the CPU while holding a GPU; torch_env gpu makes every teacher and batch job ask for one GPU
     assert data["config"] == {"torch_env": "gpu", "device": "cuda"}
-    assert 'BATCH_CLUSTER_RESOURCES = {"gpu": 1} if config["torch_env"] == "gpu"' in (
-        REPO / "workflow" / "rules" / "batches.smk").read_text()
+    cmd = [sys.executable, "-m", "snakemake", "fig2", "--dry-run", "--nolock", "--workflow-profile", "none",
+           "--configfile", "config/quick.yaml", "--config", "torch_env=gpu", "device=cuda",
+           f"results_dir={tmp_path / 'results'}", f"logs_dir={tmp_path / 'logs'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    jobs = re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", proc.stdout, re.S | re.M)
+    gpu = {name.split("_")[0]: "gpu=1" in block for name, block in jobs}
+    assert gpu.pop("teachers") and gpu.pop("batch")  # sbatch --gpus=1
+    assert not any(gpu.values()), gpu  # data, sheet, merge and plot jobs ask for no GPU
 
 
 def test_cpu_profile_asks_for_no_gpu():

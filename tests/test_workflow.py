@@ -82,8 +82,9 @@ def ok(result: subprocess.CompletedProcess) -> str:
 
 
 def planned(workdir: Path, *targets: str) -> dict[str, int]:
-    """Jobs a dry run would execute, per rule (empty when nothing is to be done); the batch jobs (one rule
-    each) are counted together as "batch", with their sheets, and "runs" is the number of runs to compute."""
+    """Jobs a dry run would execute, per rule (empty when nothing is to be done); the batch jobs and the
+    teacher jobs (one rule each) are counted together as "batch" and "teachers", with their sheets; "runs"
+    and "trained" are the numbers of runs to compute and of teachers to train."""
     return job_counts(ok(smk(workdir, "--dry-run", "--quiet", "rules", *(targets or ("all",)))))
 
 
@@ -94,13 +95,18 @@ def job_counts(out: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", stats, flags=re.M):
         if rule != "total":
-            key = "batch" if rule.startswith("batch_") else rule
+            key = "batch" if rule.startswith("batch_") else "teachers" if rule.startswith("teachers_") else rule
             counts[key] = counts.get(key, 0) + int(n)
     plan = re.search(r"plan: (\d+) requested runs, (\d+) distinct, (\d+) to compute in (\d+) batch jobs", out)
     if plan:
         counts["runs"] = int(plan.group(3))
         assert counts.get("batch") == int(plan.group(4))
-        assert counts.pop("sheet", 0) <= counts["batch"]  # a sheet of an interrupted batch may be there
+        teachers = re.search(r"plan: (\d+) teachers to train in (\d+) teacher jobs", out)
+        if int(teachers.group(1)):
+            counts["trained"] = int(teachers.group(1))
+        assert counts.get("teachers", 0) <= int(teachers.group(2))  # a job only an unplanned target needs: none
+        # a sheet of an interrupted job may be there
+        assert counts.pop("sheet", 0) <= counts["batch"] + counts.get("teachers", 0)
     return counts
 
 
@@ -152,7 +158,8 @@ def test_paper_dag_plans_every_run_quickly(workdir):
     # fig2/fig4/fig5 and fig3's MLP-student panels share one teacher per seed; fig3's EMNIST panel has one
     # per class count, the CNN panel its own, fig6 one per (D, dataset, class-head trainability)
     # fig3's depth panel trains its teacher with random hidden layers (as the paper's scripts): one more
-    assert jobs["teacher"] == 20 * (1 + 46 + 1 + 1 + 31 * 3 - 1)  # fig6 mnist D=256 is the shared teacher
+    assert jobs["trained"] == 20 * (1 + 46 + 1 + 1 + 31 * 3 - 1)  # fig6 mnist D=256 is the shared teacher
+    assert jobs["teachers"] < jobs["trained"] / 2  # teacher jobs of several teachers (batch.teacher_max_tflop)
     assert jobs["merge_runs"] == 5 and all(jobs[f"plot_fig{i}"] == 1 for i in range(2, 7))
     assert elapsed < 60, f"planning took {elapsed:.1f} s"
 
@@ -167,13 +174,16 @@ def test_longest_batch_jobs_start_first(workdir):
     assert len(jobs) == len(re.findall(r"rule batch_", out)) > 2
     by_runtime = sorted((int(runtime), int(priority)) for priority, runtime in jobs)
     assert [p for _, p in by_runtime] == sorted(p for _, p in by_runtime) and by_runtime[0][1] < by_runtime[-1][1]
-    teachers = {int(p) for p in re.findall(r"rule teacher:.*?priority: (\d+)", out, re.S)}
-    assert len(teachers) == 1 and teachers.pop() > by_runtime[-1][1]  # teachers first: they unblock batches
+    teacher_jobs = re.findall(r"rule teachers_\w+:.*?priority: (\d+)", out, re.S)
+    # fig2's 20 teachers (0.37 TFLOP each) in jobs of at most batch.teacher_max_tflop (2): 5 each
+    outputs = re.findall(r"rule teachers_\w+:\n\s+input: .*\n\s+output: (.*)", out)
+    assert len(teacher_jobs) == 4 and [o.count(".pt") for o in outputs] == [5] * 4
+    assert set(teacher_jobs) == {teacher_jobs[0]} and int(teacher_jobs[0]) > by_runtime[-1][1]  # they unblock batches
     # stacked layers: auto by default (the runner decides by device); batch.stack_layers off (YAML: false)
     out = ok(smk(workdir, "--dry-run", "--printshellcmds", "fig2"))
-    assert out.count("--stack-layers auto") == len(jobs)
+    assert out.count("--stack-layers auto") == len(jobs) + len(teacher_jobs)
     out = ok(smk(workdir, "--dry-run", "--printshellcmds", "fig2", "--config", "batch={stack_layers: off}"))
-    assert out.count("--stack-layers off") == len(jobs)
+    assert out.count("--stack-layers off") == len(jobs) + len(teacher_jobs)
 
 
 def test_a_stack_that_fits_in_a_job_is_never_split(real_mnist, workdir):
@@ -213,7 +223,7 @@ def test_quick_preset_replaces_the_paper_grids(workdir):
     assert all(int(counts[f"plot_fig{i}"]) == 1 for i in range(2, 7))
     assert int(counts["synthetic_emnist"]) == 1  # synthetic EMNIST, never a download
     assert int(counts["synthetic_mnist"]) == 1 and "prepare_data" not in counts  # no MNIST here: synthetic
-    assert "SYNTHETIC MNIST" in out and "teacher" not in counts  # its teachers live apart (synthetic_teacher)
+    assert "SYNTHETIC MNIST" in out
 
 
 def test_quick_preset_uses_real_mnist_when_data_dir_has_it(real_mnist, workdir):
@@ -227,6 +237,12 @@ def test_quick_preset_uses_real_mnist_when_data_dir_has_it(real_mnist, workdir):
     assert "SYNTHETIC MNIST" not in out
 
 
+def sheet_records(workdir: Path, pattern: str = "[!t]*.jsonl") -> list[dict]:
+    """The records of the run sheets written (by default; teacher sheets are named teachers-*)."""
+    return [json.loads(line) for sheet in (workdir / "results").rglob(f"sheets/{pattern}")
+            for line in sheet.read_text().splitlines()]
+
+
 @pytest.mark.parametrize("config", ["config.yaml", "quick.yaml"])
 def test_fig3_depth_teachers_have_random_hidden_layers_and_shared_heads(workdir, config):
     """The paper's student_{minus,plus}_one_layer scripts: teacher all:random,class_head:A,aux_head:A."""
@@ -236,9 +252,12 @@ def test_fig3_depth_teachers_have_random_hidden_layers_and_shared_heads(workdir,
     fig3["panels"] = [p for p in fig3["panels"] if p["name"] == "depth"]
     write_config(workdir, base_config(Path("nowhere"), {"fig3": fig3}, seeds=(0,)))
     ok(smk(workdir, "all", "--until", "sheet"))
-    records = [json.loads(line) for sheet in (workdir / "results").rglob("sheets/*.jsonl")
-               for line in sheet.read_text().splitlines()]
+    records = sheet_records(workdir)
     assert {r["coords"]["depth"] for r in records} == {"minus_one", "plus_one"}
+    teachers = sheet_records(workdir, "teachers-*.jsonl")
+    assert len(teachers) == 1  # the runs of both depths share their teacher
+    rc = resolve(config_from_settings(teachers[0]["settings"], "teacher sheet"))
+    assert rc.teacher.init == {"fc1": "random", "fc2": "random", "class_head": "A", "aux_head": "A"}
     for record in records:
         rc = resolve(config_from_settings(record["settings"], "sheet"))
         assert rc.teacher.init == {"fc1": "random", "fc2": "random", "class_head": "A", "aux_head": "A"}
@@ -253,8 +272,7 @@ def test_fig5_passes_the_stds_as_the_papers_shell_printed_them(workdir):
     cfg = base_config(Path("nowhere"), {"fig5": paper}, seeds=(0,))
     write_config(workdir, cfg)
     ok(smk(workdir, "all", "--until", "sheet"))
-    records = [json.loads(line) for sheet in (workdir / "results").rglob("sheets/*.jsonl")
-               for line in sheet.read_text().splitlines()]
+    records = sheet_records(workdir)
     assert len(records) == 80
     printed = {float(f"{v:.8f}") for v in np.linspace(0, 0.2, 40)}
     assert {r["coords"]["std"] for r in records} == printed
@@ -313,8 +331,8 @@ def test_missing_data_stops_with_the_runners_message(workdir):
 def test_build_is_incremental(real_mnist, workdir):
     cfg = base_config(real_mnist, {"fig2": fig2_block()})
     write_config(workdir, cfg)
-    assert planned(workdir) == {"prepare_data": 1, "teacher": 2, "batch": 1, "runs": 8, "merge_runs": 1,
-                                "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"prepare_data": 1, "teachers": 1, "trained": 2, "batch": 1, "runs": 8,
+                                "merge_runs": 1, "plot_fig2": 1, "all": 1}
     ok(smk(workdir, "all"))
 
     results = workdir / "results"
@@ -338,11 +356,13 @@ def test_build_is_incremental(real_mnist, workdir):
     # one more seed: only its runs (and its teacher), then the merge and the plot
     cfg["seeds"] = [0, 1, 2]
     write_config(workdir, cfg)
-    assert planned(workdir) == {"teacher": 1, "batch": 1, "runs": 4, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"teachers": 1, "trained": 1, "batch": 1, "runs": 4, "merge_runs": 1,
+                                "plot_fig2": 1, "all": 1}
     # one more grid value: only its runs; the teachers do not depend on m
     cfg["figures"]["fig2"]["panels"][0]["grid"]["m"].append(25)
     write_config(workdir, cfg)
-    assert planned(workdir) == {"teacher": 1, "batch": 1, "runs": 10, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"teachers": 1, "trained": 1, "batch": 1, "runs": 10, "merge_runs": 1,
+                                "plot_fig2": 1, "all": 1}
 
     # back to the built config, then a student setting: every student reruns, no teacher
     cfg = base_config(real_mnist, {"fig2": fig2_block()})
@@ -356,7 +376,8 @@ def test_build_is_incremental(real_mnist, workdir):
     changed = copy.deepcopy(cfg)
     changed["defaults"]["teacher_epochs"] = 2
     write_config(workdir, changed)
-    assert planned(workdir) == {"teacher": 2, "batch": 1, "runs": 8, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"teachers": 1, "trained": 2, "batch": 1, "runs": 8, "merge_runs": 1,
+                                "plot_fig2": 1, "all": 1}
     # a setting of one panel point only
     changed = copy.deepcopy(cfg)
     changed["figures"]["fig2"]["panels"][0]["grid"]["student_init"]["labels"]["rand_hidden"] = "random,A,A,A"
@@ -398,8 +419,8 @@ def test_changed_data_recomputes_everything_made_from_it(workdir):
     write_synthetic_dataset(data, "mnist", n_train=300, n_test=100, seed=12)
     new = content_identity(raw_paths(data, "mnist", "balanced"))
     assert new != old
-    assert planned(workdir) == {"prepare_data": 1, "teacher": 1, "batch": 1, "runs": 1, "merge_runs": 1,
-                                "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"prepare_data": 1, "teachers": 1, "trained": 1, "batch": 1, "runs": 1,
+                                "merge_runs": 1, "plot_fig2": 1, "all": 1}
     ok(smk(workdir, "all"))
     assert set(pd.read_csv(tidy)["data_identity"]) == {new}
     assert planned(workdir) == {}

@@ -133,7 +133,7 @@ else
 fi
 smk "$S" "$WORK/slurm-dry.log" "$FIG" "${SLURM_CPU[@]}" --configfile "$PRESET" "$BATCH4" -n || true
 planned=$(sed -n "s/^plan by figure: .*$FIG \([0-9]*\) to compute in .*/\1/p" "$WORK/slurm-dry.log" | head -1)
-others=$(job_stats "$WORK/slurm-dry.log" | awk '$1 == "teacher" || $1 ~ /^prepare/ {print}')
+others=$(job_stats "$WORK/slurm-dry.log" | awk '$1 ~ /^teachers_/ || $1 ~ /^prepare/ {print}')
 if [ "${planned:-0}" = "$missing" ] && [ -z "$others" ]; then
     ok "rerun plans exactly the $missing missing student runs (no teacher, no data job)"
 else
@@ -228,7 +228,7 @@ if smk "$G" "$WORK/gpu.log" "$one" --workflow-profile none --profile profiles/sl
 else
     tail -40 "$WORK/gpu.log"; fail "GPU-profile run with device auto"
 fi
-tjob=$(sed -n 's/.*submitted with SLURM jobid \([0-9]*\) (log: .*rule_teacher.*/\1/p' "$WORK/gpu.log" | head -1)
+tjob=$(sed -n 's/.*submitted with SLURM jobid \([0-9]*\) (log: .*rule_teachers_.*/\1/p' "$WORK/gpu.log" | head -1)
 sjob=$(sed -n 's/.*submitted with SLURM jobid \([0-9]*\) (log: .*rule_batch_.*/\1/p' "$WORK/gpu.log" | head -1)
 tres_t=$( [ -n "$tjob" ] && scontrol show job "$tjob" | grep -o 'TresPerJob=[^ ]*' || true)
 tres_s=$( [ -n "$sjob" ] && scontrol show job "$sjob" | grep -o 'TresPerJob=[^ ]*' || true)

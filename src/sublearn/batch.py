@@ -179,6 +179,19 @@ def recorded_result(run_dir: str | Path) -> tuple[str | None, str | None] | None
     return (row.get("run_key"), row.get("data_identity")) if row else None
 
 
+def recorded_teacher(out: str | Path) -> tuple[str | None, str | None] | None:
+    """(teacher key, data identity) of a finished teacher (its .pt, then its .json summary, written last),
+    or None. A teacher is finished when both equal its own key and its data's identity now."""
+    out = Path(out)
+    try:
+        summary = json.loads(out.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not out.is_file() or not isinstance(summary, dict):
+        return None
+    return summary.get("teacher_key"), summary.get("data_identity")
+
+
 # --------------------------------------------------------------------------------------------------
 # Stacks
 # --------------------------------------------------------------------------------------------------

@@ -424,7 +424,6 @@ def cmd_batch(args) -> None:
 
 def cmd_teachers(args) -> None:
     from . import batch
-    from .outputs import recorded_teacher
 
     teachers = batch.read_teacher_sheet(args.sheet)
     _require_positive(args.threads, "--threads")
@@ -435,7 +434,7 @@ def cmd_teachers(args) -> None:
     _check_writable(args.cache_dir, "--cache-dir")
     datasets = dict.fromkeys((t.rc.config.dataset, t.rc.config.emnist_split) for t in teachers)
     caches = {k: data.ensure_cache(*k, args.data_dir, args.cache_dir, build=not args.cache_only) for k in datasets}
-    todo = [t for t in teachers if recorded_teacher(t.out) != (t.id, caches[(t.rc.config.dataset,
+    todo = [t for t in teachers if batch.recorded_teacher(t.out) != (t.id, caches[(t.rc.config.dataset,
                                                                                t.rc.config.emnist_split)][1])]
     print(f"[teachers] {len(teachers)} teachers, {len(teachers) - len(todo)} already trained, {len(todo)} to train",
           flush=True)

@@ -164,15 +164,3 @@ def write_teacher(checkpoint: dict[str, Any], effective_config: dict[str, Any], 
         out.unlink(missing_ok=True)
         raise
 
-
-def recorded_teacher(out: str | Path) -> tuple[str | None, str | None] | None:
-    """(teacher key, data identity) of a finished teacher (its .pt and its .json summary, written last), or
-    None. A teacher is finished when both equal its own key and its data's identity now."""
-    out = Path(out)
-    try:
-        summary = json.loads(out.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not out.is_file() or not isinstance(summary, dict):
-        return None
-    return summary.get("teacher_key"), summary.get("data_identity")

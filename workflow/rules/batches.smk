@@ -5,20 +5,15 @@
 # Run folders are named by the run key, so a run that several panels request is computed once.
 
 
-# torch_env gpu (the GPU profile): every batch job asks for one GPU, as teachers do (sbatch --gpus=1)
-BATCH_CLUSTER_RESOURCES = {"gpu": 1} if config["torch_env"] == "gpu" else {}
-if config["batch"].get("slurm_partition"):
-    BATCH_CLUSTER_RESOURCES["slurm_partition"] = config["batch"]["slurm_partition"]
-
-
 rule sheet:
-    """A batch's run sheet (the runner's input: id, run_dir, typed settings and coordinates per run)."""
+    """A batch's run sheet (id, run_dir, typed settings and coordinates per run) or a teacher set's teacher
+    sheet (id, out, typed settings per teacher): the runner's input."""
     output:
-        sheet=f"{R}/sheets/{{batch}}.jsonl",
+        sheet=f"{R}/sheets/{{sheet}}.jsonl",
     log:
-        f"{LOGS}/sheets/{{batch}}.log",
+        f"{LOGS}/sheets/{{sheet}}.log",
     params:
-        text=lambda w: sheet_text(BATCHES[w.batch]),
+        text=sheet_text_of,
     localrule: True
     conda:
         "../../envs/plot.yaml"
@@ -51,7 +46,7 @@ for _batch in BATCHES.values():
         resources:
             mem_mb=_batch["mem_mb"],
             runtime=_batch["runtime"],
-            **BATCH_CLUSTER_RESOURCES,
+            **TORCH_CLUSTER_RESOURCES,
         conda:
             TORCH_ENV
         shell:

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -37,7 +36,6 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 from sublearn import batch as runner_batch  # noqa: E402  (torch-free: sheets, stacks, cost model)
 from sublearn import dataid  # noqa: E402  (torch-free: data identities and cache names)
-from sublearn.cli import resolve_argv  # noqa: E402  (torch-free)
 from sublearn.config import (  # noqa: E402
     FLAG_SETTINGS,
     JOB_SETTINGS,
@@ -48,6 +46,7 @@ from sublearn.config import (  # noqa: E402
     raw_files,
     resolve,
     sheet_settings,
+    teacher_config,
 )
 
 sys.path.append(str(REPO / "workflow" / "scripts"))  # the grid language, shared with the plot scripts
@@ -146,62 +145,8 @@ def resolve_flags(flags):
     return result
 
 
-def resolve_runner(argv, command):
-    """resolve_argv of a teacher command line, with argparse's exit turned into a one-line error message."""
-    key = (command, tuple(argv))
-    if key not in _RESOLVED:
-        extra = {"student": ["--teacher-checkpoint", "unused.pt"], "teacher": ["--teacher-out", "unused.pt"]}
-        stderr = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(stderr):
-                full = [*argv, *extra.get(command, [])]
-                _RESOLVED[key] = resolve_argv(full, command)
-        except UsageError as exc:
-            _RESOLVED[key] = UsageError(str(exc))
-        except SystemExit:
-            text = stderr.getvalue().strip().splitlines()
-            _RESOLVED[key] = UsageError(text[-1] if text else "invalid runner flags")
-    result = _RESOLVED[key]
-    if isinstance(result, UsageError):
-        raise result
-    return result
-
-
 def with_seed(rc, seed):
     return dataclasses.replace(rc, config=dataclasses.replace(rc.config, seed=seed))
-
-
-def teacher_argv(rc):
-    """The teacher's flags, canonical: equal for every run with the same teacher key, so that adding a
-    run never changes a teacher job's params. Student settings stay at the runner defaults."""
-    c = rc.config
-    plan = rc.teacher
-    body = [n for n in plan.layer_names if n != "aux_head"]
-    argv = ["--dataset", c.dataset]
-    if c.dataset == "emnist":
-        argv += ["--emnist-split", c.emnist_split]
-    if c.class_count is not None:
-        argv += ["--class-count", str(c.class_count)]
-    argv += ["--teacher-type", plan.model_type, "--teacher-hidden-dims", ",".join(map(str, plan.hidden_dims))]
-    if plan.model_type == "cnn":
-        argv += ["--teacher-arch-spec", json.dumps(plan.feature_spec, separators=(",", ":"), sort_keys=True)]
-    argv += ["--teacher-init", ",".join(f"{n}:{plan.init[n]}" for n in body),
-             "--teacher-trainable", ",".join(f"{n}:{str(plan.trainable[n]).lower()}" for n in body),
-             "--teacher-epochs", str(c.teacher_epochs), "--data-bsize", str(c.data_bsize),
-             "--teacher-lr", repr(float(c.teacher_lr))]
-    # Perturbations keep their positions (the random stream of a perturbation depends on its index): the
-    # ones that shape the trained teacher are written out, earlier others become no-op placeholders.
-    relevant = [p["target"] == "teacher" and p["timing"] == "before_teacher_training" for p in rc.perturbations]
-    last = max((i for i, r in enumerate(relevant) if r), default=-1)
-    for p, keep in zip(rc.perturbations[: last + 1], relevant[: last + 1], strict=True):
-        if keep:
-            layers = [n for n in p["layers"] if n != "aux_head"] or ["aux_head"]
-            argv += ["--perturb", f"teacher:{'+'.join(layers)},std={p['std']!r},timing=before_teacher_training,"
-                     f"include_weight={str(p['include_weight']).lower()},"
-                     f"include_bias={str(p['include_bias']).lower()}"]
-        else:
-            argv += ["--perturb", "student:all,std=0"]
-    return argv
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,17 +288,16 @@ def runs_table(cfg):
                     rc0 = resolve_flags(flags)
                 except (UsageError, TypeError) as exc:
                     raise ConfigError(f"config: {where}, point {point}: {exc}") from None
-                targv0 = teacher_argv(rc0)
-                tkey = tuple(targv0)
+                trc0 = teacher_config(rc0)
+                tkey = json.dumps(sheet_settings(trc0), sort_keys=True)
                 if tkey not in teacher_checked:
                     try:
-                        trc = resolve_runner([*targv0, "--seed", "0"], "teacher")
+                        teacher_checked[tkey] = resolve(trc0)
                     except UsageError as exc:
-                        raise ConfigError(f"config: {where}, point {point}: teacher flags: {exc}") from None
-                    if trc.teacher_key() != rc0.teacher_key():
+                        raise ConfigError(f"config: {where}, point {point}: teacher settings: {exc}") from None
+                    if teacher_checked[tkey].teacher_key() != rc0.teacher_key():
                         raise ConfigError(f"config: {where}, point {point}: internal error: the teacher "
-                                          "command would train another teacher than this run's")
-                    teacher_checked[tkey] = True
+                                          "settings would train another teacher than this run's")
                 dskey = dataset_key(rc0.config.dataset, rc0.config.emnist_split)
                 shown = {n: labels[n] if isinstance(spec, dict) and "labels" in spec else coords[n]
                          for n, spec in panel["grid"].items()}
@@ -363,7 +307,7 @@ def runs_table(cfg):
                     rows.append({
                         "figure": figure, "panel": panel["name"], "point": point, "seed": seed,
                         "coords": shown, "run_key": run_key, "teacher_key": rc.teacher_key(),
-                        "teacher_argv": shlex.join([*targv0, "--seed", str(seed)]),
+                        "teacher_rc": with_seed(teacher_checked[tkey], seed),
                         "dataset": dskey, "num_classes": rc0.num_classes,
                         "run_dir": f"{store(dskey)}/runs/{run_key}", "rc": rc,
                     })
@@ -457,6 +401,56 @@ def plan_batches(unique_runs, cfg):
     return out
 
 
+def plan_teacher_sets(unique_runs, batches, cfg):
+    """Teachers -> teacher jobs (`sublearn teachers`): the teachers of one dataset requested by the same
+    figures, those of equal shape side by side and by seed (a GPU job stacks their layers), cut into chunks
+    of at most `batch.teacher_max_tflop` estimated FLOPs. As for batches, chunks are cut over every teacher
+    of the config and named by the hash of their keys, and a chunk's job trains only its teachers that are
+    untrained (no summary recording its key and the data's identity now) and needed by an unfinished run."""
+    teachers = {}
+    for run in unique_runs:
+        teacher = teachers.setdefault(run["teacher_key"], {"key": run["teacher_key"], "rc": run["teacher_rc"],
+                                                           "dataset": run["dataset"], "figures": set()})
+        teacher["figures"].update(run["figures"])
+    cost = {key: runner_batch.teacher_flops(t["rc"], t["dataset"]) for key, t in teachers.items()}
+
+    def order(t):
+        shape = json.dumps(t["rc"].teacher.arch_description(), sort_keys=True)
+        return sorted(t["figures"]), t["dataset"], shape, t["rc"].config.seed, t["key"]
+
+    chunks, current, flops = [], [], 0.0
+    for teacher in sorted(teachers.values(), key=order):
+        if current and (order(current[-1])[:2] != order(teacher)[:2]
+                        or flops + cost[teacher["key"]] > cfg["batch"]["teacher_max_tflop"] * 1e12):
+            chunks.append(current)
+            current, flops = [], 0.0
+        current.append(teacher)
+        flops += cost[teacher["key"]]
+    if current:
+        chunks.append(current)
+    needed = {run["teacher_key"] for b in batches.values() for run in b["runs"]}
+    identities = {d: data_identity(d) for d in {t["dataset"] for t in teachers.values()}}
+    out = {}
+    for chunk in chunks:
+        todo = [t for t in chunk if t["key"] in needed and (identities[t["dataset"]] is None or runner_batch.
+                recorded_teacher(f"{store(t['dataset'])}/teachers/{t['key']}.pt") != (t["key"], identities[t["dataset"]]))]
+        if not todo:
+            continue
+        set_id = f"teachers-{hashlib.sha256(' '.join(t['key'] for t in chunk).encode()).hexdigest()[:16]}"
+        flops = sum(cost[t["key"]] for t in todo)
+        seconds = runner_batch.estimated_seconds(flops, cfg["batch"]["gflops"], len(todo), runner_batch.SECONDS_PER_RUN)
+        paths = [f"{store(t['dataset'])}/teachers/{t['key']}" for t in todo]
+        out[set_id] = {
+            "id": set_id, "teachers": todo, "flops": flops, "seconds": seconds, "dataset": todo[0]["dataset"],
+            "outputs": [f"{path}{ext}" for path in paths for ext in (".pt", ".json")],
+            "runtime": max(config["resources"]["teacher"].get("runtime", 30),
+                           int(math.ceil((seconds + 60) * cfg["batch"]["runtime_margin"] / 60))),
+            "sheet": "".join(runner_batch.teacher_record(t["key"], f"{path}.pt", sheet_settings(t["rc"].config)) + "\n"
+                             for t, path in zip(todo, paths, strict=True)),
+        }
+    return out
+
+
 def stack_layers_flag(value):
     """config batch.stack_layers (YAML reads on/off as booleans) -> `sublearn batch --stack-layers`."""
     return {True: "on", False: "off"}.get(value, value)
@@ -487,17 +481,14 @@ def unique_runs(table):
 
 UNIQUE_RUNS = unique_runs(RUNS) if len(RUNS) else []
 BATCHES = plan_batches(UNIQUE_RUNS, config)
-# teachers before any batch job: each is short and unblocks batch jobs
+TEACHER_SETS = plan_teacher_sets(UNIQUE_RUNS, BATCHES, config)
+# teachers before any batch job: they unblock batch jobs
 TEACHER_PRIORITY = 1 + max((b["priority"] for b in BATCHES.values()), default=0)
 
-TEACHER = {}
 FIG_RUNS = {f: [] for f in FIGURES}
 FIG_REQUESTS = {f: [] for f in FIGURES}
 FIG_POINTS = {f: {} for f in FIGURES}
-for _r in RUNS[["figure", "panel", "point", "seed", "coords", "run_key", "teacher_key", "teacher_argv",
-                "dataset", "run_dir"]].itertuples(index=False):
-    if _r.teacher_key not in TEACHER:
-        TEACHER[_r.teacher_key] = {"argv": _r.teacher_argv, "dataset": _r.dataset}
+for _r in RUNS[["figure", "panel", "point", "seed", "coords", "run_key", "dataset", "run_dir"]].itertuples(index=False):
     FIG_RUNS[_r.figure].append(f"{_r.run_dir}/runs.csv")
     FIG_REQUESTS[_r.figure].append({"panel": _r.panel, "point": _r.point, "seed": int(_r.seed),
                                     "run_key": _r.run_key})
@@ -520,11 +511,19 @@ def _plan_summary():
     return (f"plan: {len(RUNS)} requested runs, {runs} distinct, {todo} to compute in {len(BATCHES)} batch jobs; "
             f"{flops / 1e12:.1f} TFLOP of students, ~{seconds / 3600:.2f} h of job time at {rate:g} GFLOP/s per "
             f"job (config batch.gflops; `sublearn batch --plan` prints a sheet's stacks)\n"
+            f"plan: {sum(len(t['teachers']) for t in TEACHER_SETS.values())} teachers to train in "
+            f"{len(TEACHER_SETS)} teacher jobs, {sum(t['flops'] for t in TEACHER_SETS.values()) / 1e12:.1f} TFLOP, "
+            f"~{sum(t['seconds'] for t in TEACHER_SETS.values()) / 3600:.2f} h of job time\n"
             f"plan by figure: {', '.join(per_figure)}")
 
 
 if BATCHES:
     logger.info(_plan_summary())
+
+# torch_env gpu (the GPU profile): every teacher and batch job asks for one GPU (sbatch --gpus=1)
+TORCH_CLUSTER_RESOURCES = {"gpu": 1} if config["torch_env"] == "gpu" else {}
+if config["batch"].get("slurm_partition"):
+    TORCH_CLUSTER_RESOURCES["slurm_partition"] = config["batch"]["slurm_partition"]
 
 
 RESULTS_LOCK = []  # the open lock file, held for the life of this Snakemake process
@@ -565,13 +564,9 @@ def _precomputed_signature(func):
 
 
 @_precomputed_signature
-def teacher_cache(w):
-    return CACHE_FILES[TEACHER[w.key]["dataset"]]
-
-
-@_precomputed_signature
-def teacher_argv_of(w):
-    return TEACHER[w.key]["argv"]
+def sheet_text_of(w):
+    """A sheet's text: a batch's runs or a teacher set's teachers."""
+    return TEACHER_SETS[w.sheet]["sheet"] if w.sheet in TEACHER_SETS else sheet_text(BATCHES[w.sheet])
 
 
 @_precomputed_signature

@@ -1,34 +1,35 @@
-# Teachers: one job per distinct teacher key, shared by every student whose teacher settings are equal.
-# Teachers on synthetic data (synthetic_mnist, synthetic_emnist) live apart, in R/synthetic/teachers.
+# Teachers, in teacher jobs: every untrained teacher that an unfinished run needs belongs to one teacher
+# set (planned in common.smk from the cost model), whose job trains its teachers with `sublearn teachers`,
+# side by side, each on its own data order. A trained teacher (its .json summary, written after its .pt,
+# records its key and its data's identity) is in no set, so nothing retrains it; teachers on synthetic
+# data live apart, in R/synthetic/teachers.
 
 
-rule teacher:
-    input:
-        cache=teacher_cache,
-    output:
-        pt=f"{R}/teachers/{{key}}.pt",
-        summary=f"{R}/teachers/{{key}}.json",
-    log:
-        f"{LOGS}/teachers/{{key}}.log",
-    params:
-        argv=teacher_argv_of,
-        data_dir=data_dir_of_input,
-    threads: config["threads"]["teacher"]
-    priority: TEACHER_PRIORITY
-    resources:
-        mem_mb=config["resources"]["teacher"].get("mem_mb", 4000),
-        runtime=config["resources"]["teacher"].get("runtime", 30),
-    conda:
-        TORCH_ENV
-    shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} python -m sublearn.cli teacher {params.argv} "
-        "--threads {threads} --device \"$SUBLEARN_DEVICE\" --data-dir {params.data_dir:q} "
-        '--cache-dir "$(dirname {input.cache:q})" --cache-only --teacher-out {output.pt:q} > {log:q} 2>&1'
+for _set in TEACHER_SETS.values():
 
-
-use rule teacher as synthetic_teacher with:
-    output:
-        pt=f"{R}/synthetic/teachers/{{key}}.pt",
-        summary=f"{R}/synthetic/teachers/{{key}}.json",
-    log:
-        f"{LOGS}/synthetic/teachers/{{key}}.log",
+    rule:
+        name:
+            _set["id"].replace("-", "_")
+        input:
+            sheet=f"{R}/sheets/{_set['id']}.jsonl",
+            cache=CACHE_FILES[_set["dataset"]],
+        output:
+            _set["outputs"],
+        log:
+            f"{LOGS}/teachers/{_set['id']}.log",
+        params:
+            data_dir=DATA_DIRS[_set["dataset"]],
+            stack_layers=stack_layers_flag(config["batch"]["stack_layers"]),
+        threads: config["threads"]["teacher"]
+        priority: TEACHER_PRIORITY
+        resources:
+            mem_mb=config["resources"]["teacher"].get("mem_mb", 4000),
+            runtime=_set["runtime"],
+            **TORCH_CLUSTER_RESOURCES,
+        conda:
+            TORCH_ENV
+        shell:
+            "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} python -m sublearn.cli teachers "
+            "--sheet {input.sheet:q} --threads {threads} --device \"$SUBLEARN_DEVICE\" "
+            "--data-dir {params.data_dir:q} --cache-dir \"$(dirname {input.cache:q})\" --cache-only "
+            "--stack-layers {params.stack_layers} > {log:q} 2>&1"
