@@ -386,9 +386,18 @@ def test_build_is_incremental(real_mnist, workdir):
 
     # a deleted run is recomputed alone
     write_config(workdir, cfg)
-    (run_dir_of(workdir, "fig2", "m-3_student_init-same", 1) / "runs.csv").unlink()
+    run = run_dir_of(workdir, "fig2", "m-3_student_init-same", 1)
+    (run / "runs.csv").unlink()
     assert planned(workdir) == {"batch": 1, "runs": 1, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    # ... and with its teacher unfinished (a killed teacher job leaves no .json summary), that teacher too
+    key = pd.read_csv(results / "tables" / "fig2.csv").query("seed == 1")["teacher_key"].iloc[0]
+    teacher = results / "teachers" / f"{key}.json"
+    summary = teacher.read_text()
+    teacher.unlink()
+    assert planned(workdir) == {"teachers": 1, "trained": 1, "batch": 1, "runs": 1, "merge_runs": 1,
+                                "plot_fig2": 1, "all": 1}
     ok(smk(workdir, "all"))
+    assert json.loads(teacher.read_text())["metrics"] == json.loads(summary)["metrics"]  # the same teacher
 
     # the HTML report holds the figure, its caption (rendered: the seed count) and its summary table
     ok(smk(workdir, "--report", "report.html"))

@@ -413,13 +413,19 @@ def cmd_batch(args) -> None:
     stack_layers = {"auto": None, "on": True, "off": False}[args.stack_layers]
     sets = batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers,
                             args.max_memory_mb)
+    largest = max(sum(batch.memory_mb(r.rc) for stack in lockstep for r in stack) for lockstep in sets)
+    print(f"[batch] {_peak_memory(device)}; largest lockstep set estimated at {largest:.0f} MB of students",
+          flush=True)
+
+
+def _peak_memory(device) -> str:
     import resource
 
-    largest = max(sum(batch.memory_mb(r.rc) for stack in lockstep for r in stack) for lockstep in sets)
+    import torch
+
     cuda = f", CUDA max allocated {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB" \
         if device.type == "cuda" else ""
-    print(f"[batch] peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB{cuda}; "
-          f"largest lockstep set estimated at {largest:.0f} MB of students", flush=True)
+    return f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB{cuda}"
 
 
 def cmd_teachers(args) -> None:
@@ -447,6 +453,7 @@ def cmd_teachers(args) -> None:
     device = _select_device(args.device)
     batch.train_teacher_sheet(todo, device, caches, args.data_dir, args.cache_dir,
                               {"auto": None, "on": True, "off": False}[args.stack_layers])
+    print(f"[teachers] {_peak_memory(device)}", flush=True)
 
 
 def _require_positive(value, flag: str) -> None:
