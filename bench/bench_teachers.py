@@ -89,7 +89,7 @@ def main() -> None:
             print(f"one teacher job, --stack-layers {stack}{' (' + stacked[1] + ' stacked)' if stacked else ''}: "
                   f"{took:.1f} s, ratio to the per-teacher jobs {took / seconds:.3f}, {flops / took / 1e9:.0f} "
                   f"GFLOP/s, {memory[1] if memory else 'peak memory not reported'}; every teacher "
-                  f"{'identical' if worst == 0 else f'within {worst:.3g}'} of its lone twin")
+                  f"{'identical to' if worst == 0 else f'within {worst:.3g} of'} its lone twin")
 
 
 if __name__ == "__main__":
