@@ -4,11 +4,9 @@
 # params, resources) reads plain dicts built once from it, keyed by wildcards, so planning ~16,000
 # jobs stays fast.
 
-import contextlib
 import dataclasses
 import hashlib
 import inspect
-import io
 import itertools
 import json
 import math
