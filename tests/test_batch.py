@@ -617,3 +617,26 @@ def test_a_diverged_teacher_fails_its_job_and_the_others_are_written(tiny_data, 
     assert "1 of 2 teachers diverged" in err and rcs["bad"].teacher_key() in err and "1e+30" in err
     assert outs["ok"].with_suffix(".json").exists() and not outs["bad"].exists()
     assert not outs["bad"].with_suffix(".json").exists()
+
+
+def test_kill_during_a_teacher_job_keeps_finished_teachers_and_rerun_trains_the_rest(tiny_data, tiny_cache,
+                                                                                     tmp_path):
+    rcs = {"short": resolved(tiny_data, tiny_cache, []),
+           "long": resolved(tiny_data, tiny_cache, ["--teacher-epochs", "2000"], seed=1)}
+    sheet = tmp_path / "teachers.jsonl"
+    outs = teacher_sheet(sheet, rcs, tmp_path / "set")
+    cmd = [sys.executable, "-m", "sublearn.cli", "teachers", "--sheet", str(sheet), "--data-dir", str(tiny_data),
+           "--cache-dir", str(tiny_cache), "--device", "cpu", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not outs["short"].with_suffix(".json").exists():
+        assert time.time() < deadline and proc.poll() is None, "the short teacher never finished"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert outs["short"].is_file() and not outs["long"].exists() and not outs["long"].with_suffix(".json").exists()
+    assert not list((tmp_path / "set").glob(".*.tmp"))
+    stamp = outs["short"].stat().st_mtime_ns
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "1 already trained, 1 to train" in out
+    assert outs["long"].with_suffix(".json").exists() and outs["short"].stat().st_mtime_ns == stamp
