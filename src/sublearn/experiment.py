@@ -475,7 +475,7 @@ def train_teachers(runs: list[TeacherRun], device: torch.device, on_done: Callab
         key = stacked_mlp_key(run.rc.teacher, c.teacher_lr, run.steps_per_epoch * c.teacher_epochs, c.data_bsize)
         if not uses_stacked_layers(stack_layers, device) or key is None:
             key = id(run)
-        key = (key, run.steps_per_epoch, run.data.train_x.shape[0])  # equal batch shapes in every step
+        key = (key, run.data.train_x.shape[0])  # with equal batch sizes: equal batch shapes in every step
         groups.setdefault(key, []).append(run)
     units = list(groups.values())
     for unit in units:

@@ -316,6 +316,18 @@ def runs_table(cfg):
     return pd.DataFrame(rows)
 
 
+def teacher_path(dskey, teacher_key):
+    """A teacher's checkpoint without its extension (.pt; its summary .json beside it)."""
+    return f"{store(dskey)}/teachers/{teacher_key}"
+
+
+def job_runtime(seconds, resource, minimum, cfg):
+    """A job's wall-time request in minutes: its estimated seconds plus a minute, times batch.runtime_margin,
+    at least the rule's configured `resources` runtime."""
+    return max(cfg["resources"][resource].get("runtime", minimum),
+               int(math.ceil((seconds + 60) * cfg["batch"]["runtime_margin"] / 60)))
+
+
 def plan_batches(unique_runs, cfg):
     """Runs -> batch jobs: runs of one dataset requested by the same figures, ordered so that runs sharing
     a stack (teacher and noise stream) sit together, cut into chunks of at most `batch.max_tflop` estimated
@@ -389,10 +401,9 @@ def plan_batches(unique_runs, cfg):
             "id": batch_id, "runs": runs, "flops": flops, "seconds": seconds,
             "dataset": runs[0]["dataset"],
             "priority": 1 + int(seconds // 60),  # estimated minutes
-            "teachers": sorted({f"{store(r['dataset'])}/teachers/{r['teacher_key']}.pt" for r in runs}),
+            "teachers": sorted({f"{teacher_path(r['dataset'], r['teacher_key'])}.pt" for r in runs}),
             "outputs": [f"{r['run_dir']}/runs.csv" for r in runs],
-            "runtime": max(config["resources"]["student"].get("runtime", 15),
-                           int(math.ceil((seconds + 60) * settings["runtime_margin"] / 60))),
+            "runtime": job_runtime(seconds, "student", 15, cfg),
             "mem_mb": int(config["resources"]["student"].get("mem_mb", 4000)
                           + min(memory, settings["memory_mb"])),
         }
@@ -431,18 +442,17 @@ def plan_teacher_sets(unique_runs, batches, cfg):
     out = {}
     for chunk in chunks:
         todo = [t for t in chunk if t["key"] in needed and (identities[t["dataset"]] is None or runner_batch.
-                recorded_teacher(f"{store(t['dataset'])}/teachers/{t['key']}.pt") != (t["key"], identities[t["dataset"]]))]
+                recorded_teacher(f"{teacher_path(t['dataset'], t['key'])}.pt") != (t["key"], identities[t["dataset"]]))]
         if not todo:
             continue
         set_id = f"teachers-{hashlib.sha256(' '.join(t['key'] for t in chunk).encode()).hexdigest()[:16]}"
         flops = sum(cost[t["key"]] for t in todo)
         seconds = runner_batch.estimated_seconds(flops, cfg["batch"]["gflops"], len(todo), runner_batch.SECONDS_PER_RUN)
-        paths = [f"{store(t['dataset'])}/teachers/{t['key']}" for t in todo]
+        paths = [teacher_path(t["dataset"], t["key"]) for t in todo]
         out[set_id] = {
             "id": set_id, "teachers": todo, "flops": flops, "seconds": seconds, "dataset": todo[0]["dataset"],
             "outputs": [f"{path}{ext}" for path in paths for ext in (".pt", ".json")],
-            "runtime": max(config["resources"]["teacher"].get("runtime", 30),
-                           int(math.ceil((seconds + 60) * cfg["batch"]["runtime_margin"] / 60))),
+            "runtime": job_runtime(seconds, "teacher", 30, cfg),
             "sheet": "".join(runner_batch.teacher_record(t["key"], f"{path}.pt", sheet_settings(t["rc"].config)) + "\n"
                              for t, path in zip(todo, paths, strict=True)),
         }
