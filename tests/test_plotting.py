@@ -129,7 +129,7 @@ def test_paper_figures_share_axes_as_the_paper_compares(tmp_path):
     for figure in ("fig2", "fig5", "fig6"):
         spec = grids.figure_spec(cfg, figure)
         summary = plotting.summarise(spec, table_for(cfg, spec))
-        styles[figure] = {c: s["color"] for c, s in plotting.condition_styles(summary).items()}
+        styles[figure] = {c: s["color"] for c, s in plotting.condition_styles(summary, spec).items()}
     # a head changed (random, perturbed, frozen): the same colour in every figure; so the unchanged baseline
     assert styles["fig2"]["class head random"] == styles["fig5"]["class head perturbed"] == \
         styles["fig6"]["class heads frozen"]
@@ -205,3 +205,89 @@ def test_fig4_plots_noise_samples_per_epoch_on_log_axes(config):
     for ax in (heatmap, m1_axis):
         assert ax.get_xscale() == "log" and "noise samples per student epoch" in ax.get_xlabel()
     assert heatmap.get_yscale() == "log" and n1_axis.get_xscale() == "log"
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic data: marked on every summary row made from it
+# --------------------------------------------------------------------------------------------------
+
+
+def test_summary_rows_from_synthetic_data_say_so(tmp_path):
+    """A panel on generated MNIST: its rows say "synthetic MNIST" in column `data` (CSV and HTML); a panel on
+    real data says nothing there."""
+    cfg = {"seeds": [0, 1], "bootstrap": {"resamples": 50, "ci": 0.95, "seed": 0},
+           "figures": {"fig2": {"panels": [{"name": "real", "grid": {"x": [1, 2]}},
+                                           {"name": "fake", "grid": {"x": [1, 2]}}]}}}
+    spec = grids.figure_spec(cfg, "fig2", lambda panel: ["MNIST"] if panel == "fake" else [])
+    table = tiny_table(spec, {(p, x): [0.5, 0.6] for p in ("real", "fake") for x in (1, 2)})
+    out = run_script("fig2", spec, table, tmp_path)
+    summary = pd.read_csv(out.summary, keep_default_na=False)
+    assert list(summary.columns) == plotting.SUMMARY_COLUMNS
+    assert (summary.loc[summary["panel"] == "fake", "data"] == "synthetic MNIST").all()
+    assert (summary.loc[summary["panel"] == "real", "data"] == "").all()
+    assert "synthetic MNIST" in Path(out.summary_html).read_text()
+
+
+# --------------------------------------------------------------------------------------------------
+# Colours: from the config's plot hints, the rest from a fixed cycle
+# --------------------------------------------------------------------------------------------------
+
+# the paper's colours (Okabe & Ito) as config.yaml and quick.yaml set them
+PAPER_COLOURS = {
+    "fig2": {"student all A": "#000000", "fc1 random": "#56b4e9", "fc2 random": "#0072b2",
+             "fc1, fc2 random": "#e69f00", "class head random": "#d55e00", "aux head random": "#009e73"},
+    "fig3": {"student": "#0072b2", "m = 10": "#e69f00", "m = 50": "#8c510a"},
+    "fig4": {"student": "#0072b2"},
+    "fig5": {"aux head perturbed": "#009e73", "class head perturbed": "#d55e00"},
+    "fig6": {"baseline": "#000000", "class heads frozen": "#d55e00", "aux heads frozen": "#009e73",
+             "both heads frozen": "#cc79a7"},
+}
+
+
+def styles_of(cfg: dict, figure: str) -> dict[str, str]:
+    spec = grids.figure_spec(cfg, figure)
+    summary = plotting.summarise(spec, table_for(cfg, spec))
+    return {c: s["color"].lower() for c, s in plotting.condition_styles(summary, spec).items()}
+
+
+@pytest.mark.parametrize("config", ["config.yaml", "quick.yaml"])
+def test_paper_figures_keep_their_colours(config):
+    cfg = load_config(config)
+    for figure, colours in PAPER_COLOURS.items():
+        styles = styles_of(cfg, figure)
+        assert styles == {c: v for c, v in colours.items() if c in styles}, figure
+    assert not hasattr(plotting, "CONDITION_COLOURS")  # no label is known to the plotting code
+
+
+def test_renaming_a_condition_label_keeps_its_colour():
+    """The colour belongs to the condition in the config: a label renamed everywhere the config names it
+    keeps its colour."""
+    cfg = load_config("config.yaml")
+    before = styles_of(cfg, "fig2")
+    panel = cfg["figures"]["fig2"]["panels"][0]
+    for mapping in (panel["grid"]["student_init"]["labels"], panel["plot"]["names"], panel["plot"].get("colors", {})):
+        for old, new in (("rand_fc1", "random_first"), ("same", "all_a")):
+            if old in mapping:
+                mapping[new] = mapping.pop(old)
+    assert styles_of(cfg, "fig2") == before
+
+
+def test_configured_colours_then_the_cycle_in_order_of_appearance():
+    """A configured colour wins; a condition without one takes the next cycle colour that no configured one
+    uses; the same condition (legend text) has one colour in every panel of the figure."""
+    cfg = {"seeds": [0, 1], "bootstrap": {"resamples": 50, "ci": 0.95, "seed": 0}, "figures": {"figX": {"panels": [
+        {"name": "a", "grid": {"x": [1, 2], "k": [1, 2, 3]},
+         "plot": {"x": "x", "hue": "k", "colors": {2: "#123456", 3: plotting.COLOUR_CYCLE[0]}}},
+        {"name": "b", "grid": {"x": [1, 2], "k": [2, 4]}, "plot": {"x": "x", "hue": "k"}},
+        {"name": "c", "grid": {"x": [1, 2]}, "plot": {"color": "#abcdef"}},
+    ]}}}
+    spec = grids.figure_spec(cfg, "figX")
+    rows = [{"figure": "figX", "panel": p["name"], "point": "-", "x": x, "k": k, "seed": s, "num_classes": 10,
+             "teacher_final_acc": 0.9, "student_final_acc": 0.5}
+            for p in spec["panels"] for x in (1, 2) for k in p["grid"].get("k", {"values": [None]})["values"]
+            for s in (0, 1)]
+    summary = plotting.summarise(spec, pd.DataFrame(rows))
+    styles = {c: s["color"] for c, s in plotting.condition_styles(summary, spec).items()}
+    cycle = plotting.COLOUR_CYCLE
+    assert styles == {"k = 1": cycle[1], "k = 2": "#123456", "k = 3": cycle[0], "k = 4": cycle[2],
+                      "student": "#abcdef"}

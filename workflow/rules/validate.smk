@@ -1,7 +1,11 @@
 # A short message for an invalid config: where (figures.fig3.panels[1].grid.d1) and what, before
-# Snakemake's own validation (which prints the whole schema) runs on the same schema.
+# Snakemake's own validation (which prints the whole schema) runs on the same schema. Then what a schema
+# cannot say: every number is finite (JSON Schema's bounds let NaN through, and infinity past a minimum),
+# and every figure has its plot script.
 
 import copy
+import math
+from pathlib import Path
 
 import jsonschema
 import yaml
@@ -22,12 +26,17 @@ def _resolve(schema, root):
     return schema
 
 
+YAML_NON_FINITE = {".nan": math.nan, ".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf}
+
+
 def _scalar(text, kind):
     """A command-line string as the schema's scalar type, or None when it is not one."""
     try:
         if kind == "integer":
             return int(text)
         if kind == "number":
+            if text.lower() in YAML_NON_FINITE:  # YAML's spelling: refused as not finite, like a config file's
+                return YAML_NON_FINITE[text.lower()]
             return float(text) if any(c in text.lower() for c in ".en") else int(text)
         if kind == "boolean" and text.lower() in ("true", "false"):
             return text.lower() == "true"
@@ -75,9 +84,55 @@ def coerce_strings(value, schema, root):
     return value
 
 
+def _within(schema, key, value, root):
+    """The schema of `value` (the item or property `key` of a container) inside `schema`, or None."""
+    schema = _resolve(schema, root) if schema is not None else None
+    if schema is None:
+        return None
+    json_type = {list: "array", dict: "object"}.get(type(value))
+    alternatives = [_resolve(a, root) for a in schema.get("oneOf") or schema.get("anyOf") or ()]
+    alternatives = [a for a in alternatives if a.get("type") == json_type]
+    if alternatives:  # of several objects, the one that knows the key ({linspace: ...} among the generators)
+        schema = next((a for a in alternatives if key in a.get("properties", {})), alternatives[0])
+    if isinstance(value, dict):
+        extra = schema.get("additionalProperties")
+        return schema.get("properties", {}).get(key, extra if isinstance(extra, dict) else None)
+    prefix = schema.get("prefixItems", [])
+    return prefix[key] if key < len(prefix) else schema.get("items") if isinstance(schema.get("items"), dict) else None
+
+
+def _allowed_number(schema, root):
+    """'a finite number > 0 and < 1 (description)': what the schema allows at a number's place."""
+    schema = _resolve(schema, root) if schema is not None else {}
+    number = next((_resolve(a, root) for a in schema.get("oneOf") or schema.get("anyOf") or ()
+                   if _resolve(a, root).get("type") in ("number", "integer")), schema)
+    bounds = [f"{sign} {number[key]}" for key, sign in (("minimum", ">="), ("exclusiveMinimum", ">"),
+                                                       ("maximum", "<="), ("exclusiveMaximum", "<"))
+              if key in number]
+    text = " ".join(["an integer" if number.get("type") == "integer" else "a finite number", " and ".join(bounds)])
+    text = text.strip()
+    hint = number.get("description") or schema.get("description")
+    return text + (f" ({' '.join(str(hint).split())})" if hint else "")
+
+
+def non_finite_numbers(value, schema, root, where="config"):
+    """One line per NaN or infinite number anywhere in the config: where it is and what is allowed there."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield f"{where}: {value} is not a finite number; allowed: {_allowed_number(schema, root)}"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from non_finite_numbers(item, _within(schema, key, value, root), root, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from non_finite_numbers(item, _within(schema, i, value, root), root, f"{where}[{i}]")
+
+
 def explain_invalid_config(cfg, schema_file):
     schema = yaml.safe_load(open(schema_file))
     coerce_strings(cfg, schema, schema)
+    lines = list(non_finite_numbers(cfg, schema, schema))
+    if lines:
+        raise WorkflowError("invalid config (see config/README.md):\n" + "\n".join(lines))
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -90,4 +145,17 @@ def explain_invalid_config(cfg, schema_file):
         raise WorkflowError("invalid config (see config/README.md):\n" + "\n".join(lines) + more)
 
 
+def check_plot_scripts(cfg, scripts):
+    """Every figure's plot script is there (`script`, default <figure>.py), before Snakemake looks for it."""
+    for figure, fig in cfg["figures"].items():
+        if fig is not None:
+            script = fig.get("script", f"{figure}.py")
+            if not (scripts / script).is_file():
+                raise WorkflowError(
+                    f"config: figure {figure}: its plot script workflow/scripts/{script} does not exist "
+                    f"(a figure needs one: add it, or set figures.{figure}.script to an existing script, "
+                    f"e.g. fig2.py)")
+
+
 explain_invalid_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+check_plot_scripts(config, Path(workflow.basedir) / "workflow" / "scripts")

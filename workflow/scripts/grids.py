@@ -6,6 +6,7 @@ It needs numpy only, so it works in the plotting environment and in Snakemake's 
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -56,6 +57,17 @@ def value_label(value) -> str:
     return LABEL_RE.sub(".", str(value)).strip(".") or "empty"
 
 
+def norm(value) -> str:
+    """One spelling per grid value, whether a CSV stored it as 10, 10.0 or '10' (or YAML wrote a key as 10)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(number):
+        return ""
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
 def expand_seeds(spec) -> list[int]:
     if isinstance(spec, list):
         return sorted(set(spec))
@@ -97,6 +109,45 @@ def check_plot(panel: dict, where: str) -> None:
         raise GridError(f"config: {where}: a heatmap needs plot y (its rows)")
     if kind != "heatmap" and y is not None:
         raise GridError(f"config: {where}: plot y is for kind heatmap only")
+    if hue is not None and "color" in plot:
+        raise GridError(f"config: {where}: plot color is the colour of a panel that is one condition (no hue); "
+                        f"give the colours of the {hue} values in plot colors")
+
+    check_names(plot, grid, x, hue, kind, where)
+
+
+def check_names(plot: dict, grid: dict, x, hue, kind: str, where: str) -> None:
+    """Refuse `names` and `colors` keys that name no value the plot shows: `names` renames conditions (hue
+    values) and categories (x values of a points plot, or of a line plot whose x is not a number axis),
+    `colors` colours conditions. Values of a derived coordinate come from the runs: not checked here."""
+
+    def shown(name):  # a coordinate's values as the figure names them (the label of a labelled value)
+        labelled = isinstance(grid[name], dict) and "labels" in grid[name]
+        return labelled, [norm(label if labelled else value)
+                          for label, value in expand_values(grid[name], f"{where}, grid {name}")]
+
+    if hue in DERIVED or (x in DERIVED and kind == "points"):
+        return
+    conditions = shown(hue)[1] if hue is not None else []
+    categories = []
+    if x is not None and x in grid and kind != "heatmap":
+        labelled, values = shown(x)
+        if kind == "points" or labelled or not all(_numeric(v) for v in values):
+            categories = values
+    for key, known, what in (("names", conditions + categories, "hue value or x category"),
+                             ("colors", conditions, "hue value")):
+        unknown = [norm(k) for k in plot.get(key) or {} if norm(k) not in known]
+        if unknown:
+            raise GridError(f"config: {where}: plot {key} {unknown[0]!r} is not a {what} of this panel "
+                            f"(known: {', '.join(dict.fromkeys(known)) or 'none'})")
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def figure_spec(cfg: dict, figure: str, synthetic_of=lambda panel: []) -> dict:

@@ -10,13 +10,15 @@ number of seeds and the teacher's mean accuracy. The summary is written beside t
 Layout: panels whose plot hints name the same `axis` share one axis, each panel a condition (its `label`);
 every axis gets an accuracy panel, and the axes whose panels ask for `cosine` get two more (teacher-student
 cosine of the class and aux head weights). The panels fill a 7 in wide figure (a two-column page), one
-legend on top; the same condition has the same colour in every figure.
+legend on top; a condition's colour comes from the config's plot hints (`colors`, `color`), so the same
+condition has the same colour in every figure that gives it the same one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
+import itertools
 import math
 import textwrap
 from pathlib import Path
@@ -28,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from grids import DERIVED, plot_axes  # noqa: E402
+from grids import DERIVED, norm, plot_axes  # noqa: E402
 from logged import logged  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
@@ -41,22 +43,11 @@ plt.rcParams.update({
     "savefig.bbox": "tight", "savefig.pad_inches": 0.02, "pdf.fonttype": 42, "ps.fonttype": 42,
 })
 
-# Okabe & Ito (2008): distinguishable with the common colour-vision deficiencies
-BLACK, ORANGE, SKY, GREEN, BLUE, VERMILLION, PURPLE = (
-    "#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
-SIENNA = "#8C510A"
-# The same condition has the same colour in every figure; the keys are panel names (a panel that is one
-# condition) and hue levels ("coordinate=value" or the label of a labelled value). What a condition
-# changes decides its colour: nothing (black), a hidden layer, the class head, the aux head, both heads.
-CONDITION_COLOURS = {
-    "same": BLACK, "mnist": BLACK, "emnist": BLACK,
-    "rand_fc1": SKY, "rand_fc2": BLUE, "rand_hidden": ORANGE,
-    "rand_class_head": VERMILLION, "class_head": VERMILLION, "frozen_class": VERMILLION,
-    "rand_aux_head": GREEN, "aux_head": GREEN, "frozen_aux": GREEN,
-    "frozen_both": PURPLE,
-    "m=10": ORANGE, "m=50": SIENNA,  # fig3: students with random hidden layers (as rand_hidden), two aux widths
-}
-OTHER_COLOURS = [BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, SIENNA, "#999999", BLACK]
+# Conditions take their colours from the config (plot hints `colors`, `color`); the others take the next
+# colours of this cycle: Okabe & Ito (2008), distinguishable with the common colour-vision deficiencies,
+# then sienna, grey and black.
+COLOUR_CYCLE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#8C510A", "#999999", "#000000"]
+VERMILLION = "#D55E00"  # the synthetic-data footnote
 MARKERS = ["o", "s", "D", "^", "v", "P", "X", "<", ">"]
 TEACHER = {"color": "0.3", "ls": "--", "lw": 0.9}
 CHANCE = {"color": "0.55", "ls": ":", "lw": 1.0}
@@ -67,19 +58,9 @@ METRICS = {
     "cos_class": ("cos_final_teacher_student_class_head_weight", "cosine, teacher vs student", "class head weights"),
     "cos_aux": ("cos_final_teacher_student_aux_head_weight", "cosine, teacher vs student", "aux head weights"),
 }
+# `data`: "synthetic MNIST" (or EMNIST, ...) on the rows of a panel computed on generated data, else empty
 SUMMARY_COLUMNS = ["figure", "axis", "panel", "metric", "condition", "hue_name", "hue", "x_name", "x", "y_name", "y",
-                   "mean", "ci_low", "ci_high", "n_seeds", "teacher_acc", "chance"]
-
-
-def norm(value) -> str:
-    """One spelling per grid value, whether the CSV stored it as 10, 10.0 or '10'."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(number):
-        return ""
-    return str(int(number)) if number.is_integer() else repr(number)
+                   "mean", "ci_low", "ci_high", "n_seeds", "teacher_acc", "chance", "data"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,6 +145,7 @@ def summarise(spec: dict, table: pd.DataFrame) -> pd.DataFrame:
             levels = panel["grid"][hue]["values"] if hue in panel["grid"] else (
                 sorted(df[hue].dropna().unique(), key=_order(panel, hue)) if hue else [None])
             metrics = ["acc"] + (["cos_class", "cos_aux"] if panel["plot"].get("cosine") else [])
+            data = f"synthetic {' and '.join(panel['synthetic'])}" if panel.get("synthetic") else ""
             by_x, by_y = _order(panel, x), _order(panel, y)
             for metric in metrics:
                 column = METRICS[metric][0]
@@ -186,7 +168,7 @@ def summarise(spec: dict, table: pd.DataFrame) -> pd.DataFrame:
                             "mean": mean, "ci_low": low, "ci_high": high,
                             "n_seeds": int(group.loc[finite, "seed"].nunique()),
                             "teacher_acc": float(group["teacher_final_acc"].mean()),
-                            "chance": float(group["chance"].mean()),
+                            "chance": float(group["chance"].mean()), "data": data,
                         })
                     points.sort(key=lambda p: (by_y(p["y"]) if y else 0, by_x(p["x"]) if x else 0))
                     rows += points
@@ -198,21 +180,31 @@ def summarise(spec: dict, table: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------
 
 
-def condition_styles(summary: pd.DataFrame) -> dict[str, dict]:
-    """Colour and marker per condition (legend text), the same for a condition wherever it appears."""
-    rows = list(summary.drop_duplicates("condition").itertuples(index=False))
+def configured_colour(panel: dict, hue_level) -> str | None:
+    """The colour the config gives a condition of this panel: `colors` per hue value, or `color` (no hue)."""
+    plot = panel["plot"]
+    if hue_level is None:
+        return plot.get("color")
+    return {norm(k): v for k, v in (plot.get("colors") or {}).items()}.get(norm(hue_level))
+
+
+def condition_styles(summary: pd.DataFrame, spec: dict) -> dict[str, dict]:
+    """Colour and marker per condition (legend text), the same for a condition in every panel of the figure:
+    the colour the config gives it (the first panel that gives one), else the next colour of COLOUR_CYCLE
+    that no configured colour takes, in the order the conditions appear."""
+    panels = {panel["name"]: panel for panel in spec["panels"]}
     colours = {}
-    for row in rows:  # first the named conditions' own colours, then free colours for the others
-        keys = [f"{row.hue_name}={norm(row.hue)}", norm(row.hue)] if row.hue_name else [row.panel]
-        colour = next((CONDITION_COLOURS[k] for k in keys if k in CONDITION_COLOURS), None)
-        if colour is not None and colour not in colours.values():
-            colours[row.condition] = colour
-    for row in rows:
-        if row.condition not in colours:
-            free = [c for c in OTHER_COLOURS if c not in colours.values()] or OTHER_COLOURS
-            colours[row.condition] = free[0]
-    return {row.condition: {"color": colours[row.condition], "marker": MARKERS[i % len(MARKERS)]}
-            for i, row in enumerate(rows)}
+    for row in summary.drop_duplicates(["condition", "panel"]).itertuples(index=False):
+        colour = configured_colour(panels[row.panel], row.hue if row.hue_name else None)
+        if colour is not None:
+            colours.setdefault(row.condition, colour)
+    conditions = list(dict.fromkeys(summary["condition"]))
+    taken = {c.lower() for c in colours.values()}
+    cycle = itertools.cycle([c for c in COLOUR_CYCLE if c.lower() not in taken] or COLOUR_CYCLE)
+    for condition in conditions:
+        if condition not in colours:
+            colours[condition] = next(cycle)
+    return {c: {"color": colours[c], "marker": MARKERS[i % len(MARKERS)]} for i, c in enumerate(conditions)}
 
 
 def is_log(values, setting="auto") -> bool:
@@ -373,7 +365,7 @@ def draw(spec: dict, summary: pd.DataFrame):
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, ROW_HEIGHT * nrows + 0.4), squeeze=False,
                              layout="constrained")
-    styles = condition_styles(summary)
+    styles = condition_styles(summary, spec)
     for k, ((axis, metric), ax) in enumerate(zip(cells, axes.flat, strict=False)):
         panels = groups[axis]
         part = summary[(summary["axis"] == axis) & (summary["metric"] == metric)]
