@@ -53,8 +53,6 @@ for _figure in FIGURES:
         localrule: True
 
 
-include: "workflow/rules/data.smk"
-include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/batches.smk"
 include: "workflow/rules/tables.smk"

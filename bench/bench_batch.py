@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sublearn import batch
+from sublearn import cost, grouping, sheets
 from sublearn.cli import resolve_argv
 from sublearn.config import sheet_settings
 
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--skip-per-run", action="store_true",
                         help="time only the batch job(s); with --stack-layers both, `on` is compared with `off`")
     parser.add_argument("--max-memory-mb", type=float, default=8000,
-                        help="the batch jobs' memory budget, as the workflow's batch.memory_mb (default: %(default)s)")
+                        help="the batch jobs' memory budget, as the workflow's cost.memory_mb (default: %(default)s)")
     parser.add_argument("--work", default=None, help="keep the outputs here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -113,8 +113,8 @@ def main() -> None:
     modes = ["off", "on"] if args.stack_layers == "both" else [args.stack_layers]
     seconds_batch, memory = {}, {}
     for mode in modes:
-        sheet.write_text("".join(batch.sheet_record(rc.run_key(), str(work / f"batched-{mode}" / name),
-                                                    sheet_settings(rc.config), {"name": name}) + "\n"
+        sheet.write_text("".join(sheets.sheet_record(rc.run_key(), str(work / f"batched-{mode}" / name),
+                                                    sheet_settings(rc.config)) + "\n"
                                  for name, rc in resolved.items()))
         log = work / f"batch-{mode}.log"
         with open(log, "w") as handle:
@@ -128,9 +128,9 @@ def main() -> None:
                              if line.startswith("[batch] peak RSS")), "")
         outputs[f"batch --stack-layers {mode}"] = work / f"batched-{mode}"
 
-    runs_list = [batch.SheetRun(rc.run_key(), Path(name), rc, {}) for name, rc in resolved.items()]
-    flops = sum(batch.stack_flops(stack, "mnist") for stack in batch.stacks(runs_list))
-    lone_flops = sum(sum(batch.run_flops(rc, "mnist").values()) for rc in resolved.values())
+    runs_list = [sheets.SheetRun(rc.run_key(), Path(name), rc) for name, rc in resolved.items()]
+    flops = sum(cost.stack_flops(stack, "mnist") for stack in grouping.stacks(runs_list))
+    lone_flops = sum(sum(cost.run_flops(rc, "mnist").values()) for rc in resolved.values())
     print(f"sample {args.sample}: {len(runs)} students, seeds {args.seed}..{args.seed + args.seeds - 1}, "
           f"{args.student_epochs} student epochs, device {args.device}, {args.threads} thread(s)")
     print(f"teachers (shared by all): {seconds_teacher:.1f} s")

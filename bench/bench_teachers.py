@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-from sublearn import batch
+from sublearn import cost, sheets
 from sublearn.cli import resolve_argv
-from sublearn.config import resolve, sheet_settings, teacher_config
+from sublearn.config import sheet_settings
+from sublearn.plan import resolve, teacher_config
 
 
 def run(cmd: list[str]) -> tuple[float, str]:
@@ -62,7 +63,7 @@ def main() -> None:
         subprocess.run([*cli, "prepare-data", "--data-dir", args.data_dir, "--cache-dir", str(tmp / "cache")],
                        check=True, capture_output=True)
         rcs = [resolve(teacher_config(resolve_argv([*common, "--seed", str(seed)]))) for seed in range(args.seeds)]
-        flops = sum(batch.teacher_flops(rc, "mnist") for rc in rcs)
+        flops = sum(cost.teacher_flops(rc, "mnist") for rc in rcs)
         print(f"{args.seeds} teachers (fig2's: MLP 256,256, 5 epochs, MNIST), {flops / 1e12:.2f} TFLOP, "
               f"device {args.device}, {args.threads} thread(s)")
 
@@ -78,7 +79,7 @@ def main() -> None:
         for stack in args.stack_layers.split(","):
             out = tmp / f"set-{stack}"
             sheet = tmp / f"set-{stack}.jsonl"
-            sheet.write_text("".join(batch.teacher_record(rc.teacher_key(), str(out / f"{rc.teacher_key()}.pt"),
+            sheet.write_text("".join(sheets.teacher_record(rc.teacher_key(), str(out / f"{rc.teacher_key()}.pt"),
                                                           sheet_settings(rc.config)) + "\n" for rc in rcs))
             took, log = run([*cli, "teachers", "--sheet", str(sheet), *common, "--cache-only", "--stack-layers", stack])
             exact = args.device == "cpu" and stack == "off"

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from sublearn.config import ResolvedConfig
+from sublearn.plan import ResolvedConfig
 
 EPS = 1e-12
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sublearn import batch
+from sublearn import cost, grouping, sheets
 from sublearn.cli import main, resolve_argv
 from sublearn.config import sheet_settings
 
@@ -68,8 +68,7 @@ def write_sheet(path: Path, rcs: dict, root: Path) -> dict:
     with open(path, "w") as handle:
         for name, rc in rcs.items():
             dirs[name] = root / name
-            handle.write(batch.sheet_record(rc.run_key(), str(dirs[name]), sheet_settings(rc.config),
-                                            {"name": name}) + "\n")
+            handle.write(sheets.sheet_record(rc.run_key(), str(dirs[name]), sheet_settings(rc.config)) + "\n")
     return dirs
 
 
@@ -86,7 +85,7 @@ def train_teachers(rcs, tiny_data, tiny_cache, teacher_dir: Path) -> None:
 
 
 def lone_result(rc, data, checkpoint):
-    from sublearn.experiment import student_stage
+    from sublearn.student import student_stage
 
     return student_stage(rc, data, torch.device("cpu"), checkpoint)
 
@@ -135,16 +134,12 @@ def test_stack_members_equal_lone_runs_bit_for_bit(stack_layers, tiny_data, tiny
     of two seeds in lockstep. With stacked layers (the CUDA default; here on the CPU) bit for bit where
     batched matmuls are, else to tolerance."""
     from sublearn.data import ensure_cache, load
-    from sublearn.experiment import (
-        SharedEvaluations,
-        distill_stack,
-        finish_student,
-        prepare_student,
-        train_teacher_stage,
-    )
+    from sublearn.evaluation import SharedEvaluations
+    from sublearn.student import distill_stack, finish_student, prepare_student
+    from sublearn.teacher import train_teacher_stage
 
     rcs = {name: resolved(tiny_data, tiny_cache, extra) for name, extra in MIXED.items()}
-    assert len({batch.stack_key(rc) for rc in rcs.values()}) == 1
+    assert len({rc.stack_key() for rc in rcs.values()}) == 1
     shared = {rcs[n].trajectory_key() for n in BASE_TRAJECTORY}
     assert len(shared) == 1  # one computation for those
     assert not shared & {rc.trajectory_key() for n, rc in rcs.items() if n not in BASE_TRAJECTORY}
@@ -197,7 +192,7 @@ def test_stack_members_equal_lone_runs_bit_for_bit(stack_layers, tiny_data, tiny
 
 
 def test_shared_evaluations_stay_within_their_budget_and_tell_bodies_apart():
-    from sublearn.experiment import SharedEvaluations, body_key
+    from sublearn.evaluation import SharedEvaluations, body_key
     from sublearn.model import build_model
 
     shared = SharedEvaluations(max_bytes=3 * 400)  # three 10 x 10 float32 tensors
@@ -230,27 +225,27 @@ def test_stacking_decisions(tiny_data, tiny_cache):
     apart = [resolved(tiny_data, tiny_cache, x) for x in (
         ["--noise-dist", "normal"], ["--noise-bsize", "65"], ["--normalize-noise"], ["--teacher-epochs", "2"],
         ["--perturb", "teacher:fc1,std=0.1,timing=after_teacher_training"])]
-    assert all(batch.stack_key(rc) == batch.stack_key(base) for rc in same)
-    assert all(batch.stack_key(rc) != batch.stack_key(base) for rc in apart)
-    assert batch.stack_key(resolved(tiny_data, tiny_cache, [], seed=1)) != batch.stack_key(base)
-    runs = [batch.SheetRun(rc.run_key(), Path(str(i)), rc, {}) for i, rc in enumerate([base, *same, *apart])]
-    assert sorted(map(len, batch.plan_stacks(runs))) == [1, 1, 1, 1, 1, 5]
-    per_run = batch.memory_mb(base)
+    assert all(rc.stack_key() == base.stack_key() for rc in same)
+    assert all(rc.stack_key() != base.stack_key() for rc in apart)
+    assert resolved(tiny_data, tiny_cache, [], seed=1).stack_key() != base.stack_key()
+    runs = [sheets.SheetRun(rc.run_key(), Path(str(i)), rc) for i, rc in enumerate([base, *same, *apart])]
+    assert sorted(map(len, grouping.plan_stacks(runs))) == [1, 1, 1, 1, 1, 5]
+    per_run = cost.memory_mb(base)
     budget = per_run * 2.5
-    parts = batch.plan_stacks(runs[:5], max_memory_mb=budget)
+    parts = grouping.plan_stacks(runs[:5], max_memory_mb=budget)
     assert len(parts) >= 2 and sum(map(len, parts)) == 5
-    assert all(len(p) == 1 or sum(batch.memory_mb(r.rc) for r in p) <= budget for p in parts)
+    assert all(len(p) == 1 or sum(cost.memory_mb(r.rc) for r in p) <= budget for p in parts)
     # stacks train together in lockstep sets while their memory fits (all of them without a budget)
-    plan = batch.plan_stacks(runs)
-    assert batch.lockstep_sets(plan) == [plan]
-    sets = batch.lockstep_sets(plan, max_memory_mb=budget)
+    plan = grouping.plan_stacks(runs)
+    assert grouping.lockstep_sets(plan) == [plan]
+    sets = grouping.lockstep_sets(plan, max_memory_mb=budget)
     assert [stack for lockstep in sets for stack in lockstep] == plan and len(sets) > 1
-    assert all(len(s) == 1 or sum(batch.memory_mb(r.rc) for stack in s for r in stack) <= budget for s in sets)
+    assert all(len(s) == 1 or sum(cost.memory_mb(r.rc) for stack in s for r in stack) <= budget for s in sets)
 
 
 def test_cost_model_counts_the_students_matmuls():
     rc = resolve_argv([])  # the paper's default run: MLP 256,256, m 10, 5 x 60 batches of 1000
-    flops = batch.run_flops(rc, "mnist")
+    flops = cost.run_flops(rc, "mnist")
     # forward, weight gradients and fc2/aux input gradients along the aux path: 0.363 TFLOP
     per_image = 2 * (784 * 256 + 256 * 256 + 256 * 10) * 2 + 2 * (256 * 256 + 256 * 10)
     assert flops["student"] == 300 * 1000 * per_image
@@ -258,24 +253,24 @@ def test_cost_model_counts_the_students_matmuls():
     assert flops["teacher_head"] == 320 * 1000 * 2 * 256 * 10
     assert flops["teacher_body"] == 320 * 1000 * 2 * (784 * 256 + 256 * 256)
     frozen = resolve_argv(["--student-trainable", "fc1:false"])
-    assert batch.run_flops(frozen, "mnist")["student"] < flops["student"]
-    assert batch.teacher_flops(rc, "mnist") > 5 * 60_000 * 3 * 2 * 784 * 256
+    assert cost.run_flops(frozen, "mnist")["student"] < flops["student"]
+    assert cost.teacher_flops(rc, "mnist") > 5 * 60_000 * 3 * 2 * 784 * 256
     wide = resolve_argv(["--m", "1024"])
-    assert batch.memory_mb(wide) > batch.memory_mb(rc)
+    assert cost.memory_mb(wide) > cost.memory_mb(rc)
     # runs that differ only in N share one trajectory: a stack pays its longest run's distillation once
     sweep = [resolve_argv(["--noise-steps", str(n)]) for n in (1, 8, 64)]
-    runs = [batch.SheetRun(r.run_key(), Path(str(i)), r, {}) for i, r in enumerate(sweep)]
-    costs = [batch.run_flops(r, "mnist") for r in sweep]
-    assert batch.stack_flops(runs, "mnist") == costs[2]["student"] + sum(c["evaluation"] for c in costs) \
+    runs = [sheets.SheetRun(r.run_key(), Path(str(i)), r) for i, r in enumerate(sweep)]
+    costs = [cost.run_flops(r, "mnist") for r in sweep]
+    assert cost.stack_flops(runs, "mnist") == costs[2]["student"] + sum(c["evaluation"] for c in costs) \
         + costs[2]["teacher_body"] + costs[2]["teacher_head"]
     # a teacher aux head is computed once per step for every trajectory that uses it
     inits = [resolve_argv(["--student-init", x]) for x in ("A,A,A,A", "random,A,A,A", "A,random,A,A")]
     perturbed = resolve_argv(["--perturb", "teacher:aux_head,std=0.1"])
-    assert len({batch.teacher_head_key(r) for r in inits}) == 1
-    assert batch.teacher_head_key(perturbed) != batch.teacher_head_key(rc) != batch.teacher_head_key(wide)
-    three = [batch.SheetRun(r.run_key(), Path(str(i)), r, {}) for i, r in enumerate(inits)]
-    costs = [batch.run_flops(r, "mnist") for r in inits]
-    assert batch.stack_flops(three, "mnist") == sum(c["student"] + c["evaluation"] for c in costs) \
+    assert len({r.teacher_head_key() for r in inits}) == 1
+    assert perturbed.teacher_head_key() != rc.teacher_head_key() != wide.teacher_head_key()
+    three = [sheets.SheetRun(r.run_key(), Path(str(i)), r) for i, r in enumerate(inits)]
+    costs = [cost.run_flops(r, "mnist") for r in inits]
+    assert cost.stack_flops(three, "mnist") == sum(c["student"] + c["evaluation"] for c in costs) \
         + costs[0]["teacher_body"] + costs[0]["teacher_head"]
     # so do runs that differ only in the student's class head or after distillation, but not in the
     # teacher's class head before its training, the student's aux head, or a perturbation that acts
@@ -292,8 +287,8 @@ def test_cost_model_counts_the_students_matmuls():
     assert {r.trajectory_key() for r in same} == {rc.trajectory_key()}
     assert rc.trajectory_key() not in {r.trajectory_key() for r in other}
     assert len({r.run_key() for r in [rc, *same]}) == len(same) + 1  # still distinct runs
-    apart = [*runs, batch.SheetRun(wide.run_key(), Path("w"), wide, {})]
-    assert batch.stack_flops(apart, "mnist") > batch.stack_flops(runs, "mnist") + batch.run_flops(wide, "mnist")[
+    apart = [*runs, sheets.SheetRun(wide.run_key(), Path("w"), wide)]
+    assert cost.stack_flops(apart, "mnist") > cost.stack_flops(runs, "mnist") + cost.run_flops(wide, "mnist")[
         "student"] - 1
 
 
@@ -428,9 +423,9 @@ BAD_SHEETS = [
 @pytest.mark.parametrize(("corrupt", "message"), BAD_SHEETS)
 def test_bad_sheet_is_refused_before_any_training(corrupt, message, tiny_data, tiny_cache, tmp_path, capsys):
     rc = resolved(tiny_data, tiny_cache, [])
-    record = json.loads(batch.sheet_record(rc.run_key(), str(tmp_path / "r"), sheet_settings(rc.config), {}))
+    record = json.loads(sheets.sheet_record(rc.run_key(), str(tmp_path / "r"), sheet_settings(rc.config)))
     other = resolved(tiny_data, tiny_cache, ["--m", "3"])
-    good = batch.sheet_record(other.run_key(), str(tmp_path / "good"), sheet_settings(other.config), {})
+    good = sheets.sheet_record(other.run_key(), str(tmp_path / "good"), sheet_settings(other.config))
     sheet = tmp_path / "sheet.jsonl"
     sheet.write_text(good + "\n" + json.dumps(corrupt(record)) + "\n")
     code = main(["batch", "--sheet", str(sheet), "--teacher-dir", str(tmp_path), "--data-dir", str(tiny_data),
@@ -521,7 +516,7 @@ TEACHERS = {
 
 
 def teacher_sheet(path: Path, rcs: dict, root: Path) -> dict:
-    from sublearn.config import resolve, teacher_config
+    from sublearn.plan import resolve, teacher_config
 
     outs = {}
     with open(path, "w") as handle:
@@ -529,7 +524,7 @@ def teacher_sheet(path: Path, rcs: dict, root: Path) -> dict:
             trc = resolve(teacher_config(rc))
             assert trc.teacher_key() == rc.teacher_key()  # the canonical config trains this run's teacher
             outs[name] = root / f"{rc.teacher_key()}.pt"
-            handle.write(batch.teacher_record(rc.teacher_key(), str(outs[name]), sheet_settings(trc.config)) + "\n")
+            handle.write(sheets.teacher_record(rc.teacher_key(), str(outs[name]), sheet_settings(trc.config)) + "\n")
     return outs
 
 
@@ -567,7 +562,7 @@ def test_teachers_in_lockstep_equal_lone_teachers_bit_for_bit(stack_layers, tiny
         assert summary["teacher_key"] == rc.teacher_key() and "trained_body" not in summary
     # a run distils from its set-trained teacher exactly as from its own (the perturbed run included)
     from sublearn import data as datasets
-    from sublearn.experiment import student_stage
+    from sublearn.student import student_stage
 
     rc = rcs["perturbed"]
     cache, _ = datasets.ensure_cache("mnist", "balanced", str(tiny_data), str(tiny_cache))

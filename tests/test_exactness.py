@@ -17,8 +17,8 @@ import slow_reference
 import torch
 
 from sublearn.cli import config_from_args, resolve_argv
-from sublearn.config import resolve
 from sublearn.outputs import csv_value
+from sublearn.plan import resolve
 
 SCALARS = ["teacher_init_acc", "teacher_init_class_loss", "teacher_final_acc", "teacher_final_class_loss",
            "teacher_train_loss_last", "student_init_acc", "student_init_class_loss", "student_init_aux_loss",
@@ -73,7 +73,8 @@ def torch_threads(count: int):
 def fast_run(rc):
     """The runner's own two stages, in memory (what `sublearn run` does)."""
     from sublearn.data import ensure_cache, load
-    from sublearn.experiment import student_stage, train_teacher_stage
+    from sublearn.student import student_stage
+    from sublearn.teacher import train_teacher_stage
 
     c, device = rc.config, torch.device("cpu")
     cache, _ = ensure_cache(c.dataset, c.emnist_split, c.data_dir, c.cache_dir)

@@ -9,17 +9,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sublearn.config import (
-    ExperimentConfig,
-    UsageError,
-    parse_bool,
-    parse_init_source,
-    parse_layer_config,
-    resolve,
-)
-from sublearn.experiment import apply_perturbations, perlin_noise, sample_noise, shuffled_batches
+from sublearn.config import ExperimentConfig
+from sublearn.errors import UsageError
 from sublearn.model import build_model
+from sublearn.noise import perlin_noise, sample_noise
+from sublearn.perturb import apply_perturbations
+from sublearn.plan import resolve
 from sublearn.seeding import derived_seed, set_seed
+from sublearn.syntax import parse_bool, parse_init_source, parse_layer_config
+from sublearn.teacher import shuffled_batches
 
 LAYERS = ["fc1", "fc2", "class_head", "aux_head"]
 
@@ -196,7 +194,7 @@ def test_cnn_spec_layers_and_shapes():
 
 
 def test_cpu_adam_is_bit_identical_to_torch_adam():
-    from sublearn.experiment import CpuAdam
+    from sublearn.training import CpuAdam
 
     torch.manual_seed(0)
     layers = [torch.nn.Linear(20, 16), torch.nn.Linear(16, 4), torch.nn.Linear(16, 3)]  # last: no gradient

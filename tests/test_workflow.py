@@ -190,8 +190,9 @@ def test_a_stack_that_fits_in_a_job_is_never_split(real_mnist, workdir):
     """Batch jobs hold whole stacks (here each seed's 4 runs) while one fits in batch.max_tflop, so no job
     repeats another's noise draws and teacher passes and equal seeds make equal jobs; a stack larger than
     the budget is cut."""
-    from sublearn import batch
-    from sublearn.config import config_from_flags, resolve
+    from sublearn import cost, sheets
+    from sublearn.config import config_from_flags
+    from sublearn.plan import resolve
 
     cfg = base_config(real_mnist, {"fig2": fig2_block()}, seeds=(0, 1, 2))
     runs = []
@@ -199,8 +200,8 @@ def test_a_stack_that_fits_in_a_job_is_never_split(real_mnist, workdir):
         for init in INIT_LABELS.values():
             rc = resolve(config_from_flags({**cfg["defaults"], "teacher_init": "A,A,A,A", "m": m,
                                             "student_init": init, "seed": 0}))
-            runs.append(batch.SheetRun(rc.run_key(), Path(f"{m}{init}"), rc, {}))
-    stack = batch.stack_flops(runs, "mnist")
+            runs.append(sheets.SheetRun(rc.run_key(), Path(f"{m}{init}"), rc))
+    stack = cost.stack_flops(runs, "mnist")
     # 1.5 stacks per job: 3 jobs of one seed (cutting by FLOPs alone makes jobs of 5, 5 and 2 runs); 2.5:
     # two seeds and one; 0.6: each seed's stack cut in two
     for budget, sizes in ((1.5, [4, 4, 4]), (2.5, [4, 8]), (3.2, [12]), (0.6, [2, 2, 2, 2, 2, 2])):
@@ -246,7 +247,8 @@ def sheet_records(workdir: Path, pattern: str = "[!t]*.jsonl") -> list[dict]:
 @pytest.mark.parametrize("config", ["config.yaml", "quick.yaml"])
 def test_fig3_depth_teachers_have_random_hidden_layers_and_shared_heads(workdir, config):
     """The paper's student_{minus,plus}_one_layer scripts: teacher all:random,class_head:A,aux_head:A."""
-    from sublearn.config import config_from_settings, resolve
+    from sublearn.config import config_from_settings
+    from sublearn.plan import resolve
 
     fig3 = yaml.safe_load((REPO / "config" / config).read_text())["figures"]["fig3"]
     fig3["panels"] = [p for p in fig3["panels"] if p["name"] == "depth"]

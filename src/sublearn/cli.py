@@ -14,20 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import (
-    DATASETS,
-    EMNIST_SPLITS,
-    FLAG_SETTINGS,
-    MODEL_TYPES,
-    NOISE_DISTS,
-    ExperimentConfig,
-    Fault,
-    UsageError,
-    bad_value,
-    config_from_flags,
-    resolve,
-)
+from .architecture import MODEL_TYPES
+from .catalog import DATASETS, EMNIST_SPLITS, dataset_key
+from .config import FLAG_SETTINGS, ExperimentConfig, config_from_flags
+from .errors import Fault, UsageError, bad_value
+from .noise import DISTRIBUTIONS
+from .plan import resolve
 
+DEFAULTS = ExperimentConfig()  # the one place the defaults are written
 DEFAULT_CACHE = os.environ.get("SUBLEARN_CACHE", str(Path.home() / ".cache" / "sublearn"))
 
 
@@ -62,72 +56,80 @@ def _lower(text: str) -> str:
 
 def add_experiment_flags(p: argparse.ArgumentParser) -> None:
     io = p.add_argument_group("I/O and reproducibility")
-    io.add_argument("--outdir", default="./outputs",
+    io.add_argument("--outdir", default=DEFAULTS.outdir,
                     help="root of the per-seed output folders seed_XXXXXX/ (default: %(default)s)")
-    io.add_argument("--data-dir", default="./data",
+    io.add_argument("--data-dir", default=DEFAULTS.data_dir,
                     help="torchvision dataset folder (MNIST/raw, EMNIST/raw); downloaded there when absent "
                          "(default: %(default)s)")
     io.add_argument("--cache-dir", default=DEFAULT_CACHE,
                     help="where prepared dataset tensors are cached (default: $SUBLEARN_CACHE or %(default)s)")
     io.add_argument("--cache-only", action="store_true", help=CACHE_ONLY_HELP)
-    io.add_argument("--seed", type=_integer, default=42, help="base seed of every derived stream (default: 42)")
-    io.add_argument("--num-workers", type=_integer, default=0,
+    io.add_argument("--seed", type=_integer, default=DEFAULTS.seed,
+                    help="base seed of every derived stream (default: %(default)s)")
+    io.add_argument("--num-workers", type=_integer, default=DEFAULTS.num_workers,
                     help="accepted for compatibility; data are batched in memory, so it has no effect")
-    io.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if present)")
-    io.add_argument("--threads", type=_integer, default=None,
+    io.add_argument("--device", default=DEFAULTS.device,
+                    help="auto, cpu, cuda or cuda:N (default: %(default)s; auto = cuda if present)")
+    io.add_argument("--threads", type=_integer, default=DEFAULTS.threads,
                     help="torch intra-op CPU threads (default: torch's choice, usually the core count)")
-    io.add_argument("--sweep-name", default="default", help="free label written to every output row")
-    io.add_argument("--run-label", default="", help="second free label written to every output row")
+    io.add_argument("--sweep-name", default=DEFAULTS.sweep_name, help="free label written to every output row")
+    io.add_argument("--run-label", default=DEFAULTS.run_label, help="second free label written to every output row")
     io.add_argument("--append-global", action="store_true",
                     help="also append to OUTDIR/{runs,layer_metrics,perturbations}_all_seeds.csv")
 
     ds = p.add_argument_group("dataset")
-    ds.add_argument("--dataset", type=_lower, default="mnist", choices=DATASETS, help="default: mnist")
-    ds.add_argument("--emnist-split", default="balanced", choices=EMNIST_SPLITS,
+    ds.add_argument("--dataset", type=_lower, default=DEFAULTS.dataset, choices=DATASETS, help="default: %(default)s")
+    ds.add_argument("--emnist-split", default=DEFAULTS.emnist_split, choices=EMNIST_SPLITS,
                     help="EMNIST split (balanced: 47 classes, letters: 26); ignored for MNIST")
-    ds.add_argument("--class-count", type=_integer, default=None,
+    ds.add_argument("--class-count", type=_integer, default=DEFAULTS.class_count,
                     help="keep only labels 0..K-1 in both splits (2 <= K <= classes)")
-    ds.add_argument("--class-selection", default="first", choices=["first"],
+    ds.add_argument("--class-selection", default=DEFAULTS.class_selection, choices=["first"],
                     help="which classes --class-count keeps (only: first)")
 
     arch = p.add_argument_group("architecture")
     for role in ("teacher", "student"):
-        arch.add_argument(f"--{role}-type", type=_lower, default="mlp", choices=MODEL_TYPES,
-                          help=f"{role} feature extractor (default: mlp)")
-        arch.add_argument(f"--{role}-hidden-dims", default="256,256",
+        arch.add_argument(f"--{role}-type", type=_lower, default=getattr(DEFAULTS, f"{role}_type"), choices=MODEL_TYPES,
+                          help=f"{role} feature extractor (default: %(default)s)")
+        arch.add_argument(f"--{role}-hidden-dims", default=",".join(map(str, getattr(DEFAULTS, f"{role}_hidden_dims"))),
                           help="comma-separated MLP widths; for the default CNN the last one is the fc1 width")
-        arch.add_argument(f"--{role}-arch-spec", default=None,
+        arch.add_argument(f"--{role}-arch-spec", default=getattr(DEFAULTS, f"{role}_arch_spec"),
                           help="CNN feature layers: a JSON list or the path of a JSON file (conv2d/linear; "
                                "activations relu/gelu/tanh/sigmoid/none; pools max/avg/adaptive_avg)")
-    arch.add_argument("--m", type=_integer, default=10, help="aux head width (default: 10)")
+    arch.add_argument("--m", type=_integer, default=DEFAULTS.m, help="aux head width (default: %(default)s)")
 
     layers = p.add_argument_group("per-layer initialisation and trainability",
                                   "positional (A,A,random,A) or named (fc1:A,all:random) entries")
     for role in ("teacher", "student"):
-        layers.add_argument(f"--{role}-init", default=None,
+        layers.add_argument(f"--{role}-init", default=getattr(DEFAULTS, f"{role}_init"),
                             help="sources A, B or random for each layer (default: all A)")
     for role in ("teacher", "student"):
-        layers.add_argument(f"--{role}-trainable", default=None,
+        layers.add_argument(f"--{role}-trainable", default=getattr(DEFAULTS, f"{role}_trainable"),
                             help="true/false for each layer (default: all true)")
 
     train = p.add_argument_group("training")
-    train.add_argument("--teacher-epochs", type=_integer, default=5, help="default: 5")
-    train.add_argument("--student-epochs", type=_integer, default=5, help="default: 5")
-    train.add_argument("--data-bsize", type=_integer, default=1024, help="labelled batch size (default: 1024)")
-    train.add_argument("--noise-bsize", type=_integer, default=1000, help="noise batch size (default: 1000)")
-    train.add_argument("--noise-steps", type=_integer, default=60, help="noise batches per student epoch (default: 60)")
-    train.add_argument("--teacher-lr", type=_number, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    train.add_argument("--student-lr", type=_number, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    train.add_argument("--teacher-epochs", type=_integer, default=DEFAULTS.teacher_epochs, help="default: %(default)s")
+    train.add_argument("--student-epochs", type=_integer, default=DEFAULTS.student_epochs, help="default: %(default)s")
+    train.add_argument("--data-bsize", type=_integer, default=DEFAULTS.data_bsize,
+                       help="labelled batch size (default: %(default)s)")
+    train.add_argument("--noise-bsize", type=_integer, default=DEFAULTS.noise_bsize,
+                       help="noise batch size (default: %(default)s)")
+    train.add_argument("--noise-steps", type=_integer, default=DEFAULTS.noise_steps,
+                       help="noise batches per student epoch (default: %(default)s)")
+    train.add_argument("--teacher-lr", type=_number, default=DEFAULTS.teacher_lr,
+                       help="Adam learning rate (default: %(default)s)")
+    train.add_argument("--student-lr", type=_number, default=DEFAULTS.student_lr,
+                       help="Adam learning rate (default: %(default)s)")
 
     noise = p.add_argument_group("noise")
-    noise.add_argument("--noise-dist", type=_lower, default="uniform", choices=NOISE_DISTS,
-                       help="uniform in [-1,1], standard normal, or Perlin (default: uniform)")
-    noise.add_argument("--perlin-res", type=_integer, default=8, help="Perlin grid resolution (default: 8)")
+    noise.add_argument("--noise-dist", type=_lower, default=DEFAULTS.noise_dist, choices=tuple(DISTRIBUTIONS),
+                       help="uniform in [-1,1], standard normal, or Perlin (default: %(default)s)")
+    noise.add_argument("--perlin-res", type=_integer, default=DEFAULTS.perlin_res,
+                       help="Perlin grid resolution (default: %(default)s)")
     noise.add_argument("--normalize-noise", action="store_true", help="apply the MNIST normalisation to noise")
-    noise.add_argument("--eval-noise-batches", type=_integer, default=10,
-                       help="noise batches of the aux-MSE evaluation (default: 10)")
-    noise.add_argument("--eval-noise-bsize", type=_integer, default=1000,
-                       help="batch size of the aux-MSE evaluation (default: 1000)")
+    noise.add_argument("--eval-noise-batches", type=_integer, default=DEFAULTS.eval_noise_batches,
+                       help="noise batches of the aux-MSE evaluation (default: %(default)s)")
+    noise.add_argument("--eval-noise-bsize", type=_integer, default=DEFAULTS.eval_noise_bsize,
+                       help="batch size of the aux-MSE evaluation (default: %(default)s)")
 
     pert = p.add_argument_group("perturbations", "additive Gaussian noise on layer weights/biases")
     pert.add_argument("--perturb", action="append", default=[],
@@ -140,10 +142,10 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
 
 def add_job_flags(p: argparse.ArgumentParser) -> None:
     """Where a sheet's job finds its data and what it runs on."""
-    p.add_argument("--data-dir", default="./data", help="torchvision dataset folder (default: %(default)s)")
+    p.add_argument("--data-dir", default=DEFAULTS.data_dir, help="torchvision dataset folder (default: %(default)s)")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="prepared dataset tensors (default: %(default)s)")
     p.add_argument("--cache-only", action="store_true", help=CACHE_ONLY_HELP)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--threads", type=_integer, default=None, help="torch intra-op CPU threads")
 
 
@@ -197,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "with batched matmuls, one per layer and step (auto: on CUDA) (default: %(default)s)")
     prep = sub.add_parser("prepare-data", help="download/parse a dataset once and cache its tensors",
                           description="Read a dataset with torchvision (downloading it when absent) and cache it.")
-    prep.add_argument("--dataset", type=_lower, default="mnist", choices=DATASETS)
-    prep.add_argument("--emnist-split", default="balanced", choices=EMNIST_SPLITS)
-    prep.add_argument("--data-dir", default="./data")
+    prep.add_argument("--dataset", type=_lower, default=DEFAULTS.dataset, choices=DATASETS)
+    prep.add_argument("--emnist-split", default=DEFAULTS.emnist_split, choices=EMNIST_SPLITS)
+    prep.add_argument("--data-dir", default=DEFAULTS.data_dir)
     prep.add_argument("--cache-dir", default=DEFAULT_CACHE)
     return parser
 
@@ -317,18 +319,9 @@ def _write_result(args, rc, result) -> None:
           f"aux MSE {row['student_init_aux_loss']:.6g}->{row['student_final_aux_loss']:.6g} | {where}", flush=True)
 
 
-def _load_checkpoint(path: str):
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise bad_value("--teacher-checkpoint", path, f"not a readable teacher checkpoint ({type(exc).__name__})") \
-            from None
-
-
 def cmd_run(args) -> None:
-    from .experiment import student_stage, train_teacher_stage
+    from .student import student_stage
+    from .teacher import train_teacher_stage
 
     rc, device = _setup(args)
     data = _prepare_data(rc, device, args.cache_only)
@@ -337,8 +330,8 @@ def cmd_run(args) -> None:
 
 
 def cmd_teacher(args) -> None:
-    from .experiment import train_teacher_stage
     from .outputs import write_teacher
+    from .teacher import train_teacher_stage
 
     rc, device = _setup(args)
     data = _prepare_data(rc, device, args.cache_only)
@@ -348,17 +341,17 @@ def cmd_teacher(args) -> None:
 
 
 def cmd_student(args) -> None:
-    from .experiment import check_checkpoint, student_stage
+    from .student import student_stage
+    from .teacher import check_checkpoint, load_checkpoint
 
     rc, device = _setup(args)
-    checkpoint = _load_checkpoint(args.teacher_checkpoint)
+    checkpoint = load_checkpoint(args.teacher_checkpoint, "--teacher-checkpoint")
     check_checkpoint(rc, checkpoint)
     data = _prepare_data(rc, device, args.cache_only, with_train=False)
     _write_result(args, rc, student_stage(rc, data, device, checkpoint))
 
 
 def cmd_prepare_data(args) -> None:
-    from .config import dataset_key
     from .data import ensure_cache
 
     _check_writable(args.cache_dir, "--cache-dir")
@@ -368,9 +361,10 @@ def cmd_prepare_data(args) -> None:
 
 
 def cmd_batch(args) -> None:
-    from . import batch, dataid
+    from . import dataid, grouping, sheets
+    from .cost import memory_mb
 
-    runs = batch.read_sheet(args.sheet)
+    runs = sheets.read_sheet(args.sheet)
     _require_positive(args.threads, "--threads")
     _require_positive(args.max_memory_mb, "--max-memory-mb")
     _require_positive(args.gflops, "--gflops")
@@ -395,17 +389,19 @@ def cmd_batch(args) -> None:
         caches = {k: data.ensure_cache(*k, args.data_dir, args.cache_dir, build=not args.cache_only)
                   for k in datasets}
         identities = {k: identity for k, (_, identity) in caches.items()}
-    todo = [r for r in runs if batch.recorded_result(r.run_dir)
+    todo = [r for r in runs if sheets.recorded_result(r.run_dir)
             != (r.id, identities[(r.rc.config.dataset, r.rc.config.emnist_split)])]
-    plan = batch.plan_stacks(todo, args.max_memory_mb)
+    plan = grouping.plan_stacks(todo, args.max_memory_mb)
     print(f"[batch] {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to compute in "
           f"{len(plan)} stacks", flush=True)
     if args.plan:
-        batch.print_plan(plan, args.gflops)
+        grouping.print_plan(plan, args.gflops)
         return
     if not todo:
         return
     import torch
+
+    from . import batch
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -413,7 +409,7 @@ def cmd_batch(args) -> None:
     stack_layers = {"auto": None, "on": True, "off": False}[args.stack_layers]
     sets = batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers,
                             args.max_memory_mb)
-    largest = max(sum(batch.memory_mb(r.rc) for stack in lockstep for r in stack) for lockstep in sets)
+    largest = max(sum(memory_mb(r.rc) for stack in lockstep for r in stack) for lockstep in sets)
     print(f"[batch] {_peak_memory(device)}; largest lockstep set estimated at {largest:.0f} MB of students",
           flush=True)
 
@@ -429,9 +425,9 @@ def _peak_memory(device) -> str:
 
 
 def cmd_teachers(args) -> None:
-    from . import batch
+    from . import sheets
 
-    teachers = batch.read_teacher_sheet(args.sheet)
+    teachers = sheets.read_teacher_sheet(args.sheet)
     _require_positive(args.threads, "--threads")
     for teacher in teachers:
         _check_writable(teacher.out, f"teacher {teacher.id}: out", is_file=True)
@@ -440,13 +436,15 @@ def cmd_teachers(args) -> None:
     _check_writable(args.cache_dir, "--cache-dir")
     datasets = dict.fromkeys((t.rc.config.dataset, t.rc.config.emnist_split) for t in teachers)
     caches = {k: data.ensure_cache(*k, args.data_dir, args.cache_dir, build=not args.cache_only) for k in datasets}
-    todo = [t for t in teachers if batch.recorded_teacher(t.out) != (t.id, caches[(t.rc.config.dataset,
+    todo = [t for t in teachers if sheets.recorded_teacher(t.out) != (t.id, caches[(t.rc.config.dataset,
                                                                                t.rc.config.emnist_split)][1])]
     print(f"[teachers] {len(teachers)} teachers, {len(teachers) - len(todo)} already trained, {len(todo)} to train",
           flush=True)
     if not todo:
         return
     import torch
+
+    from . import batch
 
     if args.threads:
         torch.set_num_threads(args.threads)

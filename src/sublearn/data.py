@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from . import dataid
-from .config import Fault, UsageError, dataset_key, num_classes_of, raw_files
+from .catalog import dataset_info, dataset_key, raw_files
+from .errors import Fault, UsageError
 from .outputs import atomic_torch_save, atomic_write_text
 
-MEAN, STD = 0.1307, 0.3081
 CACHE_FORMAT = 2
 
 
@@ -53,16 +53,16 @@ def prepare(dataset: str, emnist_split: str, data_dir: str | Path, cache_file: s
     from torchvision import datasets  # only here: run jobs never import torchvision
 
     data_dir, cache_file = Path(data_dir), Path(cache_file)
+    info = dataset_info(dataset, emnist_split)
     _refuse_folder_at(cache_file)
     folder = data_dir / raw_files(dataset, emnist_split)[0]
     created = [p for p in (data_dir, folder.parent, folder) if not p.exists()]
     tv_datasets = {}
     for train in (True, False):
         try:
-            if dataset == "mnist":
-                tv = datasets.MNIST(str(data_dir), train=train, download=True)
-            else:
-                tv = datasets.EMNIST(str(data_dir), split=emnist_split, train=train, download=True)
+            reader = getattr(datasets, info.torchvision)
+            split = {"split": emnist_split} if info.split else {}
+            tv = reader(str(data_dir), train=train, download=True, **split)
         except (RuntimeError, OSError, ValueError) as exc:
             if dataid.fingerprint(dataid.raw_paths(data_dir, dataset, emnist_split)) is None:
                 for path in reversed(created):  # leave no empty folders behind a failed download
@@ -112,8 +112,8 @@ def _refuse_folder_at(cache_file: Path) -> None:
 
 
 def _check_shapes(tv_datasets: dict, data_dir: Path, dataset: str, emnist_split: str) -> None:
-    classes = num_classes_of(dataset, emnist_split)
-    low = 1 if (dataset == "emnist" and emnist_split == "letters") else 0
+    info = dataset_info(dataset, emnist_split)
+    classes, low = info.classes, info.label_offset
     for tv in tv_datasets.values():
         images, labels = tv.data, tv.targets
         ok = (images.dtype == torch.uint8 and images.ndim == 3 and tuple(images.shape[1:]) == (28, 28)
@@ -171,10 +171,10 @@ def ensure_cache(dataset: str, emnist_split: str, data_dir: str | Path, cache_di
     raise UsageError(f"--cache-dir: invalid value {str(cache_dir)!r}; the {key} cache {path} {why}; {again}")
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """ToTensor (uint8 -> float32 / 255) then Normalize((0.1307,), (0.3081,)), on the whole tensor."""
+def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """ToTensor (uint8 -> float32 / 255) then Normalize((mean,), (std,)), on the whole tensor."""
     x = images.to(torch.float32).div(255)
-    x.sub_(torch.as_tensor(MEAN, dtype=torch.float32)).div_(torch.as_tensor(STD, dtype=torch.float32))
+    x.sub_(torch.as_tensor(mean, dtype=torch.float32)).div_(torch.as_tensor(std, dtype=torch.float32))
     return x.unsqueeze(1)
 
 
@@ -190,16 +190,17 @@ def load(cache_file: str | Path, dataset: str, emnist_split: str, class_count: i
     except Exception as exc:  # noqa: BLE001 - any unreadable cache is reported the same way
         raise UsageError(f"--cache-dir: invalid value {str(Path(cache_file).parent)!r}; {cache_file} is not a "
                          f"readable dataset cache ({type(exc).__name__}); delete it and prepare it again") from None
-    classes = class_count if class_count is not None else num_classes_of(dataset, emnist_split)
+    info = dataset_info(dataset, emnist_split)
+    classes = class_count if class_count is not None else info.classes
     tensors = {}
     for name, (images, labels) in splits.items():
         if name == "train" and not with_train:
             tensors[name] = (torch.empty(0, 1, 28, 28, device=device), torch.empty(0, dtype=torch.int64, device=device))
             continue
-        if dataset == "emnist" and emnist_split == "letters":  # labels 1..26 -> 0..25
-            labels = labels - 1
+        if info.label_offset:  # e.g. EMNIST letters: labels 1..26 -> 0..25
+            labels = labels - info.label_offset
         if class_count is not None:  # keep labels 0..K-1, in their original order
             keep = labels < class_count
             images, labels = images[keep], labels[keep]
-        tensors[name] = (normalise(images).to(device), labels.clone().to(device))
+        tensors[name] = (normalise(images, info.mean, info.std).to(device), labels.clone().to(device))
     return Dataset(*tensors["train"], *tensors["test"], classes, identity)

@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from .config import dataset_key, raw_files
+from .catalog import dataset_key, raw_files
 
 RECORD_FORMAT = 2
 HASH_CHUNK = 1 << 22

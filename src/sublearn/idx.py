@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import num_classes_of, raw_files
+from .catalog import dataset_info
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -36,12 +36,12 @@ def synthetic_split(n: int, classes: int, label_offset: int, rng: np.random.Gene
 
 def write_synthetic_dataset(root: str | Path, dataset: str, emnist_split: str = "balanced",
                             n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Path:
-    """Write train/test IDX files where torchvision's MNIST/EMNIST classes look for them."""
-    classes = num_classes_of(dataset, emnist_split)
-    offset = 1 if (dataset == "emnist" and emnist_split == "letters") else 0
+    """Write train/test IDX files where torchvision's dataset classes look for them (see catalog)."""
+    info = dataset_info(dataset, emnist_split)
+    classes, offset = info.classes, info.label_offset
     rng = np.random.default_rng(seed)
     templates = rng.uniform(0, 255, size=(classes, 28, 28)) * (rng.uniform(size=(classes, 28, 28)) > 0.6)
-    folder, names = raw_files(dataset, emnist_split)
+    folder, names = info.folder, info.files
     root = Path(root)
     for (images_name, labels_name), n in zip((names[0:2], names[2:4]), (n_train, n_test), strict=True):
         images, labels = synthetic_split(n, classes, offset, rng, templates)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ADAPTIVE_POOLS, AVG_POOLS, IMAGE_SHAPE, ModelPlan, conv_output_hw
+from .architecture import ADAPTIVE_POOLS, AVG_POOLS, HEAD_NAMES, ModelPlan, layers
 from .seeding import derived_seed, set_seed
 
 
@@ -43,34 +43,19 @@ class SplitHeadModel(nn.Module):
 
     def __init__(self, plan: ModelPlan, m: int, num_classes: int):
         super().__init__()
-        self.steps: list[tuple[str, str, dict]] = []  # (layer name, kind, spec)
-        if plan.model_type == "mlp":
-            width = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
-            for i, hidden in enumerate(plan.hidden_dims, start=1):
-                setattr(self, f"fc{i}", nn.Linear(width, hidden))
-                self.steps.append((f"fc{i}", "linear", {"activation": "relu"}))
-                width = hidden
-        else:
-            channels, hw, width = IMAGE_SHAPE[0], IMAGE_SHAPE[1:], None
-            for entry in plan.feature_spec:
-                if entry["type"] == "conv2d":
-                    layer = nn.Conv2d(
-                        channels, entry["out_channels"], kernel_size=entry.get("kernel_size", 3),
-                        stride=entry.get("stride", 1), padding=entry.get("padding", 0),
-                        dilation=entry.get("dilation", 1), bias=entry.get("bias", True),
-                    )
-                    channels = entry["out_channels"]
-                    hw = conv_output_hw(entry, hw, "--arch-spec")
-                else:
-                    in_width = width if width is not None else channels * hw[0] * hw[1]
-                    layer = nn.Linear(in_width, entry["out_features"], bias=entry.get("bias", True))
-                    width = entry["out_features"]
-                setattr(self, entry["name"], layer)
-                self.steps.append((entry["name"], entry["type"], entry))
-            width = width if width is not None else channels * hw[0] * hw[1]
-        self.class_head = nn.Linear(width, num_classes)
-        self.aux_head = nn.Linear(width, m)
-        self.layer_names = [name for name, _, _ in self.steps] + ["class_head", "aux_head"]
+        self.steps: list[tuple[str, str, dict]] = []  # (layer name, kind, spec) of the feature layers
+        for layer in layers(plan, m, num_classes):
+            spec = layer.spec
+            if layer.kind == "conv2d":
+                module = nn.Conv2d(layer.in_size, layer.out_size, kernel_size=spec.get("kernel_size", 3),
+                                   stride=spec.get("stride", 1), padding=spec.get("padding", 0),
+                                   dilation=spec.get("dilation", 1), bias=spec.get("bias", True))
+            else:
+                module = nn.Linear(layer.in_size, layer.out_size, bias=spec.get("bias", True))
+            setattr(self, layer.name, module)
+            if layer.name not in HEAD_NAMES:
+                self.steps.append((layer.name, layer.kind, spec))
+        self.layer_names = [name for name, _, _ in self.steps] + list(HEAD_NAMES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         for name, kind, spec in self.steps:

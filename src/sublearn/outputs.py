@@ -1,4 +1,4 @@
-"""Result files: the reference's CSV/JSONL formats, always written atomically.
+"""Result files: the reference's CSV/JSONL formats, always written atomically (torch-free at import).
 
 Every write goes to a temporary file in the destination folder and is moved into place with
 ``os.replace``, so a killed run leaves either the old file or the new one, never half of one.
@@ -16,17 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
-RUN_FILES = ("runs.csv", "layer_metrics.csv", "perturbations.csv")
-
 
 def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
+    if hasattr(value, "detach") and hasattr(value, "tolist"):  # a tensor
         return value.detach().cpu().tolist()
     if isinstance(value, Path):
         return str(value)
@@ -49,34 +45,41 @@ def csv_value(value: Any) -> Any:
     return value
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write to a temporary file beside ``path`` and move it into place: a reader (or a killed writer)
+    sees the old file or the new one, never half of one; no temporary file is left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", newline="") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk says nothing of the file: name it
+        raise OSError(exc.errno, exc.strerror, str(exc.filename or path)) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path, name: str = "*") -> None:
+    """Temporary files of ``name`` that a killed writer (kill -9) left in a folder."""
+    for stale in Path(folder).glob(f".{name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     # serialised in memory first: torch's zip writer reports a failed write (full disk) as a bare
     # RuntimeError, while a plain file write raises OSError with the cause
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(buffer.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def _csv_text(fieldnames: list[str], rows: list[dict[str, Any]]) -> str:
@@ -141,6 +144,7 @@ def write_reference_layout(outdir: Path, result, append_global: bool) -> Path:
 def write_run_dir(run_dir: Path, result) -> Path:
     """One run's own files (for the workflow: parallel jobs never share a file)."""
     run_dir = Path(run_dir)
+    remove_stale_temporaries(run_dir)  # one writer per run folder: any temporary file in it is a dead one's
     atomic_write_text(run_dir / "layer_metrics.csv", _csv_text(
         list(dict.fromkeys(k for r in result.layer_rows for k in r)), result.layer_rows))
     pert_fields = list(dict.fromkeys(k for r in result.perturbation_rows for k in r))
@@ -157,6 +161,8 @@ def write_teacher(checkpoint: dict[str, Any], effective_config: dict[str, Any], 
     write leaves neither (never a .json without its .pt), so a .json marks a finished teacher."""
     summary = {k: v for k, v in checkpoint.items() if k not in ("initial_body", "trained_body")}
     summary["effective_config"] = effective_config
+    for name in (out.name, out.with_suffix(".json").name):
+        remove_stale_temporaries(out.parent, name)
     atomic_torch_save(checkpoint, out)
     try:
         atomic_write_text(out.with_suffix(".json"), json.dumps(jsonable(summary), sort_keys=True, indent=1))

@@ -1,19 +1,21 @@
-# Students, in batch jobs: every unfinished run belongs to one batch (planned in common.smk from the cost
-# model), whose job computes its runs with `sublearn batch`, students that share a teacher and a noise
+# Students, in batch jobs: every unfinished run belongs to one batch (planned by workflow/scripts/jobs.py
+# from the runner's grouping and cost model), whose job computes its runs with `sublearn batch`, students that share a teacher and a noise
 # stream in lockstep. A finished run (its folder holds runs.csv, written last and atomically) is in no
 # batch, so nothing ever recomputes it; a deleted or killed run is simply unfinished at the next planning.
 # Run folders are named by the run key, so a run that several panels request is computed once.
 
 
 rule sheet:
-    """A batch's run sheet (id, run_dir, typed settings and coordinates per run) or a teacher set's teacher
-    sheet (id, out, typed settings per teacher): the runner's input."""
+    """A batch's run sheet (id, run_dir, typed settings per run) or a teacher set's teacher sheet (id, out,
+    typed settings per teacher): the runner's input. params.stale: the batch's runs whose folder holds an
+    unfinished result (a lost file, a cut row): when it changes, the sheet and its batch are made again."""
     output:
         sheet=f"{R}/sheets/{{sheet}}.jsonl",
     log:
         f"{LOGS}/sheets/{{sheet}}.log",
     params:
         text=sheet_text_of,
+        stale=stale_runs_of,
     localrule: True
     conda:
         "../../envs/plot.yaml"

@@ -1,5 +1,5 @@
 # Teachers, in teacher jobs: every untrained teacher that an unfinished run needs belongs to one teacher
-# set (planned in common.smk from the cost model), whose job trains its teachers with `sublearn teachers`,
+# set (planned by workflow/scripts/jobs.py from the cost model), whose job trains its teachers with `sublearn teachers`,
 # side by side, each on its own data order. A trained teacher (its .json summary, written after its .pt,
 # records its key and its data's identity) is in no set, so nothing retrains it; teachers on synthetic
 # data live apart, in R/synthetic/teachers.

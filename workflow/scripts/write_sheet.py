@@ -1,13 +1,12 @@
-"""Write a batch's run sheet or a teacher set's teacher sheet (its text comes from the plan in common.smk),
-atomically."""
+"""Write a batch's run sheet or a teacher set's teacher sheet (its text comes from the plan in
+workflow/scripts/jobs.py), atomically."""
 
-import os
 from pathlib import Path
+
+from sublearn.outputs import atomic_write_text
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
 
 out = Path(snakemake.output.sheet)
-tmp = out.with_name(f".{out.name}.tmp")
-tmp.write_text(snakemake.params.text)
-os.replace(tmp, out)
+atomic_write_text(out, snakemake.params.text)
 Path(snakemake.log[0]).write_text(f"{out}: {snakemake.params.text.count(chr(10))} records\n")

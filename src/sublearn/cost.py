@@ -1,0 +1,124 @@
+"""The cost model: estimated float32 FLOPs (matmuls and convolutions) and memory of teachers, student runs,
+stacks and jobs. The runner's `batch --plan` and the workflow's job planning both count with it.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .architecture import ModelPlan, layers
+from .catalog import CATALOG
+from .plan import ResolvedConfig
+
+SECONDS_PER_RUN = 0.5  # an allowance for per-run work outside the matmuls (models, snapshots, metrics, files)
+
+
+def layer_macs(plan: ModelPlan, m: int, num_classes: int) -> list[tuple[str, int]]:
+    return [(layer.name, layer.macs) for layer in layers(plan, m, num_classes)]
+
+
+def _train_step_flops(plan: ModelPlan, macs: list[tuple[str, int]], head: str) -> int:
+    """Forward, weight gradients of trainable layers and input gradients above the first trainable layer,
+    along the body and one head, per image."""
+    path = [(n, v) for n, v in macs if n not in ("class_head", "aux_head") or n == head]
+    flops, below_trainable = 0, False
+    for name, value in path:
+        flops += 2 * value
+        if plan.trainable[name]:
+            flops += 2 * value
+        if below_trainable:
+            flops += 2 * value
+        below_trainable = below_trainable or plan.trainable[name]
+    return flops
+
+
+def run_flops(rc: ResolvedConfig, dataset_key: str) -> dict[str, float]:
+    """Estimated FLOPs of one student run: distillation, the teacher's forward passes that give its targets
+    in distillation and on the eval noise (body and aux head, which a stack shares), and the student's
+    evaluation."""
+    c = rc.config
+    s_macs = layer_macs(rc.student, c.m, rc.num_classes)
+    t_macs = layer_macs(rc.teacher, c.m, rc.num_classes)
+    s_fwd = 2 * sum(v for n, v in s_macs if n != "class_head")
+    t_body = 2 * sum(v for n, v in t_macs if n not in ("class_head", "aux_head"))
+    t_aux = 2 * dict(t_macs)["aux_head"]
+    images = c.noise_steps * c.student_epochs * c.noise_bsize
+    eval_images = 2 * c.eval_noise_batches * c.eval_noise_bsize  # before and after distillation
+    test = CATALOG[dataset_key].test_size
+    if c.class_count:
+        test = test * c.class_count // rc.num_classes if c.class_count < rc.num_classes else test
+    s_class = 2 * sum(v for n, v in s_macs if n != "aux_head")
+    return {
+        "student": images * _train_step_flops(rc.student, s_macs, "aux_head"),
+        "teacher_head": (images + eval_images) * t_aux,
+        "teacher_body": (images + eval_images) * t_body,
+        "evaluation": 2 * test * s_class + eval_images * s_fwd,
+    }
+
+
+def teacher_flops(rc: ResolvedConfig, dataset_key: str) -> float:
+    c = rc.config
+    macs = layer_macs(rc.teacher, c.m, rc.num_classes)
+    info = CATALOG[dataset_key]
+    forward = 2 * sum(v for n, v in macs if n != "aux_head")
+    return c.teacher_epochs * info.train_size * _train_step_flops(rc.teacher, macs, "class_head") \
+        + 2 * info.test_size * forward
+
+
+def stack_flops(runs: list[Any], dataset_key: str) -> float:
+    """FLOPs of a stack (runs with ``.id`` and ``.rc``): every member's evaluation, the distillation of each
+    trajectory once (its longest run: runs of equal trajectory keys share it), each distinct teacher aux
+    head's targets and one teacher-body forward for as many steps as the longest run using them."""
+    costs = {r.id: run_flops(r.rc, dataset_key) for r in runs}
+    trajectories: dict[str, float] = {}
+    heads: dict[str, float] = {}
+    for r in runs:
+        key, head = r.rc.trajectory_key(), r.rc.teacher_head_key()
+        trajectories[key] = max(trajectories.get(key, 0.0), costs[r.id]["student"])
+        heads[head] = max(heads.get(head, 0.0), costs[r.id]["teacher_head"])
+    return (sum(trajectories.values()) + sum(heads.values()) + sum(c["evaluation"] for c in costs.values())
+            + max(c["teacher_body"] for c in costs.values()))
+
+
+class JobCost:
+    """A job's estimated FLOPs as runs join it in order (the runs of a stack together, a trajectory's longest
+    run first), for cutting runs into jobs: a run adds its evaluation, its trajectory's distillation when
+    it starts one, the teacher-body passes when it starts a stack and what its teacher aux head adds."""
+
+    def __init__(self) -> None:
+        self.flops = 0.0
+        self.heads: dict[tuple, float] = {}  # (stack, teacher aux head) -> its targets' FLOPs counted here
+        self.last: tuple = (None, None)  # the stack and trajectory of the run that joined last
+
+    def added(self, cost: dict[str, float], stack: str, trajectory: str, head: str) -> float:
+        """What a run with these costs (``run_flops``) would add."""
+        student = cost["student"] if (stack, trajectory) != self.last else 0.0
+        extra = student + cost["evaluation"] + (cost["teacher_body"] if stack != self.last[0] else 0.0)
+        return extra + max(0.0, cost["teacher_head"] - self.heads.get((stack, head), 0.0))
+
+    def add(self, cost: dict[str, float], stack: str, trajectory: str, head: str, extra: float) -> None:
+        self.flops += extra
+        self.heads[(stack, head)] = max(self.heads.get((stack, head), 0.0), cost["teacher_head"])
+        self.last = (stack, trajectory)
+
+    def restart(self) -> None:
+        """A new job: it shares nothing with the runs before."""
+        self.__init__()
+
+
+def estimated_seconds(flops: float, gflops_per_s: float, runs: int, seconds_per_run: float = SECONDS_PER_RUN) -> float:
+    return flops / (gflops_per_s * 1e9) + runs * seconds_per_run
+
+
+def memory_mb(rc: ResolvedConfig) -> float:
+    """Estimated memory of one member while it distils (float32): teacher weights, student weights with
+    gradients and Adam's two moments, and three copies (value, gradient, saved input) of every student
+    activation of one noise batch plus the teacher's."""
+    c = rc.config
+    student = layers(rc.student, c.m, rc.num_classes)
+    teacher = layers(rc.teacher, c.m, rc.num_classes)
+    weights = 4 * sum(layer.params for layer in student) + sum(layer.params for layer in teacher)
+    outputs = 3 * sum(layer.outputs for layer in student) + sum(layer.outputs for layer in teacher)
+    activations = c.noise_bsize * outputs
+    return 4 * (weights + activations) / 2**20

@@ -1,0 +1,108 @@
+"""Evaluations of a model: class accuracy and loss over a split, aux MSE against the teacher on
+evaluation noise, and what the runs of a batch job have in common (computed once)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import SplitHeadModel
+from .noise import sample_noise
+from .plan import ResolvedConfig
+from .seeding import derived_seed, forked_rng, set_seed
+
+
+class SharedEvaluations:
+    """What the evaluations of a batch job's runs have in common, computed once: each seed's eval-noise
+    batches, a model body's features on an input (the test split, or those batches) keyed by the body's
+    weights, and a teacher's aux logits on the noise. In fig2, say, the 36 runs of a seed start from 4
+    distinct student bodies and share one teacher. Equal weights and inputs through the same operations
+    give equal outputs, so every run's numbers are those of its lone run. The least recently used entries
+    go beyond ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.entries: OrderedDict[tuple, tuple[Any, list[torch.Tensor], int]] = OrderedDict()
+
+    def get(self, key: tuple, compute: Callable[[], list[torch.Tensor]], keep: Any = None) -> list[torch.Tensor]:
+        """The cached value of ``key``, else ``compute()`` (cached when it fits). ``keep``: an object the
+        key names by id(), held as long as the entry so that its id cannot be reused."""
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key][1]
+        value = compute()
+        size = sum(t.numel() * t.element_size() for t in value)
+        if size <= self.max_bytes:
+            self.entries[key] = (keep, value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                self.bytes -= self.entries.popitem(last=False)[1][2]
+        return value
+
+    def features(self, model: SplitHeadModel, name: tuple, inputs: list[torch.Tensor], keep: Any = None):
+        return self.get(("features", body_key(model), name), lambda: [model.features(x) for x in inputs], keep)
+
+
+def weights_digest(modules: list[nn.Module]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def body_key(model: SplitHeadModel) -> tuple:
+    """Equal keys: the same feature layers (structure and weights), so equal features of any input."""
+    return repr(model.steps), weights_digest([getattr(model, name) for name, _, _ in model.steps])
+
+
+@torch.no_grad()
+def evaluate_class(model: SplitHeadModel, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                   shared: SharedEvaluations | None = None) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of the class head over a split, in order, in loader-sized batches."""
+    model.eval()
+    starts = range(0, x.shape[0], batch_size)
+    if shared is None:
+        features = (model.features(x[start:start + batch_size]) for start in starts)
+    else:
+        features = shared.features(model, ("split", id(x), batch_size),
+                                   [x[start:start + batch_size] for start in starts], keep=x)
+    correct, loss_sum = 0, 0.0
+    for start, h in zip(starts, features, strict=True):
+        logits = model.class_head(h)
+        target = y[start:start + batch_size]
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum").item())
+        correct += int((logits.argmax(dim=1) == target).sum().item())
+    return correct / max(1, x.shape[0]), loss_sum / max(1, x.shape[0])
+
+
+def eval_noise(rc: ResolvedConfig, device: torch.device, moment: str) -> list[torch.Tensor]:
+    c = rc.config
+    with forked_rng(device):
+        set_seed(derived_seed(c.seed, "eval_noise", moment))
+        return [sample_noise(c.eval_noise_bsize, c, device) for _ in range(c.eval_noise_batches)]
+
+
+@torch.no_grad()
+def aux_mse_on_noise(student: SplitHeadModel, teacher: SplitHeadModel, rc: ResolvedConfig,
+                     device: torch.device, moment: str, shared: SharedEvaluations | None = None) -> float:
+    student.eval()
+    teacher.eval()
+    if shared is None:
+        batches = eval_noise(rc, device, moment)
+        pairs = ((student.aux_logits(x), teacher.aux_logits(x)) for x in batches)
+    else:
+        name = (*rc.eval_noise_key(moment), str(device))
+        batches = shared.get(name, lambda: eval_noise(rc, device, moment))
+        targets = shared.get(("aux", body_key(teacher), weights_digest([teacher.aux_head]), name),
+                             lambda: [teacher.aux_head(h) for h in shared.features(teacher, name, batches)])
+        pairs = zip((student.aux_head(h) for h in shared.features(student, name, batches)), targets, strict=True)
+    losses = [float(F.mse_loss(output, target).item()) for output, target in pairs]
+    return float(sum(losses) / len(losses)) if losses else float("nan")

@@ -1,0 +1,131 @@
+"""How runs are grouped: stacks (runs that share a noise stream and a teacher body), stacks split to fit a
+memory budget, lockstep sets (stacks distilled together), and the cut of many runs into jobs that the
+workflow plans. The one place to change how runs are grouped into jobs. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .catalog import dataset_key
+from .cost import SECONDS_PER_RUN, JobCost, estimated_seconds, memory_mb, run_flops, stack_flops
+from .plan import ResolvedConfig
+
+
+@dataclass
+class PlannedRun:
+    """A run as grouping sees it: its identity, settings, dataset key and a group it must not leave (the
+    workflow's: the figures that request it and its dataset)."""
+
+    id: str
+    rc: ResolvedConfig
+    dataset: str
+    group: Any = None
+    run_dir: Path | None = None
+
+
+def stacks(runs: list[Any]) -> list[list[Any]]:
+    """Runs (with ``.rc``) grouped by stack key; within a stack, the runs of one trajectory (equal trajectory
+    keys) side by side, so that a split stack keeps them together where it can."""
+    groups: dict[str, list[Any]] = {}
+    for run in runs:
+        groups.setdefault(run.rc.stack_key(), []).append(run)
+    first = {}
+    for index, run in enumerate(runs):
+        first.setdefault(run.rc.trajectory_key(), index)
+    return [sorted(group, key=lambda r: first[r.rc.trajectory_key()]) for group in groups.values()]
+
+
+def plan_stacks(runs: list[Any], max_memory_mb: float | None = None) -> list[list[Any]]:
+    """Stacks, each split (in order) so that its members' estimated memory fits the budget."""
+    out = []
+    for stack in stacks(runs):
+        part, used = [], 0.0
+        for run in stack:
+            need = memory_mb(run.rc)
+            if part and max_memory_mb is not None and used + need > max_memory_mb:
+                out.append(part)
+                part, used = [], 0.0
+            part.append(run)
+            used += need
+        out.append(part)
+    return out
+
+
+def lockstep_sets(plan: list[list[Any]], max_memory_mb: float | None = None) -> list[list[list[Any]]]:
+    """Consecutive stacks distilled together while their students' estimated memory fits the budget (all
+    of them without one): with stacked layers, students of equal shape from several stacks (seeds, say)
+    share one batched matmul per layer and step."""
+    sets: list[list[list[Any]]] = []
+    used = 0.0
+    for stack in plan:
+        need = sum(memory_mb(r.rc) for r in stack)
+        if not sets or (max_memory_mb is not None and used + need > max_memory_mb):
+            sets.append([])
+            used = 0.0
+        sets[-1].append(stack)
+        used += need
+    return sets
+
+
+def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int) -> list[list[PlannedRun]]:
+    """Runs -> jobs of at most ``max_flops`` estimated FLOPs and ``max_runs`` runs, each within one group.
+
+    Runs of a stack sit together, stacks of equal student shapes (one per seed, say) next to each other
+    (a GPU job's lockstep sets stack their layers), and within a stack the runs of one trajectory
+    (differing only in N and E or the student's class head) together, longest first: the others take its
+    weights along the way and cost only their evaluation. A stack that fits in a job is never split: a job
+    of whole stacks shares every noise draw and teacher pass, and equal stacks (fig2's seeds) make equal
+    jobs, which share the cores evenly to the end. The cut depends only on the runs given, so a job's
+    runs (and name) do not change while other jobs finish."""
+    stack_of = {r.id: r.rc.stack_key() for r in runs}
+    trajectory_of = {r.id: r.rc.trajectory_key() for r in runs}
+    cost_of = {r.id: run_flops(r.rc, r.dataset) for r in runs}
+    shape_of: dict[str, str] = {}
+    for r in runs:
+        shape = json.dumps(r.rc.student.arch_description(), sort_keys=True)
+        shape_of[stack_of[r.id]] = min(shape_of.get(stack_of[r.id], shape), shape)
+    ordered = sorted(runs, key=lambda r: (r.group, shape_of[stack_of[r.id]], stack_of[r.id], trajectory_of[r.id],
+                                          -cost_of[r.id]["student"], r.id))
+    members: dict[tuple, list[PlannedRun]] = {}
+    for run in ordered:
+        members.setdefault((run.group, stack_of[run.id]), []).append(run)
+    whole = {where: stack_flops(group, group[0].dataset) for where, group in members.items()}
+    jobs: list[list[PlannedRun]] = []
+    current: list[PlannedRun] = []
+    tally = JobCost()
+    for run in ordered:
+        stack, trajectory, head = stack_of[run.id], trajectory_of[run.id], run.rc.teacher_head_key()
+        cost = cost_of[run.id]
+        extra = tally.added(cost, stack, trajectory, head)
+        new_stack = not current or (current[-1].group, stack_of[current[-1].id]) != (run.group, stack)
+        needed = max(extra, whole[(run.group, stack)]) if new_stack else extra
+        if current and (current[-1].group != run.group or len(current) >= max_runs
+                        or tally.flops + needed > max_flops):
+            jobs.append(current)
+            current = []
+            tally.restart()
+            extra = tally.added(cost, stack, trajectory, head)
+        current.append(run)
+        tally.add(cost, stack, trajectory, head, extra)
+    if current:
+        jobs.append(current)
+    return jobs
+
+
+def print_plan(plan: list[list[Any]], gflops: float) -> None:
+    """`sublearn batch --plan`: each stack's runs, seed, teacher, noise, estimated FLOPs, memory and time."""
+    total_flops = total_seconds = 0.0
+    for index, stack in enumerate(plan):
+        flops = stack_flops(stack, dataset_key(stack[0].rc.config.dataset, stack[0].rc.config.emnist_split))
+        seconds = estimated_seconds(flops, gflops, len(stack), SECONDS_PER_RUN)
+        total_flops, total_seconds = total_flops + flops, total_seconds + seconds
+        c = stack[0].rc.config
+        print(f"[plan] stack {index}: {len(stack)} runs, seed {c.seed}, teacher {stack[0].rc.teacher_key()}, "
+              f"noise {c.noise_dist} x {c.noise_bsize}, {flops / 1e12:.3f} TFLOP, "
+              f"{max(memory_mb(r.rc) for r in stack) * len(stack):.0f} MB at most, ~{seconds:.0f} s", flush=True)
+    print(f"[plan] total {sum(map(len, plan))} runs, {len(plan)} stacks, {total_flops / 1e12:.3f} TFLOP, "
+          f"~{total_seconds:.0f} s at {gflops:g} GFLOP/s", flush=True)

@@ -1,0 +1,235 @@
+"""What a run leaves behind, as rows: weight snapshots and their comparisons (layer metrics), the run's
+row of runs.csv and its config record, and the provenance of a stage."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .model import SplitHeadModel, parameter_counts
+from .seeding import seed_bookkeeping
+
+SCHEMA_VERSION = "subliminal_unified_v1"
+EPS = 1e-12
+
+
+def tensor_norm(x: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(x.detach().reshape(-1).float(), ord=2).item())
+
+
+def cosine_or_nan(a: torch.Tensor, b: torch.Tensor) -> float:
+    x, y = a.detach().reshape(-1).float(), b.detach().reshape(-1).float()
+    if x.numel() == 0 or y.numel() == 0 or tensor_norm(x) < EPS or tensor_norm(y) < EPS:
+        return float("nan")
+    return float(F.cosine_similarity(x.unsqueeze(0), y.unsqueeze(0), dim=1).item())
+
+
+def tensor_kinds(layer: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: getattr(layer, k) for k in ("weight", "bias") if getattr(layer, k, None) is not None}
+
+
+def snapshot(model: SplitHeadModel) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: {k: t.detach().cpu().clone() for k, t in tensor_kinds(getattr(model, name)).items()}
+            for name in model.layer_names}
+
+
+def _shape(x: torch.Tensor | None) -> str:
+    return "" if x is None else "x".join(str(v) for v in x.shape)
+
+
+def compare_snapshots(comparison: str, models: tuple[str, str], states: tuple[str, str],
+                      snaps: tuple[dict, dict], layer_order: list[str], base_row: dict) -> list[dict[str, Any]]:
+    ref_model, other_model = models
+    rows = []
+    for layer_name in layer_order:
+        ref_layer, other_layer = snaps[0].get(layer_name), snaps[1].get(layer_name)
+        if ref_layer is None and other_layer is None:
+            layer_status = "missing_both"
+        elif ref_layer is None:
+            layer_status = f"missing_in_{ref_model}"
+        elif other_layer is None:
+            layer_status = f"missing_in_{other_model}"
+        else:
+            layer_status = "comparable"
+        for kind in ("weight", "bias"):
+            ref = ref_layer.get(kind) if ref_layer is not None else None
+            other = other_layer.get(kind) if other_layer is not None else None
+            status = layer_status
+            values = dict.fromkeys(("cosine", "diff_norm", "reference_norm", "other_norm",
+                                    "relative_diff_reference", "relative_diff_symmetric"), float("nan"))
+            if status == "comparable":
+                if ref is None and other is None:
+                    status = "missing_tensor_both"
+                elif ref is None:
+                    status = f"missing_tensor_in_{ref_model}"
+                elif other is None:
+                    status = f"missing_tensor_in_{other_model}"
+                elif tuple(ref.shape) != tuple(other.shape):
+                    status = "shape_mismatch"
+                else:
+                    ref_norm, other_norm, diff = tensor_norm(ref), tensor_norm(other), tensor_norm(ref - other)
+                    values = {
+                        "cosine": cosine_or_nan(ref, other), "diff_norm": diff, "reference_norm": ref_norm,
+                        "other_norm": other_norm, "relative_diff_reference": diff / (ref_norm + EPS),
+                        "relative_diff_symmetric": 2.0 * diff / (ref_norm + other_norm + EPS),
+                    }
+            rows.append({
+                **base_row, "comparison": comparison, "reference_model": ref_model, "other_model": other_model,
+                "reference_state": states[0], "other_state": states[1], "layer_name": layer_name,
+                "tensor_kind": kind, "reference_shape": _shape(ref), "other_shape": _shape(other),
+                "status": status, **values,
+            })
+    return rows
+
+
+def layer_metrics(teacher_layers: list[str], student_layers: list[str], snaps: dict[str, dict],
+                  base_row: dict) -> list[dict[str, Any]]:
+    both = list(dict.fromkeys(teacher_layers + student_layers))
+    t, s = ("teacher", "student"), ("initial", "final")
+    return (
+        compare_snapshots("teacher_student_init", t, ("initial", "initial"),
+                          (snaps["teacher_initial"], snaps["student_initial"]), both, base_row)
+        + compare_snapshots("teacher_student_final", t, ("final", "final"),
+                            (snaps["teacher_final"], snaps["student_final"]), both, base_row)
+        + compare_snapshots("teacher_init_final", ("teacher", "teacher"), s,
+                            (snaps["teacher_initial"], snaps["teacher_final"]), teacher_layers, base_row)
+        + compare_snapshots("student_init_final", ("student", "student"), s,
+                            (snaps["student_initial"], snaps["student_final"]), student_layers, base_row)
+    )
+
+
+_ALIAS_PREFIX = {
+    "teacher_student_init": "init_teacher_student",
+    "teacher_student_final": "final_teacher_student",
+    "student_init_final": "student_init_final",
+    "teacher_init_final": "teacher_init_final",
+}
+
+
+def head_metric_aliases(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Compact per-run columns for the heads: cosine, relative and absolute difference."""
+    aliases = {}
+    for row in rows:
+        prefix = _ALIAS_PREFIX.get(row["comparison"])
+        if prefix and row["layer_name"] in ("class_head", "aux_head"):
+            suffix = f"{prefix}_{row['layer_name']}_{row['tensor_kind']}"
+            aliases[f"cos_{suffix}"] = row["cosine"]
+            aliases[f"rel_fro_{suffix}"] = row["relative_diff_reference"]
+            aliases[f"diff_norm_{suffix}"] = row["diff_norm"]
+    return aliases
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Provenance of a stage: where and with what it ran."""
+    return {
+        "sublearn_version": __version__,
+        "torch_version": str(torch.__version__),
+        "cuda_version": torch.version.cuda or "",
+        "cuda_available": int(torch.cuda.is_available()),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+    }
+
+
+@dataclass
+class RunResult:
+    run_row: dict[str, Any]
+    layer_rows: list[dict[str, Any]]
+    perturbation_rows: list[dict[str, Any]]
+    config_record: dict[str, Any]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def base_row(config, run_id: str) -> dict[str, Any]:
+    """The columns that every row of a run's tables starts with."""
+    return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "seed": config.seed,
+            "sweep_name": config.sweep_name, "run_label": config.run_label}
+
+
+def run_row(run, data_identity: str, env: dict[str, Any], final: dict[str, float], layer_rows: list[dict[str, Any]],
+            runtime: float, distill_seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A finished student run's row of runs.csv (the reference's columns, then ours); ``run``: a
+    ``student.StudentRun``, ``final``: its evaluations after distillation."""
+    rc, checkpoint = run.rc, run.checkpoint
+    c = rc.config
+    seeds = seed_bookkeeping(c.seed)
+    teacher_total, teacher_trainable = parameter_counts(run.teacher)
+    student_total, student_trainable = parameter_counts(run.student)
+    row = {
+        "schema_version": SCHEMA_VERSION, "run_id": run.run_id, "timestamp": run.timestamp,
+        "runtime_seconds": runtime + (checkpoint["runtime_seconds"] if run.teacher_in_process else 0.0),
+        "sweep_name": c.sweep_name, "run_label": c.run_label, "seed": c.seed, **seeds,
+        "torch_version": env["torch_version"], "cuda_available": env["cuda_available"], "device": env["device"],
+        "dataset": c.dataset, "emnist_split": c.emnist_split,
+        "train_size": checkpoint["train_size"], "test_size": checkpoint["test_size"],
+        "num_classes": rc.num_classes, "data_dir": c.data_dir, "outdir": c.outdir,
+        "teacher_type": c.teacher_type, "student_type": c.student_type,
+        "teacher_hidden_dims": list(c.teacher_hidden_dims), "student_hidden_dims": list(c.student_hidden_dims),
+        "teacher_arch_description": rc.teacher.arch_description(),
+        "student_arch_description": rc.student.arch_description(),
+        "teacher_layer_names": run.teacher.layer_names, "student_layer_names": run.student.layer_names,
+        "m": c.m, "teacher_epochs": c.teacher_epochs, "student_epochs": c.student_epochs,
+        "data_bsize": c.data_bsize, "noise_bsize": c.noise_bsize, "noise_steps": c.noise_steps,
+        "teacher_lr": c.teacher_lr, "student_lr": c.student_lr, "noise_dist": c.noise_dist,
+        "perlin_res": c.perlin_res, "normalize_noise": int(c.normalize_noise),
+        "eval_noise_batches": c.eval_noise_batches, "eval_noise_bsize": c.eval_noise_bsize,
+        "teacher_init_config": rc.teacher.init, "student_init_config": rc.student.init,
+        "teacher_trainable_config": rc.teacher.trainable, "student_trainable_config": rc.student.trainable,
+        "perturb_specs": rc.perturbations,
+        "teacher_total_parameters": teacher_total, "student_total_parameters": student_total,
+        "teacher_trainable_parameters": teacher_trainable, "student_trainable_parameters": student_trainable,
+        "teacher_init_acc": run.metrics["teacher_init_acc"], "teacher_final_acc": run.metrics["teacher_final_acc"],
+        "student_init_acc": run.init_acc, "student_final_acc": final["student_final_acc"],
+        "teacher_init_class_loss": run.metrics["teacher_init_class_loss"],
+        "teacher_final_class_loss": run.metrics["teacher_final_class_loss"],
+        "student_init_class_loss": run.init_loss,
+        "student_final_class_loss": final["student_final_class_loss"],
+        "student_init_aux_loss": run.init_aux, "student_final_aux_loss": final["student_final_aux_loss"],
+        "teacher_train_loss_last": run.metrics["teacher_train_loss_last"],
+        "student_train_aux_loss_last": final["student_train_aux_loss_last"],
+    }
+    row.update(head_metric_aliases(layer_rows))
+    row.update({
+        "class_count": c.class_count if c.class_count is not None else "",
+        "class_selection": c.class_selection,
+        "teacher_key": rc.teacher_key(),
+        "run_key": rc.run_key(),
+        "data_identity": data_identity,
+        "sublearn_version": env["sublearn_version"], "cuda_version": env["cuda_version"],
+        "device_name": env["device_name"], "threads": env["threads"], "hostname": env["hostname"],
+        "teacher_device": checkpoint["environment"]["device"],
+        "teacher_runtime_seconds": checkpoint.get("runtime_seconds", float("nan")),
+        "student_runtime_seconds": runtime,
+        "teacher_train_seconds": checkpoint.get("train_seconds", float("nan")),
+        "student_train_seconds": distill_seconds,
+        **(extra or {}),
+    })
+    return row
+
+
+def config_record(run, env: dict[str, Any]) -> dict[str, Any]:
+    """A run's config.json: its effective settings, their resolution, seeds and provenance."""
+    rc, checkpoint = run.rc, run.checkpoint
+    c = rc.config
+    return {
+        "schema_version": SCHEMA_VERSION, "run_id": run.run_id, "timestamp": run.timestamp,
+        "effective_config": c.to_dict(),
+        "teacher_init_config": rc.teacher.init, "student_init_config": rc.student.init,
+        "teacher_trainable_config": rc.teacher.trainable, "student_trainable_config": rc.student.trainable,
+        "teacher_arch_description": rc.teacher.arch_description(),
+        "student_arch_description": rc.student.arch_description(),
+        "seed_info": seed_bookkeeping(c.seed),
+        "teacher_key": rc.teacher_key(),
+        "teacher_settings": rc.teacher_settings(),
+        "environment": env,
+        "teacher_environment": checkpoint["environment"],
+    }

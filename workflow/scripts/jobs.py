@@ -1,0 +1,131 @@
+"""Job planning: the table's unfinished runs into batch jobs (`sublearn batch`) and their untrained
+teachers into teacher jobs (`sublearn teachers`), with each job's sheet, outputs and resources. How runs
+are cut into jobs is the runner's (``sublearn.grouping.cut_into_jobs``, counting with ``sublearn.cost``);
+this module adds what the workflow knows: figures, files, what is finished. A plain module (no Snakemake).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from sublearn import cost, grouping, sheets
+from sublearn.config import sheet_settings
+
+
+def job_runtime(seconds, resource, minimum, cfg):
+    """A job's wall-time request in minutes: its estimated seconds plus a minute, times batch.runtime_margin,
+    at least the rule's configured `resources` runtime."""
+    return max(cfg["resources"][resource].get("runtime", minimum),
+               int(math.ceil((seconds + 60) * cfg["batch"]["runtime_margin"] / 60)))
+
+
+def finished(run, identities):
+    """A run is finished when its folder records its key and the identity of its data now."""
+    identity = identities[run["dataset"]]
+    return identity is not None and sheets.recorded_result(run["run_dir"]) == (run["run_key"], identity)
+
+
+def plan_batches(unique_runs, cfg, identities, teacher_path):
+    """Runs -> batch jobs. A job serves one set of figures and one dataset (so `snakemake fig5` computes no
+    other figure's runs). Jobs are cut over all runs, finished or not, and named by the hash of their run
+    keys, so a job's name does not change while other jobs finish (a cluster job re-reads this plan when it
+    starts); a job computes only its unfinished runs, and a job with none is not planned. ``stale``: its
+    unfinished runs whose folder holds a runs.csv (a lost file, a row cut short, other data): the sheet
+    rule's params, so that a changed list reruns the job although its outputs exist."""
+    settings = cfg["batch"]
+    planned = [grouping.PlannedRun(r["run_key"], r["rc"], r["dataset"], (r["figures"], r["dataset"]))
+               for r in unique_runs]
+    record_of = {r["run_key"]: r for r in unique_runs}
+    out = {}
+    for job in grouping.cut_into_jobs(planned, settings["max_tflop"] * 1e12, settings["max_runs"]):
+        runs = [record_of[p.id] for p in job if not finished(record_of[p.id], identities)]
+        if not runs:
+            continue
+        batch_id = hashlib.sha256(" ".join(p.id for p in job).encode()).hexdigest()[:16]
+        sheet_runs = [sheets.SheetRun(r["run_key"], Path(r["run_dir"]), r["rc"]) for r in runs]
+        flops = sum(cost.stack_flops(stack, runs[0]["dataset"]) for stack in grouping.stacks(sheet_runs))
+        seconds = cost.estimated_seconds(flops, settings["gflops"], len(runs))
+        memory = sum(cost.memory_mb(r["rc"]) for r in runs)
+        out[batch_id] = {
+            "id": batch_id, "runs": runs, "flops": flops, "seconds": seconds, "dataset": runs[0]["dataset"],
+            "priority": 1 + int(seconds // 60),  # estimated minutes
+            "teachers": sorted({f"{teacher_path(r['dataset'], r['teacher_key'])}.pt" for r in runs}),
+            "outputs": [f"{r['run_dir']}/runs.csv" for r in runs],
+            "stale": [r["run_key"] for r in runs if Path(r["run_dir"], "runs.csv").exists()],
+            "runtime": job_runtime(seconds, "student", 15, cfg),
+            "mem_mb": int(cfg["resources"]["student"].get("mem_mb", 4000) + min(memory, settings["memory_mb"])),
+            "sheet": "".join(sheets.sheet_record(r["run_key"], r["run_dir"], sheet_settings(r["rc"].config)) + "\n"
+                             for r in runs),
+        }
+    return out
+
+
+def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path):
+    """Teachers -> teacher jobs: the teachers of one dataset requested by the same figures, those of equal
+    shape side by side and by seed (a GPU job stacks their layers), cut into jobs of at most
+    `batch.teacher_max_tflop` estimated FLOPs. As for batches, jobs are cut over every teacher of the
+    config and named by the hash of their keys, and a job trains only its teachers that are untrained (no
+    summary recording its key and the data's identity now) and needed by an unfinished run."""
+    teachers = {}
+    for run in unique_runs:
+        teacher = teachers.setdefault(run["teacher_key"], {"key": run["teacher_key"], "rc": run["teacher_rc"],
+                                                           "dataset": run["dataset"], "figures": set()})
+        teacher["figures"].update(run["figures"])
+    flops_of = {key: cost.teacher_flops(t["rc"], t["dataset"]) for key, t in teachers.items()}
+
+    def order(t):
+        shape = json.dumps(t["rc"].teacher.arch_description(), sort_keys=True)
+        return sorted(t["figures"]), t["dataset"], shape, t["rc"].config.seed, t["key"]
+
+    chunks, current, flops = [], [], 0.0
+    for teacher in sorted(teachers.values(), key=order):
+        if current and (order(current[-1])[:2] != order(teacher)[:2]
+                        or flops + flops_of[teacher["key"]] > cfg["batch"]["teacher_max_tflop"] * 1e12):
+            chunks.append(current)
+            current, flops = [], 0.0
+        current.append(teacher)
+        flops += flops_of[teacher["key"]]
+    if current:
+        chunks.append(current)
+    needed = {run["teacher_key"] for b in batches.values() for run in b["runs"]}
+    out = {}
+    for chunk in chunks:
+        todo = [t for t in chunk if t["key"] in needed and (identities[t["dataset"]] is None or sheets.recorded_teacher(
+                f"{teacher_path(t['dataset'], t['key'])}.pt") != (t["key"], identities[t["dataset"]]))]
+        if not todo:
+            continue
+        set_id = f"teachers-{hashlib.sha256(' '.join(t['key'] for t in chunk).encode()).hexdigest()[:16]}"
+        flops = sum(flops_of[t["key"]] for t in todo)
+        seconds = cost.estimated_seconds(flops, cfg["batch"]["gflops"], len(todo))
+        paths = [teacher_path(t["dataset"], t["key"]) for t in todo]
+        out[set_id] = {
+            "id": set_id, "teachers": todo, "flops": flops, "seconds": seconds, "dataset": todo[0]["dataset"],
+            "outputs": [f"{path}{ext}" for path in paths for ext in (".pt", ".json")],
+            "runtime": job_runtime(seconds, "teacher", 30, cfg),
+            "stale": [],
+            "sheet": "".join(sheets.teacher_record(t["key"], f"{path}.pt", sheet_settings(t["rc"].config)) + "\n"
+                             for t, path in zip(todo, paths, strict=True)),
+        }
+    return out
+
+
+def plan_summary(runs_table, unique_runs, batches, teacher_sets, figures, gflops):
+    runs, todo = len(unique_runs), sum(len(b["runs"]) for b in batches.values())
+    flops = sum(b["flops"] for b in batches.values())
+    seconds = sum(b["seconds"] for b in batches.values())
+    per_figure = []
+    for figure in figures:
+        jobs = [b for b in batches.values() if any(figure in r["figures"] for r in b["runs"])]
+        count = sum(1 for b in jobs for r in b["runs"] if figure in r["figures"])
+        per_figure.append(f"{figure} {count} to compute in {len(jobs)} jobs "
+                          f"({sum(b['flops'] for b in jobs) / 1e12:.1f} TFLOP)")
+    return (f"plan: {len(runs_table)} requested runs, {runs} distinct, {todo} to compute in {len(batches)} batch "
+            f"jobs; {flops / 1e12:.1f} TFLOP of students, ~{seconds / 3600:.2f} h of job time at {gflops:g} GFLOP/s "
+            f"per job (config batch.gflops; `sublearn batch --plan` prints a sheet's stacks)\n"
+            f"plan: {sum(len(t['teachers']) for t in teacher_sets.values())} teachers to train in "
+            f"{len(teacher_sets)} teacher jobs, {sum(t['flops'] for t in teacher_sets.values()) / 1e12:.1f} TFLOP, "
+            f"~{sum(t['seconds'] for t in teacher_sets.values()) / 3600:.2f} h of job time\n"
+            f"plan by figure: {', '.join(per_figure)}")
