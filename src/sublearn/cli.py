@@ -10,15 +10,16 @@ import argparse
 import functools
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from .architecture import MODEL_TYPES
 from .catalog import DATASETS, EMNIST_SPLITS, dataset_key
 from .config import FLAG_SETTINGS, ExperimentConfig, config_from_flags
+from .device import select_device
 from .errors import Fault, UsageError, bad_value
 from .noise import DISTRIBUTIONS
+from .outputs import check_writable
 from .plan import resolve
 
 DEFAULTS = ExperimentConfig()  # the one place the defaults are written
@@ -224,66 +225,11 @@ def resolve_argv(argv: list[str], command: str = "run"):
     return resolve(config_from_args(args))
 
 
-def _check_writable(path: str | Path, flag: str, is_file: bool = False) -> None:
-    """Refuse an output location we could not write, without creating anything."""
-    target = Path(path).resolve()
-    if target.exists() and (target.is_dir() == is_file):
-        raise bad_value(flag, str(path), "it exists and is a " + ("folder" if is_file else "file"))
-    probe = target.parent if is_file else target
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise bad_value(flag, str(path), f"{probe} is not a writable folder")
-    try:  # root passes os.access everywhere (even /proc): create and remove a file to be sure
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        raise bad_value(flag, str(path), f"{probe} is not a writable folder ({exc.strerror})") from None
-
-
-def _select_device(name: str):
-    import torch
-
-    # float32 everywhere: no TF32 in cuBLAS matmuls or cuDNN convolutions (cuDNN's default is on)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise bad_value("--device", name, "allowed: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise bad_value("--device", name, f"CUDA is not usable here ({_cuda_unusable_reason()}); use "
-                            "--device cpu (workflow: device: cpu, or the CPU profile) or auto to fall back to the CPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise bad_value("--device", name, f"allowed: cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
-def _cuda_unusable_reason() -> str:
-    import warnings
-
-    import torch
-
-    if not torch.version.cuda:
-        return f"torch {torch.__version__} is a CPU-only build"
-    with warnings.catch_warnings(record=True) as caught:  # torch warns, e.g., that the driver is too old
-        warnings.simplefilter("always")
-        try:
-            torch.cuda.init()
-        except Exception as exc:  # noqa: BLE001 - whatever CUDA says is the reason
-            caught.append(exc)
-    said = " ".join(" ".join(str(getattr(w, "message", w)).split()) for w in caught)
-    return f"torch {torch.__version__} for CUDA {torch.version.cuda}: {said or 'no CUDA device found'}"
-
-
 def _prepare_data(rc, device, cache_only: bool, with_train: bool = True):
     from . import data
 
     c = rc.config
-    _check_writable(c.cache_dir, "--cache-dir")
+    check_writable(c.cache_dir, "--cache-dir")
     cache, _ = data.ensure_cache(c.dataset, c.emnist_split, c.data_dir, c.cache_dir, build=not cache_only)
     return data.load(cache, c.dataset, c.emnist_split, c.class_count, device, with_train)
 
@@ -291,18 +237,18 @@ def _prepare_data(rc, device, cache_only: bool, with_train: bool = True):
 def _setup(args):
     rc = resolve(config_from_args(args))
     if getattr(args, "teacher_out", None):
-        _check_writable(args.teacher_out, "--teacher-out", is_file=True)
+        check_writable(args.teacher_out, "--teacher-out", is_file=True)
     elif getattr(args, "run_dir", None):
-        _check_writable(args.run_dir, "--run-dir")
+        check_writable(args.run_dir, "--run-dir")
     else:
-        _check_writable(rc.config.outdir, "--outdir")
+        check_writable(rc.config.outdir, "--outdir")
     if getattr(args, "teacher_checkpoint", None) and not Path(args.teacher_checkpoint).is_file():
         raise bad_value("--teacher-checkpoint", args.teacher_checkpoint, "no such file")
     import torch
 
     if rc.config.threads:
         torch.set_num_threads(rc.config.threads)
-    device = _select_device(rc.config.device)
+    device = select_device(rc.config.device)
     return rc, device
 
 
@@ -354,7 +300,7 @@ def cmd_student(args) -> None:
 def cmd_prepare_data(args) -> None:
     from .data import ensure_cache
 
-    _check_writable(args.cache_dir, "--cache-dir")
+    check_writable(args.cache_dir, "--cache-dir")
     path, identity = ensure_cache(args.dataset, args.emnist_split, args.data_dir, args.cache_dir)
     print(f"[data] {dataset_key(args.dataset, args.emnist_split)} of {args.data_dir} (identity {identity}) "
           f"cached in {path}", flush=True)
@@ -377,7 +323,7 @@ def cmd_batch(args) -> None:
                             "which is not there; train it with `sublearn teacher`")
         teachers[key] = path
         if not args.plan:
-            _check_writable(run.run_dir, f"run {run.id}: run_dir")
+            check_writable(run.run_dir, f"run {run.id}: run_dir")
     datasets = list(dict.fromkeys((r.rc.config.dataset, r.rc.config.emnist_split) for r in runs))
     if args.plan:  # what is there now, without reading or writing any cache
         identities = {k: dataid.current_identity(args.data_dir, *k, dataid.read_record(
@@ -385,7 +331,7 @@ def cmd_batch(args) -> None:
     else:
         from . import data
 
-        _check_writable(args.cache_dir, "--cache-dir")
+        check_writable(args.cache_dir, "--cache-dir")
         caches = {k: data.ensure_cache(*k, args.data_dir, args.cache_dir, build=not args.cache_only)
                   for k in datasets}
         identities = {k: identity for k, (_, identity) in caches.items()}
@@ -405,7 +351,7 @@ def cmd_batch(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _select_device(args.device)
+    device = select_device(args.device)
     stack_layers = {"auto": None, "on": True, "off": False}[args.stack_layers]
     sets = batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers,
                             args.max_memory_mb)
@@ -430,10 +376,10 @@ def cmd_teachers(args) -> None:
     teachers = sheets.read_teacher_sheet(args.sheet)
     _require_positive(args.threads, "--threads")
     for teacher in teachers:
-        _check_writable(teacher.out, f"teacher {teacher.id}: out", is_file=True)
+        check_writable(teacher.out, f"teacher {teacher.id}: out", is_file=True)
     from . import data
 
-    _check_writable(args.cache_dir, "--cache-dir")
+    check_writable(args.cache_dir, "--cache-dir")
     datasets = dict.fromkeys((t.rc.config.dataset, t.rc.config.emnist_split) for t in teachers)
     caches = {k: data.ensure_cache(*k, args.data_dir, args.cache_dir, build=not args.cache_only) for k in datasets}
     todo = [t for t in teachers if sheets.recorded_teacher(t.out) != (t.id, caches[(t.rc.config.dataset,
@@ -448,7 +394,7 @@ def cmd_teachers(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _select_device(args.device)
+    device = select_device(args.device)
     batch.train_teacher_sheet(todo, device, caches, args.data_dir, args.cache_dir,
                               {"auto": None, "on": True, "off": False}[args.stack_layers])
     print(f"[teachers] {_peak_memory(device)}", flush=True)

@@ -12,9 +12,12 @@ import io
 import json
 import math
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import bad_value
 
 
 def jsonable(value: Any) -> Any:
@@ -170,3 +173,19 @@ def write_teacher(checkpoint: dict[str, Any], effective_config: dict[str, Any], 
         out.unlink(missing_ok=True)
         raise
 
+
+def check_writable(path: str | Path, flag: str, is_file: bool = False) -> None:
+    """Refuse an output location we could not write, without creating anything."""
+    target = Path(path).resolve()
+    if target.exists() and (target.is_dir() == is_file):
+        raise bad_value(flag, str(path), "it exists and is a " + ("folder" if is_file else "file"))
+    probe = target.parent if is_file else target
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise bad_value(flag, str(path), f"{probe} is not a writable folder")
+    try:  # root passes os.access everywhere (even /proc): create and remove a file to be sure
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise bad_value(flag, str(path), f"{probe} is not a writable folder ({exc.strerror})") from None
