@@ -34,6 +34,7 @@ rule all:
         expand(f"{R}/figures/{{figure}}{{ext}}", figure=FIGURES, ext=[".png", ".pdf", "_summary.csv"]),
         expand(f"{R}/tables/{{figure}}.csv", figure=FIGURES),
         [run for figure in FIGURES for run in FIG_RUNS[figure]],
+        f"{R}/claims.csv",
     default_target: True
     localrule: True
 
@@ -57,3 +58,4 @@ include: "workflow/rules/teachers.smk"
 include: "workflow/rules/batches.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/claims.smk"
