@@ -307,13 +307,17 @@ def cmd_prepare_data(args) -> None:
 
 
 def cmd_batch(args) -> None:
-    from . import dataid, grouping, sheets
-    from .cost import memory_mb
+    from . import cost, dataid, grouping, sheets
 
     runs = sheets.read_sheet(args.sheet)
     _require_positive(args.threads, "--threads")
     _require_positive(args.max_memory_mb, "--max-memory-mb")
     _require_positive(args.gflops, "--gflops")
+    budget = args.max_memory_mb or physical_memory_mb()
+    for run in runs:  # a run that cannot fit would fail in the allocator, after the others' work
+        why = cost.memory_refusal(run.rc, budget)
+        if why:
+            raise UsageError(f"--sheet {args.sheet}, run {run.id}: {why}")
     teachers = {}
     for run in runs:
         key = run.rc.teacher_key()
@@ -355,7 +359,7 @@ def cmd_batch(args) -> None:
     stack_layers = {"auto": None, "on": True, "off": False}[args.stack_layers]
     sets = batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers,
                             args.max_memory_mb)
-    largest = max(sum(memory_mb(r.rc) for stack in lockstep for r in stack) for lockstep in sets)
+    largest = max(sum(cost.memory_mb(r.rc) for stack in lockstep for r in stack) for lockstep in sets)
     print(f"[batch] {_peak_memory(device)}; largest lockstep set estimated at {largest:.0f} MB of students",
           flush=True)
 
@@ -386,6 +390,14 @@ def cmd_teachers(args) -> None:
                                                                                t.rc.config.emnist_split)][1])]
     print(f"[teachers] {len(teachers)} teachers, {len(teachers) - len(todo)} already trained, {len(todo)} to train",
           flush=True)
+    from .cost import teacher_memory_mb
+
+    for teacher in todo:
+        need = teacher_memory_mb(teacher.rc)
+        if need > physical_memory_mb():
+            raise UsageError(f"--sheet {args.sheet}, teacher {teacher.id}: training it needs about {need:,.0f} MB, "
+                             f"more than this machine's {physical_memory_mb():,.0f} MB "
+                             f"({teacher.rc.teacher.arch_description()}, data_bsize {teacher.rc.config.data_bsize})")
     if not todo:
         return
     import torch
@@ -398,6 +410,10 @@ def cmd_teachers(args) -> None:
     batch.train_teacher_sheet(todo, device, caches, args.data_dir, args.cache_dir,
                               {"auto": None, "on": True, "off": False}[args.stack_layers])
     print(f"[teachers] {_peak_memory(device)}", flush=True)
+
+
+def physical_memory_mb() -> float:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _require_positive(value, flag: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .architecture import ModelPlan, layers
-from .catalog import CATALOG
+from .catalog import CATALOG, IMAGE_SHAPE, dataset_key
 from .plan import ResolvedConfig
 
 SECONDS_PER_RUN = 0.5  # an allowance for per-run work outside the matmuls (models, snapshots, metrics, files)
@@ -122,3 +122,50 @@ def memory_mb(rc: ResolvedConfig) -> float:
     outputs = 3 * sum(layer.outputs for layer in student) + sum(layer.outputs for layer in teacher)
     activations = c.noise_bsize * outputs
     return 4 * (weights + activations) / 2**20
+
+
+def peak_memory_mb(rc: ResolvedConfig) -> dict[str, float]:
+    """Estimated memory (MB) of a run's largest moments, by what sets them: distilling (``memory_mb``), its
+    evaluation noise (all batches and their features through teacher and student, as a job keeps them)
+    and drawing Perlin noise (per image its gradient grid and corner terms)."""
+    c = rc.config
+    pixels = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+    features = sum(layer.outputs for plan in (rc.student, rc.teacher) for layer in layers(plan, c.m, rc.num_classes))
+    perlin = 0.0
+    if c.noise_dist == "perlin":
+        perlin = max(c.noise_bsize, c.eval_noise_bsize) * (2 * (c.perlin_res + 1) ** 2 + 10 * pixels) * 4 / 2**20
+    return {"distillation": memory_mb(rc),
+            "evaluation noise": c.eval_noise_batches * c.eval_noise_bsize * (pixels + features) * 4 / 2**20,
+            "Perlin noise": perlin}
+
+
+def teacher_memory_mb(rc: ResolvedConfig) -> float:
+    """Estimated memory (MB) of training a teacher: weights with gradients and Adam's moments, three copies
+    of every activation of a labelled batch, and the normalised training split."""
+    c = rc.config
+    teacher = layers(rc.teacher, c.m, rc.num_classes)
+    info = CATALOG[dataset_key(c.dataset, c.emnist_split)]
+    pixels = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+    values = 4 * sum(layer.params for layer in teacher) + 3 * c.data_bsize * sum(layer.outputs for layer in teacher)
+    return 4 * (values + info.train_size * pixels) / 2**20
+
+
+def memory_settings(rc: ResolvedConfig, moment: str) -> str:
+    """The settings behind one of ``peak_memory_mb``'s moments, for a message."""
+    c = rc.config
+    widths = f"student {rc.student.arch_description()}, teacher {rc.teacher.arch_description()}"
+    return {"distillation": f"m {c.m}, noise_bsize {c.noise_bsize}, {widths}",
+            "evaluation noise": f"eval_noise_batches {c.eval_noise_batches}, eval_noise_bsize {c.eval_noise_bsize}, "
+                                f"m {c.m}, {widths}",
+            "Perlin noise": f"perlin_res {c.perlin_res}, noise_bsize {c.noise_bsize}, "
+                            f"eval_noise_bsize {c.eval_noise_bsize}"}[moment]
+
+
+def memory_refusal(rc: ResolvedConfig, budget_mb: float) -> str | None:
+    """Why a run cannot fit in ``budget_mb`` (its largest moment and the settings behind it), or None."""
+    moments = peak_memory_mb(rc)
+    moment = max(moments, key=moments.get)
+    if moments[moment] <= budget_mb:
+        return None
+    return (f"its {moment} needs about {moments[moment]:,.0f} MB, more than the {budget_mb:,.0f} MB allowed "
+            f"({memory_settings(rc, moment)})")

@@ -16,6 +16,7 @@ import re
 import grids
 import pandas as pd
 
+from sublearn import cost
 from sublearn.catalog import dataset_key
 from sublearn.config import FLAG_SETTINGS, JOB_SETTINGS, LABEL_SETTINGS, config_from_flags, sheet_settings
 from sublearn.errors import UsageError
@@ -152,6 +153,9 @@ def runs_table(cfg, store, warn=print):
                     rc0 = resolver(flags)
                 except (UsageError, TypeError) as exc:
                     raise ConfigError(f"config: {where}, point {point}: {exc}") from None
+                too_big = cost.memory_refusal(rc0, cfg["batch"]["memory_mb"])
+                if too_big:
+                    raise ConfigError(f"config: {where}, point {point}: {too_big} by batch.memory_mb")
                 trc0 = teacher_config(rc0)
                 tkey = json.dumps(sheet_settings(trc0), sort_keys=True)
                 if tkey not in teacher_checked:
