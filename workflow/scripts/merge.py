@@ -11,6 +11,9 @@ from pathlib import Path
 import pandas as pd
 from logged import logged
 
+from sublearn.catalog import dataset_key
+from sublearn.sheets import RUN_FILES
+
 snakemake = globals().get("snakemake")  # injected by Snakemake's script directive (absent in tests)
 
 
@@ -48,8 +51,7 @@ def check_provenance(runs, figure, allow_mixed_data):
     if "data_identity" not in runs.columns:
         runs["data_identity"] = "unknown"
     runs["data_identity"] = runs["data_identity"].fillna("unknown")
-    dataset = runs["dataset"].astype(str) + runs["emnist_split"].where(runs["dataset"] == "emnist", "").map(
-        lambda split: f"-{split}" if split else "")
+    dataset = [dataset_key(d, s) for d, s in zip(runs["dataset"].astype(str), runs["emnist_split"], strict=True)]
     runs["mixed_data"] = False
     for name, rows in runs.groupby(dataset):
         if rows["data_identity"].nunique() > 1:
@@ -73,6 +75,11 @@ def main():
     requests = pd.DataFrame(snakemake.params.requests)  # panel, point, seed, run_key: one per requested run
     figure = snakemake.wildcards.figure
 
+    incomplete = [str(Path(f).parent) for f in runs_files
+                  if not all(Path(f).with_name(name).is_file() for name in RUN_FILES)]
+    if incomplete:  # the next planning recomputes them (sublearn.sheets.recorded_result)
+        raise SystemExit(f"{figure}: {len(incomplete)} run folders lack some of their files ({', '.join(RUN_FILES)}), "
+                         f"e.g. {incomplete[0]}; run the workflow again to recompute them")
     runs = read_many(runs_files)
     if len(runs) != len(runs_files):
         raise SystemExit(f"{figure}: {len(runs_files)} runs.csv files hold {len(runs)} rows; expected one each")
