@@ -181,5 +181,7 @@ rule data_changed:
         digest=r"[0-9a-f]{16}",
     threads: 1
     localrule: True
+    conda:
+        "../../envs/plot.yaml"
     shell:
         "echo 'the data files changed since {wildcards.prefix}.pt was prepared' > {output.mark:q} 2> {log:q}"
