@@ -255,7 +255,8 @@ def test_fig3_depth_teachers_have_random_hidden_layers_and_shared_heads(workdir,
     write_config(workdir, base_config(Path("nowhere"), {"fig3": fig3}, seeds=(0,)))
     ok(smk(workdir, "all", "--until", "sheet"))
     records = sheet_records(workdir)
-    assert {r["coords"]["depth"] for r in records} == {"minus_one", "plus_one"}
+    # the sheet carries no coordinates (the merge's points are their one channel): the depths by their settings
+    assert {tuple(r["settings"]["student_hidden_dims"]) for r in records} == {(256,), (256, 256, 256)}
     teachers = sheet_records(workdir, "teachers-*.jsonl")
     assert len(teachers) == 1  # the runs of both depths share their teacher
     rc = resolve(config_from_settings(teachers[0]["settings"], "teacher sheet"))
@@ -277,7 +278,6 @@ def test_fig5_passes_the_stds_as_the_papers_shell_printed_them(workdir):
     records = sheet_records(workdir)
     assert len(records) == 80
     printed = {float(f"{v:.8f}") for v in np.linspace(0, 0.2, 40)}
-    assert {r["coords"]["std"] for r in records} == printed
     stds = {float(v) for r in records for v in re.findall(r"std=([0-9.e-]+)", json.dumps(r["settings"]))}
     stds |= {float(p["std"]) for r in records for p in r["settings"].get("perturb_specs") or []}
     assert stds == printed
@@ -334,7 +334,7 @@ def test_build_is_incremental(real_mnist, workdir):
     cfg = base_config(real_mnist, {"fig2": fig2_block()})
     write_config(workdir, cfg)
     assert planned(workdir) == {"prepare_data": 1, "teachers": 1, "trained": 2, "batch": 1, "runs": 8,
-                                "merge_runs": 1, "plot_fig2": 1, "all": 1}
+                                "merge_runs": 1, "plot_fig2": 1, "evaluate_claims": 1, "all": 1}
     ok(smk(workdir, "all"))
 
     results = workdir / "results"
@@ -359,12 +359,12 @@ def test_build_is_incremental(real_mnist, workdir):
     cfg["seeds"] = [0, 1, 2]
     write_config(workdir, cfg)
     assert planned(workdir) == {"teachers": 1, "trained": 1, "batch": 1, "runs": 4, "merge_runs": 1,
-                                "plot_fig2": 1, "all": 1}
+                                "plot_fig2": 1, "evaluate_claims": 1, "all": 1}
     # one more grid value: only its runs; the teachers do not depend on m
     cfg["figures"]["fig2"]["panels"][0]["grid"]["m"].append(25)
     write_config(workdir, cfg)
     assert planned(workdir) == {"teachers": 1, "trained": 1, "batch": 1, "runs": 10, "merge_runs": 1,
-                                "plot_fig2": 1, "all": 1}
+                                "plot_fig2": 1, "evaluate_claims": 1, "all": 1}
 
     # back to the built config, then a student setting: every student reruns, no teacher
     cfg = base_config(real_mnist, {"fig2": fig2_block()})
@@ -373,31 +373,31 @@ def test_build_is_incremental(real_mnist, workdir):
     changed = copy.deepcopy(cfg)
     changed["defaults"]["noise_steps"] = 6
     write_config(workdir, changed)
-    assert planned(workdir) == {"batch": 1, "runs": 8, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"batch": 1, "runs": 8, "merge_runs": 1, "plot_fig2": 1, "evaluate_claims": 1, "all": 1}
     # a teacher setting: new teacher keys, so new teachers and all their students
     changed = copy.deepcopy(cfg)
     changed["defaults"]["teacher_epochs"] = 2
     write_config(workdir, changed)
     assert planned(workdir) == {"teachers": 1, "trained": 2, "batch": 1, "runs": 8, "merge_runs": 1,
-                                "plot_fig2": 1, "all": 1}
+                                "plot_fig2": 1, "evaluate_claims": 1, "all": 1}
     # a setting of one panel point only
     changed = copy.deepcopy(cfg)
     changed["figures"]["fig2"]["panels"][0]["grid"]["student_init"]["labels"]["rand_hidden"] = "random,A,A,A"
     write_config(workdir, changed)
-    assert planned(workdir) == {"batch": 1, "runs": 4, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"batch": 1, "runs": 4, "merge_runs": 1, "plot_fig2": 1, "evaluate_claims": 1, "all": 1}
 
     # a deleted run is recomputed alone
     write_config(workdir, cfg)
     run = run_dir_of(workdir, "fig2", "m-3_student_init-same", 1)
     (run / "runs.csv").unlink()
-    assert planned(workdir) == {"batch": 1, "runs": 1, "merge_runs": 1, "plot_fig2": 1, "all": 1}
+    assert planned(workdir) == {"batch": 1, "runs": 1, "merge_runs": 1, "plot_fig2": 1, "evaluate_claims": 1, "all": 1}
     # ... and with its teacher unfinished (a killed teacher job leaves no .json summary), that teacher too
     key = pd.read_csv(results / "tables" / "fig2.csv").query("seed == 1")["teacher_key"].iloc[0]
     teacher = results / "teachers" / f"{key}.json"
     summary = teacher.read_text()
     teacher.unlink()
     assert planned(workdir) == {"teachers": 1, "trained": 1, "batch": 1, "runs": 1, "merge_runs": 1,
-                                "plot_fig2": 1, "all": 1}
+                                "plot_fig2": 1, "evaluate_claims": 1, "all": 1}
     ok(smk(workdir, "all"))
     assert json.loads(teacher.read_text())["metrics"] == json.loads(summary)["metrics"]  # the same teacher
 
@@ -431,7 +431,7 @@ def test_changed_data_recomputes_everything_made_from_it(workdir):
     new = content_identity(raw_paths(data, "mnist", "balanced"))
     assert new != old
     assert planned(workdir) == {"prepare_data": 1, "teachers": 1, "trained": 1, "batch": 1, "runs": 1,
-                                "merge_runs": 1, "plot_fig2": 1, "all": 1}
+                                "merge_runs": 1, "plot_fig2": 1, "evaluate_claims": 1, "all": 1}
     ok(smk(workdir, "all"))
     assert set(pd.read_csv(tidy)["data_identity"]) == {new}
     assert planned(workdir) == {}

@@ -123,7 +123,10 @@ def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], d
 
     def done(member, last_loss: float, seconds: float) -> None:
         run, data = run_of[id(member)]
-        extra = {"batch_stack_size": stack_size[id(member)], "batch_elapsed_seconds": time.time() - batch_started}
+        # the set's size says in which company a run was computed: with stacked layers on a GPU its last
+        # digits may depend on its stack-mates
+        extra = {"batch_stack_size": stack_size[id(member)], "lockstep_set_size": len(members),
+                 "batch_elapsed_seconds": time.time() - batch_started}
         try:
             result = finish_student(member, data, device, last_loss, seconds, extra, shared)
         except Diverged as exc:  # the other members go on; the job fails at the end, naming this run

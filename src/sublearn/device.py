@@ -5,14 +5,33 @@ from __future__ import annotations
 from .errors import bad_value
 
 
+def reproducible(device) -> None:
+    """float32 arithmetic that can be reproduced, wherever torch is entered (the CLI, batch and teacher jobs,
+    a direct call that builds a model): no TF32 in cuBLAS matmuls or cuDNN convolutions (cuDNN's default is
+    on), deterministic cuDNN and algorithms, and cuBLAS's deterministic workspace (which must be set before
+    cuBLAS starts: this is called before any model is built)."""
+    import os
+
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    if getattr(device, "type", device) != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def select_device(name: str):
     import torch
 
-    # float32 everywhere: no TF32 in cuBLAS matmuls or cuDNN convolutions (cuDNN's default is on)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    reproducible("cpu")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        reproducible(device)
+        return device
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -23,6 +42,7 @@ def select_device(name: str):
                             "--device cpu (workflow: device: cpu, or the CPU profile) or auto to fall back to the CPU")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise bad_value("--device", name, f"allowed: cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    reproducible(device)
     return device
 
 

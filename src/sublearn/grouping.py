@@ -6,6 +6,7 @@ workflow plans. The one place to change how runs are grouped into jobs. Torch-fr
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,17 @@ def lockstep_sets(plan: list[list[Any]], max_memory_mb: float | None = None) -> 
     return sets
 
 
-def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int) -> list[list[PlannedRun]]:
+def trajectory_steps(run: Any) -> int:
+    return run.rc.config.noise_steps * run.rc.config.student_epochs
+
+
+def lockstep_steps(sets: list[list[list[Any]]]) -> int:
+    """Steps a job's lockstep sets take one after another: each set as many as its longest trajectory."""
+    return sum(max(trajectory_steps(run) for stack in lockstep for run in stack) for lockstep in sets)
+
+
+def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int, cores: int = 1,
+                  longest_first: bool = False) -> list[list[PlannedRun]]:
     """Runs -> jobs of at most ``max_flops`` estimated FLOPs and ``max_runs`` runs, each within one group.
 
     Runs of a stack sit together, stacks of equal student shapes (one per seed, say) next to each other
@@ -80,20 +91,39 @@ def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int) -> li
     weights along the way and cost only their evaluation. A stack that fits in a job is never split: a job
     of whole stacks shares every noise draw and teacher pass, and equal stacks (fig2's seeds) make equal
     jobs, which share the cores evenly to the end. The cut depends only on the runs given, so a job's
-    runs (and name) do not change while other jobs finish."""
+    runs (and name) do not change while other jobs finish.
+
+    ``cores`` > 1 (a local run's --cores): each group is cut into a multiple of ``cores`` jobs of
+    near-equal cost (stacks split where that needs it), so that no core idles while the last job
+    finishes. ``longest_first`` (a GPU plan): the stacks with the longest trajectories first, so that a
+    job's lockstep sets hold trajectories of similar length and take fewer steps in all."""
     stack_of = {r.id: r.rc.stack_key() for r in runs}
     trajectory_of = {r.id: r.rc.trajectory_key() for r in runs}
     cost_of = {r.id: run_flops(r.rc, r.dataset) for r in runs}
     shape_of: dict[str, str] = {}
+    longest: dict[str, int] = {}
     for r in runs:
         shape = json.dumps(r.rc.student.arch_description(), sort_keys=True)
         shape_of[stack_of[r.id]] = min(shape_of.get(stack_of[r.id], shape), shape)
-    ordered = sorted(runs, key=lambda r: (r.group, shape_of[stack_of[r.id]], stack_of[r.id], trajectory_of[r.id],
-                                          -cost_of[r.id]["student"], r.id))
+        longest[stack_of[r.id]] = max(longest.get(stack_of[r.id], 0), trajectory_steps(r))
+
+    def order(r: PlannedRun) -> tuple:
+        stack = stack_of[r.id]
+        first = (-longest[stack],) if longest_first else ()
+        return (r.group, *first, shape_of[stack], stack, trajectory_of[r.id], -cost_of[r.id]["student"], r.id)
+
+    ordered = sorted(runs, key=order)
     members: dict[tuple, list[PlannedRun]] = {}
     for run in ordered:
         members.setdefault((run.group, stack_of[run.id]), []).append(run)
     whole = {where: stack_flops(group, group[0].dataset) for where, group in members.items()}
+    budget = {}
+    for group in dict.fromkeys(run.group for run in ordered):
+        total = sum(flops for (g, _), flops in whole.items() if g == group)
+        jobs = max(1, math.ceil(total / max_flops))
+        if cores > 1:
+            jobs = math.ceil(max(jobs, cores) / cores) * cores
+        budget[group] = min(max_flops, total / jobs * (1 + 1e-9)) if cores > 1 else max_flops
     jobs: list[list[PlannedRun]] = []
     current: list[PlannedRun] = []
     tally = JobCost()
@@ -102,9 +132,9 @@ def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int) -> li
         cost = cost_of[run.id]
         extra = tally.added(cost, stack, trajectory, head)
         new_stack = not current or (current[-1].group, stack_of[current[-1].id]) != (run.group, stack)
-        needed = max(extra, whole[(run.group, stack)]) if new_stack else extra
+        needed = max(extra, whole[(run.group, stack)]) if new_stack and cores == 1 else extra
         if current and (current[-1].group != run.group or len(current) >= max_runs
-                        or tally.flops + needed > max_flops):
+                        or tally.flops + needed > budget[run.group]):
             jobs.append(current)
             current = []
             tally.restart()

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .architecture import ADAPTIVE_POOLS, AVG_POOLS, HEAD_NAMES, ModelPlan, layers
+from .device import reproducible
 from .seeding import derived_seed, set_seed
 
 
@@ -81,6 +82,7 @@ class SplitHeadModel(nn.Module):
 def build_model(plan: ModelPlan, m: int, num_classes: int, seed: int, device: torch.device) -> SplitHeadModel:
     """Construct with PyTorch's default init on the role's own stream, then reset A/B layers from
     their shared per-layer seeds, so same-named A layers of teacher and student are identical."""
+    reproducible(device)  # a direct call gets the arithmetic the command line sets up
     set_seed(derived_seed(seed, plan.role, "model_random_init"))
     model = SplitHeadModel(plan, m, num_classes)
     for name in model.layer_names:

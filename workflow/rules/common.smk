@@ -72,12 +72,14 @@ try:
 except table.ConfigError as exc:
     raise ConfigError(str(exc)) from None
 if config.get("synthetic_mnist") == "auto" and "mnist" in SYNTHETIC and (RUNS["dataset"] == "mnist").any():
-    logger.warning(f"synthetic_mnist auto: no MNIST raw files in {', '.join(data_dir_candidates())}: the MNIST "
+    logger.warning(f"synthetic_mnist auto: no MNIST raw files in {', '.join(DATA.candidates())}: the MNIST "
                    f"panels use SYNTHETIC MNIST (generated, not the real dataset; runs in {R}/synthetic/)")
 FIGURES = [name for name, fig in config["figures"].items() if fig is not None]
 UNIQUE_RUNS = table.unique_runs(RUNS) if len(RUNS) else []
 _IDENTITIES = {d: data_identity(d) for d in {r["dataset"] for r in UNIQUE_RUNS}}
-BATCHES = jobs.plan_batches(UNIQUE_RUNS, config, _IDENTITIES, teacher_path)
+# a local run knows its cores (--cores): with batch.fill_cores, each target's work is cut to keep them busy
+_CORES = workflow.resource_settings.cores if workflow.local_exec and workflow.is_main_process else 1
+BATCHES = jobs.plan_batches(UNIQUE_RUNS, config, _IDENTITIES, teacher_path, _CORES or 1)
 TEACHER_SETS = jobs.plan_teacher_sets(UNIQUE_RUNS, BATCHES, config, _IDENTITIES, teacher_path)
 SHEETS = {**BATCHES, **TEACHER_SETS}
 # teachers before any batch job: they unblock batch jobs

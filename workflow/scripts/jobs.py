@@ -28,7 +28,26 @@ def finished(run, identities):
     return identity is not None and sheets.recorded_result(run["run_dir"]) == (run["run_key"], identity)
 
 
-def plan_batches(unique_runs, cfg, identities, teacher_path):
+def stacked_layers(cfg):
+    """Whether batch jobs distil their stacks together in lockstep sets (`sublearn batch --stack-layers`)."""
+    value = cfg["batch"].get("stack_layers", "auto")
+    if value == "auto":
+        return cfg["batch"].get("plan", "cpu") == "gpu" or str(cfg.get("device", "auto")).startswith("cuda")
+    return value not in (False, "off")
+
+
+def batch_group(run, plan):
+    """The runs one job may hold. cpu: those requested by the same figures, of one dataset (`snakemake fig5`
+    computes no other figure's runs); gpu: those of one dataset and student shape family (model type and
+    depth), whatever figures ask for them, so that the paper is a handful of long jobs."""
+    if plan == "gpu":
+        student = run["rc"].student
+        depth = len(student.hidden_dims) if student.model_type == "mlp" else len(student.feature_spec)
+        return run["dataset"], student.model_type, depth
+    return run["figures"], run["dataset"]
+
+
+def plan_batches(unique_runs, cfg, identities, teacher_path, cores=1):
     """Runs -> batch jobs. A job serves one set of figures and one dataset (so `snakemake fig5` computes no
     other figure's runs). Jobs are cut over all runs, finished or not, and named by the hash of their run
     keys, so a job's name does not change while other jobs finish (a cluster job re-reads this plan when it
@@ -36,11 +55,13 @@ def plan_batches(unique_runs, cfg, identities, teacher_path):
     unfinished runs whose folder holds a runs.csv (a lost file, a row cut short, other data): the sheet
     rule's params, so that a changed list reruns the job although its outputs exist."""
     settings = cfg["batch"]
-    planned = [grouping.PlannedRun(r["run_key"], r["rc"], r["dataset"], (r["figures"], r["dataset"]))
-               for r in unique_runs]
+    plan = settings.get("plan", "cpu")
+    planned = [grouping.PlannedRun(r["run_key"], r["rc"], r["dataset"], batch_group(r, plan)) for r in unique_runs]
     record_of = {r["run_key"]: r for r in unique_runs}
     out = {}
-    for job in grouping.cut_into_jobs(planned, settings["max_tflop"] * 1e12, settings["max_runs"]):
+    cut = grouping.cut_into_jobs(planned, settings["max_tflop"] * 1e12, settings["max_runs"],
+                                 cores if plan == "cpu" and settings.get("fill_cores") else 1, plan == "gpu")
+    for job in cut:
         runs = [record_of[p.id] for p in job if not finished(record_of[p.id], identities)]
         if not runs:
             continue
@@ -49,6 +70,8 @@ def plan_batches(unique_runs, cfg, identities, teacher_path):
         flops = sum(cost.stack_flops(stack, runs[0]["dataset"]) for stack in grouping.stacks(sheet_runs))
         seconds = cost.estimated_seconds(flops, settings["gflops"], len(runs))
         memory = sum(cost.memory_mb(r["rc"]) for r in runs)
+        stacks = grouping.plan_stacks(sheet_runs, settings["memory_mb"])  # as the job's runner will
+        sets = grouping.lockstep_sets(stacks, settings["memory_mb"]) if stacked_layers(cfg) else [[s] for s in stacks]
         out[batch_id] = {
             "id": batch_id, "runs": runs, "flops": flops, "seconds": seconds, "dataset": runs[0]["dataset"],
             "priority": 1 + int(seconds // 60),  # estimated minutes
@@ -56,6 +79,7 @@ def plan_batches(unique_runs, cfg, identities, teacher_path):
             "outputs": [f"{r['run_dir']}/runs.csv" for r in runs],
             "stale": [r["run_key"] for r in runs if Path(r["run_dir"], "runs.csv").exists()],
             "runtime": job_runtime(seconds, "student", 15, cfg),
+            "lockstep_steps": grouping.lockstep_steps(sets),
             "mem_mb": int(cfg["resources"]["student"].get("mem_mb", 4000) + min(memory, settings["memory_mb"])),
             "sheet": "".join(sheets.sheet_record(r["run_key"], r["run_dir"], sheet_settings(r["rc"].config)) + "\n"
                              for r in runs),
@@ -76,9 +100,10 @@ def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path):
         teacher["figures"].update(run["figures"])
     flops_of = {key: cost.teacher_flops(t["rc"], t["dataset"]) for key, t in teachers.items()}
 
-    def order(t):
+    def order(t):  # the first two: a job's group (a GPU plan's teacher jobs serve any figures)
         shape = json.dumps(t["rc"].teacher.arch_description(), sort_keys=True)
-        return sorted(t["figures"]), t["dataset"], shape, t["rc"].config.seed, t["key"]
+        figures = sorted(t["figures"]) if cfg["batch"].get("plan", "cpu") == "cpu" else []
+        return figures, t["dataset"], shape, t["rc"].config.seed, t["key"]
 
     chunks, current, flops = [], [], 0.0
     for teacher in sorted(teachers.values(), key=order):
@@ -122,10 +147,13 @@ def plan_summary(runs_table, unique_runs, batches, teacher_sets, figures, gflops
         count = sum(1 for b in jobs for r in b["runs"] if figure in r["figures"])
         per_figure.append(f"{figure} {count} to compute in {len(jobs)} jobs "
                           f"({sum(b['flops'] for b in jobs) / 1e12:.1f} TFLOP)")
+    steps = sum(b["lockstep_steps"] for b in batches.values())
     return (f"plan: {len(runs_table)} requested runs, {runs} distinct, {todo} to compute in {len(batches)} batch "
             f"jobs; {flops / 1e12:.1f} TFLOP of students, ~{seconds / 3600:.2f} h of job time at {gflops:g} GFLOP/s "
             f"per job (config batch.gflops; `sublearn batch --plan` prints a sheet's stacks)\n"
             f"plan: {sum(len(t['teachers']) for t in teacher_sets.values())} teachers to train in "
             f"{len(teacher_sets)} teacher jobs, {sum(t['flops'] for t in teacher_sets.values()) / 1e12:.1f} TFLOP, "
             f"~{sum(t['seconds'] for t in teacher_sets.values()) / 3600:.2f} h of job time\n"
-            f"plan by figure: {', '.join(per_figure)}")
+            f"plan by figure: {', '.join(per_figure)}\n"
+            f"lockstep steps: {steps} (the batch jobs' lockstep sets one after another, each as long as its "
+            f"longest trajectory; {len(batches) + len(teacher_sets)} teacher and batch jobs)")
