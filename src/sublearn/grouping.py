@@ -117,33 +117,41 @@ def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int, cores
     for run in ordered:
         members.setdefault((run.group, stack_of[run.id]), []).append(run)
     whole = {where: stack_flops(group, group[0].dataset) for where, group in members.items()}
-    budget = {}
-    for group in dict.fromkeys(run.group for run in ordered):
-        total = sum(flops for (g, _), flops in whole.items() if g == group)
-        jobs = max(1, math.ceil(total / max_flops))
-        if cores > 1:
-            jobs = math.ceil(max(jobs, cores) / cores) * cores
-        budget[group] = min(max_flops, total / jobs * (1 + 1e-9)) if cores > 1 else max_flops
-    jobs: list[list[PlannedRun]] = []
-    current: list[PlannedRun] = []
-    tally = JobCost()
-    for run in ordered:
-        stack, trajectory, head = stack_of[run.id], trajectory_of[run.id], run.rc.teacher_head_key()
-        cost = cost_of[run.id]
-        extra = tally.added(cost, stack, trajectory, head)
-        new_stack = not current or (current[-1].group, stack_of[current[-1].id]) != (run.group, stack)
-        needed = max(extra, whole[(run.group, stack)]) if new_stack and cores == 1 else extra
-        if current and (current[-1].group != run.group or len(current) >= max_runs
-                        or tally.flops + needed > budget[run.group]):
-            jobs.append(current)
-            current = []
-            tally.restart()
+
+    def cut(group_runs: list[PlannedRun], budget: float, keep_stacks: bool) -> list[list[PlannedRun]]:
+        jobs: list[list[PlannedRun]] = []
+        current: list[PlannedRun] = []
+        tally = JobCost()
+        for run in group_runs:
+            stack, trajectory, head = stack_of[run.id], trajectory_of[run.id], run.rc.teacher_head_key()
+            cost = cost_of[run.id]
             extra = tally.added(cost, stack, trajectory, head)
-        current.append(run)
-        tally.add(cost, stack, trajectory, head, extra)
-    if current:
-        jobs.append(current)
-    return jobs
+            new_stack = not current or stack_of[current[-1].id] != stack
+            needed = max(extra, whole[(run.group, stack)]) if new_stack and keep_stacks else extra
+            if current and (len(current) >= max_runs or tally.flops + needed > budget):
+                jobs.append(current)
+                current = []
+                tally.restart()
+                extra = tally.added(cost, stack, trajectory, head)
+            current.append(run)
+            tally.add(cost, stack, trajectory, head, extra)
+        return [*jobs, current] if current else jobs
+
+    out: list[list[PlannedRun]] = []
+    for group in dict.fromkeys(run.group for run in ordered):
+        group_runs = [run for run in ordered if run.group == group]
+        jobs = cut(group_runs, max_flops, keep_stacks=True)
+        if cores > 1:  # the smallest budget that cuts the group into a multiple of the cores in jobs
+            count = math.ceil(max(len(jobs), cores) / cores) * cores
+            low, high = sum(f for (g, _), f in whole.items() if g == group) / count, max_flops
+            if len(cut(group_runs, high, keep_stacks=False)) <= count:
+                for _ in range(40):
+                    middle = (low + high) / 2
+                    low, high = (low, middle) if len(cut(group_runs, middle, keep_stacks=False)) <= count \
+                        else (middle, high)
+                jobs = cut(group_runs, high, keep_stacks=False)
+        out.extend(jobs)
+    return out
 
 
 def print_plan(plan: list[list[Any]], gflops: float) -> None:
