@@ -642,6 +642,7 @@ def test_offline_synthetic_mnist_builds_end_to_end(workdir):
     summary = pd.read_csv(results / "figures" / "fig2_summary.csv")
     assert len(summary) == 2 * 3 and (summary["n_seeds"] == 2).all()  # 2 inits x (accuracy + 2 cosines)
     assert "SYNTHETIC MNIST" in (results / "figures" / "fig2_summary.html").read_text()
+    assert set(pd.read_csv(results / "tables" / "fig2.csv")["data"]) == {"synthetic MNIST"}  # the table's rows too
     assert (results / "figures" / "fig2.pdf").stat().st_size > 1000
 
 

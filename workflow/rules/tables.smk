@@ -16,6 +16,8 @@ rule merge_runs:
         points=lambda w: FIG_POINTS[w.figure],
         requests=lambda w: FIG_REQUESTS[w.figure],
         allow_mixed_data=config["allow_mixed_data"],
+        # rows made from generated data say so (column data)
+        synthetic=sorted(SYNTHETIC),
     threads: 1
     resources:
         mem_mb=config["resources"]["merge"].get("mem_mb", 8000),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from logged import logged
 
-from sublearn.catalog import dataset_key
+from sublearn.catalog import CATALOG, dataset_key
 from sublearn.sheets import RUN_FILES
 
 snakemake = globals().get("snakemake")  # injected by Snakemake's script directive (absent in tests)
@@ -106,6 +106,10 @@ def main():
     head = pd.DataFrame({"figure": figure, "panel": runs["panel"], "point": runs["point"]})
     rest = runs.drop(columns=["panel", "point", *[c for c in coord_names if c in runs.columns]])
     rest["sweep_name"], rest["run_label"] = f"{figure}." + runs["panel"], runs["point"]  # the requester's
+    synthetic = set(snakemake.params.synthetic)  # dataset keys whose data the workflow generated
+    rest["data"] = [f"synthetic {CATALOG[key].display}" if key in synthetic else ""
+                    for key in (dataset_key(d, s) for d, s in zip(rest["dataset"].astype(str), rest["emnist_split"],
+                                                                   strict=True))]
     tidy = pd.concat([head, coords, rest], axis=1)
     tidy.insert(len(head.columns) + len(coord_names), "seed", tidy.pop("seed"))
     tidy["_order"] = [order[(p, q)] for p, q in zip(tidy["panel"], tidy["point"], strict=True)]
