@@ -181,10 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--max-memory-mb", type=_number, default=None,
                        help="split stacks (and, with stacked layers, group stacks in lockstep) so that the "
                             "students distilled side by side fit this estimate")
-    batch.add_argument("--stack-layers", default="auto", choices=("auto", "on", "off"),
-                       help="train the stacks in lockstep and their MLP students of equal shape (any seed) with "
-                            "batched matmuls, one per layer and step (auto: on CUDA, where it fills the device; off "
-                            "keeps a CPU's per-run arithmetic on any BLAS) (default: %(default)s)")
+    batch.add_argument("--stack-layers", default="auto", choices=("auto", "on", "off", "fused"),
+                       help="train stacks in lockstep, MLP students of equal shape (any seed) in batched matmuls (on: "
+                            "bit for bit where they are; fused: teachers, heads, losses, Adam too, float tolerance; "
+                            "auto: fused on CUDA, off on a CPU: per-run arithmetic) (default: %(default)s)")
     batch.add_argument("--plan", action="store_true", help="print the stacks and their estimated cost; compute nothing")
     batch.add_argument("--gflops", type=_number, default=100.0,
                        help="sustained GFLOP/s of the device for --plan's time estimate (default: %(default)s)")
@@ -356,7 +356,7 @@ def cmd_batch(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
-    stack_layers = {"auto": None, "on": True, "off": False}[args.stack_layers]
+    stack_layers = {"auto": None, "on": True, "off": False, "fused": "fused"}[args.stack_layers]
     sets = batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers,
                             args.max_memory_mb)
     largest = max(sum(cost.memory_mb(r.rc) for stack in lockstep for r in stack) for lockstep in sets)

@@ -70,7 +70,18 @@ def stacked_mlp_key(plan, lr: float, steps: int, batch_size: int) -> tuple | Non
     return tuple(plan.hidden_dims), trainable, lr, steps, batch_size
 
 
-def uses_stacked_layers(stack_layers: bool | None, device: torch.device) -> bool:
-    """``stack_layers`` as asked, by default on CUDA only: on a CPU the per-run matmuls already run at the
-    core's matmul rate and give the same bits on any BLAS."""
-    return stack_layers if stack_layers is not None else device.type == "cuda"
+def uses_stacked_layers(stack_layers: bool | str | None, device: torch.device) -> bool:
+    """Whether ``stack_layers`` (see layers_mode) stacks anything: on CUDA by default; on a CPU the per-run
+    matmuls already run at the core's matmul rate and give the same bits on any BLAS."""
+    return layers_mode(stack_layers, device) != "off"
+
+
+def layers_mode(stack_layers: bool | str | None, device: torch.device) -> str:
+    """"off" (per-run arithmetic), "on" (StackedMLP: bit for bit where batched matmuls are) or "fused"
+    (fused.FusedStudents, float tolerance) for ``stack_layers`` False, True or "fused"; None: "fused" on
+    CUDA, "off" on a CPU."""
+    if stack_layers is None:
+        return "fused" if device.type == "cuda" else "off"
+    if stack_layers == "fused":
+        return "fused"
+    return "on" if stack_layers else "off"

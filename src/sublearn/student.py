@@ -17,13 +17,14 @@ import torch.nn.functional as F
 from .data import Dataset
 from .errors import Diverged, UsageError
 from .evaluation import SharedEvaluations, aux_mse_on_noise, evaluate_class
+from .fused import FusedStudents, NoiseBank, bank_noise, fused_key, noise_banks
 from .model import SplitHeadModel, build_model
 from .noise import sample_noise
 from .perturb import apply_perturbations
 from .plan import ResolvedConfig
 from .records import RunResult, base_row, config_record, environment, layer_metrics, run_row, snapshot
 from .seeding import derived_seed, set_seed
-from .stacked import StackedMLP, stacked_mlp_key, uses_stacked_layers
+from .stacked import StackedMLP, layers_mode, stacked_mlp_key
 from .teacher import body_state, check_checkpoint
 from .training import adam, epoch_mean
 
@@ -65,7 +66,7 @@ class _Distilling:
     the runs of the same trajectory key (followers) take its weights when their own steps are done."""
 
     run: StudentRun
-    optimizer: Any  # its own, or None in a StackedStudents, whose optimizer steps every member at once
+    optimizer: Any  # its own, or None in a StackedStudents or FusedStudents, whose optimizer steps all at once
     steps: int
     per_epoch: int
     followers: list[tuple[StudentRun, int, int]]  # (run, steps, steps per epoch), fewest steps first
@@ -75,7 +76,7 @@ class _Distilling:
     losses: torch.Tensor | None = None
     last: float = float("nan")
     seconds: float = 0.0
-    stacked: StackedStudents | None = None
+    stacked: StackedStudents | FusedStudents | None = None
     index: int = 0  # its place in ``stacked``
     stream: _Stream | None = None  # its stack's noise stream and teacher body
     head: int = 0  # its teacher's aux head among the stream's distinct ones (``_Stream.heads``)
@@ -136,9 +137,10 @@ class _Stream:
     x: torch.Tensor | None = None
     targets: dict = field(default_factory=dict)
 
-    def draw(self, device: torch.device, heads_in_use: set[int]) -> None:
+    def draw(self, device: torch.device, heads_in_use: set[int], x: torch.Tensor | None = None) -> None:
+        """This step's noise (``x``: drawn by a NoiseBank) and the teacher's targets on it."""
         c = self.config
-        self.x = sample_noise(c.noise_bsize, c, device, self.generator)
+        self.x = sample_noise(c.noise_bsize, c, device, self.generator) if x is None else x
         with torch.no_grad():
             features = self.body.features(self.x)
             self.targets = {i: self.heads[i](features) for i in sorted(heads_in_use)}
@@ -163,9 +165,11 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
     serve every student of a stack, and each does exactly the arithmetic of a lone run. Runs that differ
     only in N and E, or in the student's class head (equal trajectory keys), are one computation: the
     longest trains, and another one's student takes its weights after that run's own N x E steps.
-    ``stack_layers`` (default: on CUDA only) trains trajectories of equal MLP shape as StackedStudents,
-    across stacks too. ``on_done(run, last epoch's mean loss, seconds)`` is called as soon as a run's
-    steps are done.
+    ``stack_layers`` (``stacked.layers_mode``): True trains trajectories of equal MLP shape as
+    StackedStudents, across stacks too (bit for bit where batched matmuls are); "fused" (the default on
+    CUDA) trains those whose teachers are MLPs of equal shape as FusedStudents (float tolerance), the rest
+    as with True, every stream's noise from a NoiseBank. ``on_done(run, last epoch's mean loss, seconds)``
+    is called as soon as a run's steps are done.
     """
     streams: dict[str, _Stream] = {}
     trajectories: dict[tuple[str, str], list[tuple[StudentRun, int, int]]] = {}
@@ -190,7 +194,12 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
                         stream=streams[key])
         d.head = d.stream.head_of(leader.teacher)
         active.append(d)
-    units = stack_students(active, device) if uses_stacked_layers(stack_layers, device) else [[d] for d in active]
+    mode = layers_mode(stack_layers, device)
+    banks: list[NoiseBank] = []
+    if mode == "fused":
+        units, banks = fuse_students(active, list(streams.values()), device)
+    else:
+        units = stack_students(active, device) if mode == "on" else [[d] for d in active]
     for unit in units:
         if unit[0].stacked is None:  # a stack's members share its optimizer
             params = [p for p in unit[0].run.student.parameters() if p.requires_grad]
@@ -198,12 +207,23 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
     step = 0
     heads_in_use = _heads_in_use(units)
     while units:
+        if banks:
+            live = {id(d.stream) for unit in units for d in unit}
+            for bank in banks:
+                bank.advance(live)
         for stream in streams.values():
             if id(stream) in heads_in_use:  # a stream none of whose runs is left stops drawing
-                stream.draw(device, heads_in_use[id(stream)])
+                stream.draw(device, heads_in_use[id(stream)], bank_noise(banks, stream))
         step += 1
         for unit in units:
             started = time.perf_counter()
+            if isinstance(unit[0].stacked, FusedStudents):
+                unit[0].stacked.train_step(step)
+                share = (time.perf_counter() - started) / len(unit)
+                for d in unit:
+                    d.seconds += share
+                record_fused(unit, step, on_done)
+                continue
             if unit[0].stacked is None:
                 d = unit[0]
                 losses = [d.train_step(d.stream.x, d.stream.targets[d.head])]
@@ -224,11 +244,43 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
 
 
 def _heads_in_use(units: list[list[_Distilling]]) -> dict[int, set[int]]:
-    """id(stream) -> the indices of its teacher aux heads that the units still training use."""
+    """id(stream) -> the indices of its teacher aux heads that the units still training use (a
+    FusedStudents computes its own)."""
     heads: dict[int, set[int]] = {}
-    for d in (d for unit in units for d in unit):
+    for d in (d for unit in units for d in unit if not isinstance(d.stacked, FusedStudents)):
         heads.setdefault(id(d.stream), set()).add(d.head)
     return heads
+
+
+def fuse_students(active: list[_Distilling], streams: list[_Stream],
+                  device: torch.device) -> tuple[list[list[_Distilling]], list[NoiseBank]]:
+    """Trajectories in training units: FusedStudents of equal fused keys (two or more), the rest as
+    ``stack_students`` makes them (CNN students alone, say); and the streams' NoiseBanks, one per noise
+    batch size."""
+    groups: dict[Any, list[_Distilling]] = {}
+    for d in active:
+        key = fused_key(d)
+        groups.setdefault(id(d) if key is None else key, []).append(d)
+    fused = [group for group in groups.values() if len(group) > 1]
+    units = fused + stack_students([d for group in groups.values() if len(group) == 1 for d in group], device)
+    banks = noise_banks(streams, max((unit[0].steps for unit in units), default=0), device)
+    for unit in fused:
+        FusedStudents(unit, next(b for b in banks if id(unit[0].stream) in b.row), device)
+        print(f"[fused] {len(unit)} students fused: {', '.join(d.run.run_id for d in unit)}", flush=True)
+    return units, banks
+
+
+def record_fused(unit: list[_Distilling], step: int, on_done: Callable[[StudentRun, float, float], None]) -> None:
+    """record_step for a FusedStudents, whose losses are in its ring buffer: one host copy at a step where a
+    member ends an epoch or a follower's steps are done."""
+    due = [d for d in unit if step % d.per_epoch == 0 or (d.followers and d.followers[0][1] == step)]
+    if not due:
+        return
+    rows = unit[0].stacked.latest_losses()
+    keep = len(rows)
+    for d in due:
+        report_step(d, step, lambda count, k=d.index: sum(
+            rows[(t - 1) % keep][k] for t in range(step - count + 1, step + 1)) / count, on_done)
 
 
 def record_step(d: _Distilling, step: int, loss: torch.Tensor,
@@ -237,8 +289,15 @@ def record_step(d: _Distilling, step: int, loss: torch.Tensor,
     if d.losses is None:
         d.losses = torch.empty(d.keep, dtype=loss.dtype, device=loss.device)
     d.losses[(step - 1) % d.keep] = loss
+    report_step(d, step, lambda count: latest_mean(d, step, count), on_done)
+
+
+def report_step(d: _Distilling, step: int, mean_of: Callable[[int], float],
+                on_done: Callable[[StudentRun, float, float], None]) -> None:
+    """Report a trajectory's epoch and finish its followers whose steps are done; ``mean_of(count)``: the
+    mean loss of its latest ``count`` steps."""
     if step % d.per_epoch == 0:
-        d.last = latest_mean(d, step, d.per_epoch)
+        d.last = mean_of(d.per_epoch)
         c = d.run.rc.config
         print(f"[student] {d.run.run_id} epoch {step // d.per_epoch}/{c.student_epochs} aux MSE "
               f"{d.last:.8f}", flush=True)
@@ -246,7 +305,7 @@ def record_step(d: _Distilling, step: int, loss: torch.Tensor,
         follower, _, per_epoch = d.followers.pop(0)
         d.sync()
         take_trajectory_weights(follower.student, d.run.student)
-        last = latest_mean(d, step, per_epoch)
+        last = mean_of(per_epoch)
         print(f"[student] {follower.run_id}: the first {step} steps of {d.run.run_id}, last epoch aux MSE "
               f"{last:.8f}", flush=True)
         on_done(follower, last, d.seconds)

@@ -1,0 +1,141 @@
+"""What one lockstep distillation step costs in kernel ops and host time, and what finishing a run costs,
+at tiny widths on the CPU (1 thread), where the time is the host's (dispatch) time rather than arithmetic.
+
+    python bench/bench_step.py                 # the fused path (`sublearn batch --stack-layers fused`)
+    python bench/bench_step.py --mode on       # stacked layers as before; --mode off: per-run arithmetic
+
+prints one line per measure:
+
+    ops_per_step k64_one_width N      64 students of 64 seeds, one aux width (m 10)
+    ops_per_step fig2_5seeds N        fig2's 36 runs per seed (m in 3..250 x its six student inits), 5 seeds
+    host_ms_per_step k64_one_width X  wall time of a step of the first set
+    finish_ms_per_run X               finish_student per run (evaluations, records) of fig2's runs of 5 seeds
+
+Kernel ops are operator calls that do work, counted by sublearn.opcount.OpCounter (views and metadata calls
+excluded). A steady-state step is measured as the difference of two whole distillations of A and A + B
+steps divided by B (both multiples of the noise period, so a fused set's noise draws are averaged in):
+set-up, the last epoch's report and the finish of the runs cancel. Every run gets a teacher trained on a
+small synthetic MNIST (its weights do not change the counts). ``--names`` prints the ops of a step by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sublearn.cli import resolve_argv
+from sublearn.data import ensure_cache, load
+from sublearn.evaluation import SharedEvaluations
+from sublearn.fused import noise_period
+from sublearn.opcount import OpCounter
+from sublearn.student import distill_stack, finish_student, prepare_student
+from sublearn.teacher import train_teacher_stage
+
+NOISE_BSIZE = 4
+TINY = ["--teacher-hidden-dims", "8,8", "--student-hidden-dims", "8,8", "--noise-bsize", str(NOISE_BSIZE),
+        "--teacher-epochs", "1", "--student-epochs", "1", "--data-bsize", "256", "--eval-noise-batches", "2",
+        "--eval-noise-bsize", "64"]
+FIG2_INITS = ["A,A,A,A", "random,A,A,A", "A,random,A,A", "random,random,A,A", "A,A,random,A", "A,A,A,random"]
+SETS = {
+    "k64_one_width": [(seed, ["--m", "10"]) for seed in range(64)],
+    "fig2_5seeds": [(seed, ["--m", str(m), "--student-init", init, "--teacher-init", "A,A,A,A"])
+                    for seed in range(5) for m in (3, 10, 25, 50, 100, 250) for init in FIG2_INITS],
+}
+MODES = {"fused": "fused", "on": True, "off": False}
+
+
+class Bench:
+    def __init__(self, root: Path, mode: str):
+        from sublearn.idx import write_synthetic_dataset
+
+        write_synthetic_dataset(root / "data", "mnist", n_train=256, n_test=512, seed=1)
+        self.root, self.mode, self.device = root, mode, torch.device("cpu")
+        cache, _ = ensure_cache("mnist", "balanced", str(root / "data"), str(root / "cache"))
+        self.full = load(cache, "mnist", "balanced", None, self.device)
+        self.test = load(cache, "mnist", "balanced", None, self.device, with_train=False)
+        self.teachers: dict[str, dict] = {}
+
+    def runs(self, specs: list[tuple[int, list[str]]], steps: int, shared: SharedEvaluations | None = None):
+        runs = []
+        for seed, extra in specs:
+            rc = resolve_argv(["--data-dir", str(self.root / "data"), "--cache-dir", str(self.root / "cache"),
+                               "--device", "cpu", "--seed", str(seed), *TINY, "--noise-steps", str(steps), *extra])
+            if rc.teacher_key() not in self.teachers:
+                self.teachers[rc.teacher_key()] = train_teacher_stage(rc, self.full, self.device)
+            runs.append(prepare_student(rc, self.test, self.device, self.teachers[rc.teacher_key()], shared=shared))
+        return runs
+
+    def distill(self, runs, on_done=None) -> None:
+        distill_stack(runs, self.device, on_done or (lambda *_: None), MODES[self.mode])
+
+    def step_cost(self, specs, repeats: int) -> tuple[float, float, dict]:
+        """(kernel ops per step, host ms per step, dispatcher calls and kernel ops by name per step)."""
+        streams = len({seed for seed, _ in specs})
+        period = noise_period(streams * NOISE_BSIZE * 784 * 4, 10**9, self.device) if self.mode == "fused" else 1
+        short, extra = period * math.ceil(32 / period), period * math.ceil(64 / period)
+        counters = []
+        for steps in (short, short + extra):
+            runs = self.runs(specs, steps)
+            with OpCounter() as counter:
+                self.distill(runs)
+            counters.append(counter)
+        times = {short: [], short + extra: []}
+        for _ in range(repeats):
+            for steps in times:
+                runs = self.runs(specs, steps)
+                started = time.perf_counter()
+                self.distill(runs)
+                times[steps].append(time.perf_counter() - started)
+        ops = (counters[1].ops - counters[0].ops) / extra
+        host_ms = (min(times[short + extra]) - min(times[short])) / extra * 1e3
+        names = {k: (v - counters[0].names.get(k, 0)) / extra for k, v in counters[1].names.items()}
+        detail = {"dispatcher calls": (counters[1].calls - counters[0].calls) / extra,
+                  **{k: v for k, v in sorted(names.items(), key=lambda kv: -kv[1]) if v}}
+        return ops, host_ms, detail
+
+    def finish_cost(self, specs) -> float:
+        """ms of finish_student per run, as a batch job finishes them (with the job's shared evaluations)."""
+        shared = SharedEvaluations()
+        runs = self.runs(specs, 4, shared)
+        done = []
+        self.distill(runs, lambda run, loss, seconds: done.append((run, loss, seconds)))
+        started = time.perf_counter()
+        for run, loss, seconds in done:
+            finish_student(run, self.test, self.device, loss, seconds, shared=shared)
+        return (time.perf_counter() - started) / len(done) * 1e3
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=MODES, default="fused", help="the lockstep path (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per distillation, the fastest kept")
+    parser.add_argument("--names", action="store_true", help="also print a step's kernel ops by name")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Path(tmp), args.mode)
+        log = sys.stdout
+        sys.stdout = open("/dev/null", "w")  # noqa: SIM115 - the runner's progress lines
+        try:
+            ops_k64, host_k64, detail_k64 = bench.step_cost(SETS["k64_one_width"], args.repeats)
+            ops_fig2, _, detail_fig2 = bench.step_cost(SETS["fig2_5seeds"], 1)
+            finish = bench.finish_cost(SETS["fig2_5seeds"])
+        finally:
+            sys.stdout.close()
+            sys.stdout = log
+    print(f"ops_per_step k64_one_width {ops_k64:g}")
+    print(f"ops_per_step fig2_5seeds {ops_fig2:g}")
+    print(f"host_ms_per_step k64_one_width {host_k64:.3f}")
+    print(f"finish_ms_per_run {finish:.2f}")
+    if args.names:
+        for label, detail in (("k64_one_width", detail_k64), ("fig2_5seeds", detail_fig2)):
+            print(f"{label} per step:", ", ".join(f"{k} {v:g}" for k, v in detail.items()))
+
+if __name__ == "__main__":
+    main()
