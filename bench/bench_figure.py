@@ -14,6 +14,7 @@ one H200-class GPU in <= 1 h (>= 10 TFLOP/s sustained), fig2 in <= 2 min.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--configfile", default=None, help="an override config (e.g. config/quick.yaml)")
     parser.add_argument("--config", nargs="*", default=[], help="extra --config KEY=VALUE pairs")
     parser.add_argument("--work", default=None, help="working folder (default: a new temporary one)")
+    parser.add_argument("--profile", default="default", help="the workflow profile under profiles/ (default: "
+                        "%(default)s; gpu: the GPU plan on one local GPU)")
     args = parser.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="sublearn-bench-figure-"))
@@ -40,10 +43,14 @@ def main() -> None:
     shutil.copy(REPO / "config" / "config.yaml", work / "config" / "config.yaml")
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
     cmd = [snakemake, args.target, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-           "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", str(args.cores)]
+           "--workflow-profile", str(REPO / "profiles" / args.profile), "--cores", str(args.cores)]
     if args.configfile:
         cmd += ["--configfile", str(Path(args.configfile).resolve())]
-    cmd += ["--config", f"data_dir={Path(args.data_dir).resolve()}", *args.config]
+    # the data folder in a config file: a --config would replace a profile's whole `config` key
+    (work / "config" / "data.yaml").write_text(f"data_dir: {json.dumps(str(Path(args.data_dir).resolve()))}\n")
+    cmd += ["--configfile", str(work / "config" / "data.yaml")]
+    if args.config:
+        cmd += ["--config", *args.config]
     log = work / "snakemake.log"
     started = time.perf_counter()
     with open(log, "w") as handle:
