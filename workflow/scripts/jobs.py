@@ -36,14 +36,9 @@ def stacked_layers(cfg):
     return value not in (False, "off")
 
 
-def batch_group(run, plan):
-    """The runs one job may hold. cpu: those requested by the same figures, of one dataset (`snakemake fig5`
-    computes no other figure's runs); gpu: those of one dataset and student shape family (model type and
-    depth), whatever figures ask for them, so that the paper is a handful of long jobs."""
-    if plan == "gpu":
-        student = run["rc"].student
-        depth = len(student.hidden_dims) if student.model_type == "mlp" else len(student.feature_spec)
-        return run["dataset"], student.model_type, depth
+def batch_group(run):
+    """The runs one job may hold: those requested by the same figures, of one dataset (so `snakemake fig5`
+    computes no other figure's runs)."""
     return run["figures"], run["dataset"]
 
 
@@ -56,7 +51,7 @@ def plan_batches(unique_runs, cfg, identities, teacher_path, cores=1):
     rule's params, so that a changed list reruns the job although its outputs exist."""
     settings = cfg["batch"]
     plan = settings.get("plan", "cpu")
-    planned = [grouping.PlannedRun(r["run_key"], r["rc"], r["dataset"], batch_group(r, plan)) for r in unique_runs]
+    planned = [grouping.PlannedRun(r["run_key"], r["rc"], r["dataset"], batch_group(r)) for r in unique_runs]
     record_of = {r["run_key"]: r for r in unique_runs}
     out = {}
     cut = grouping.cut_into_jobs(planned, settings["max_tflop"] * 1e12, settings["max_runs"],
@@ -100,10 +95,9 @@ def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path):
         teacher["figures"].update(run["figures"])
     flops_of = {key: cost.teacher_flops(t["rc"], t["dataset"]) for key, t in teachers.items()}
 
-    def order(t):  # the first two: a job's group (a GPU plan's teacher jobs serve any figures)
+    def order(t):  # the first two: a job's group
         shape = json.dumps(t["rc"].teacher.arch_description(), sort_keys=True)
-        figures = sorted(t["figures"]) if cfg["batch"].get("plan", "cpu") == "cpu" else []
-        return figures, t["dataset"], shape, t["rc"].config.seed, t["key"]
+        return sorted(t["figures"]), t["dataset"], shape, t["rc"].config.seed, t["key"]
 
     chunks, current, flops = [], [], 0.0
     for teacher in sorted(teachers.values(), key=order):
