@@ -434,7 +434,7 @@ def evaluate_all(claims: dict, tables: dict[str, pd.DataFrame], specs: dict[str,
     """Every claim of the claims file, in its order: figures without a table are not evaluated."""
     records = [evaluate(c, tables.get(c["figure"]), specs.get(c["figure"]), claims.get("min_seeds", MIN_SEEDS))
                for c in claims["claims"]]
-    return pd.DataFrame(records, columns=COLUMNS)
+    return pd.DataFrame(records, columns=COLUMNS).astype({"n_seeds": "Int64"})  # empty when not evaluated
 
 
 # --------------------------------------------------------------------------------------------------
