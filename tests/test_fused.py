@@ -198,14 +198,18 @@ def _rows(run_dirs: dict) -> dict:
 
 def test_batch_cli_stack_layers_fused(tiny_data, tiny_cache, tmp_path, capsys):
     """`sublearn batch --stack-layers fused` fuses students of two seeds and writes what `off` writes, to
-    float tolerance."""
+    float tolerance; `sublearn teachers` takes the same value (a workflow passes it to both)."""
+    from sublearn.plan import resolve, teacher_config
+
     rcs = {"base": resolved(tiny_data, tiny_cache, []), "m5": resolved(tiny_data, tiny_cache, ["--m", "5"]),
            "seed1": resolved(tiny_data, tiny_cache, ["--m", "3"], seed=1)}
     teachers = tmp_path / "teachers"
-    for rc in {rc.teacher_key(): rc for rc in rcs.values()}.values():
-        assert main(["teacher", "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache), "--device", "cpu",
-                     *SMALL, "--seed", str(rc.config.seed), "--threads", "1",
-                     "--teacher-out", str(teachers / f"{rc.teacher_key()}.pt")]) == 0
+    sheet = tmp_path / "teachers.jsonl"
+    sheet.write_text("".join(sheets.teacher_record(key, str(teachers / f"{key}.pt"),
+                                                   sheet_settings(resolve(teacher_config(rc)).config)) + "\n"
+                             for key, rc in {rc.teacher_key(): rc for rc in rcs.values()}.items()))
+    assert main(["teachers", "--sheet", str(sheet), "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache),
+                 "--device", "cpu", "--threads", "1", "--stack-layers", "fused"]) == 0
     rows = {}
     for mode in ("fused", "off"):
         sheet = tmp_path / f"{mode}.jsonl"

@@ -195,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "done, exactly as `sublearn teacher --teacher-out` writes it.")
     teachers.add_argument("--sheet", required=True, help="the teacher sheet (.jsonl)")
     add_job_flags(teachers)
-    teachers.add_argument("--stack-layers", default="auto", choices=("auto", "on", "off"),
-                          help="train MLP teachers of equal shape, learning rate, batch size and epochs (any seed) "
-                               "with batched matmuls, one per layer and step (auto: on CUDA) (default: %(default)s)")
+    teachers.add_argument("--stack-layers", default="auto", choices=("auto", "on", "off", "fused"),
+                          help="train MLP teachers of equal shape, learning rate, batch size, epochs (any seed) in "
+                               "batched matmuls, one per layer and step (auto: on CUDA; fused: as on; default auto)")
     prep = sub.add_parser("prepare-data", help="download/parse a dataset once and cache its tensors",
                           description="Read a dataset with torchvision (downloading it when absent) and cache it.")
     prep.add_argument("--dataset", type=_lower, default=DEFAULTS.dataset, choices=DATASETS)
@@ -408,7 +408,7 @@ def cmd_teachers(args) -> None:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
     batch.train_teacher_sheet(todo, device, caches, args.data_dir, args.cache_dir,
-                              {"auto": None, "on": True, "off": False}[args.stack_layers])
+                              {"auto": None, "on": True, "off": False, "fused": True}[args.stack_layers])
     print(f"[teachers] {_peak_memory(device)}", flush=True)
 
 
