@@ -287,7 +287,7 @@ def test_the_job_writes_the_scorecard(tmp_path):
     params = SimpleNamespace(specs=[spec], claims=claims.load_claims(REPO / "config" / "claims.yaml"))
     fake = SimpleNamespace(input=SimpleNamespace(tables=[str(tmp_path / "fig2.csv")]), params=params,
                            output=SimpleNamespace(**out), log=[str(tmp_path / "claims.log")])
-    runpy.run_path(str(SCRIPTS / "claims.py"), init_globals={"snakemake": fake})
+    runpy.run_path(str(SCRIPTS / "scorecard.py"), init_globals={"snakemake": fake})
     scores = pd.read_csv(out["csv"], keep_default_na=False)
     verdicts = dict(zip(scores["claim"].astype(str), scores["verdict"], strict=True))
     assert verdicts == {"1a": "holds", "1b": "not evaluated", "1c": "not evaluated", "2a": "not evaluated",

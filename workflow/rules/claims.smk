@@ -50,7 +50,7 @@ rule evaluate_claims:
     conda:
         "../../envs/plot.yaml"
     script:
-        "../scripts/claims.py"
+        "../scripts/scorecard.py"
 
 
 rule claims:
