@@ -36,7 +36,10 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="working folder (default: a new temporary one)")
     parser.add_argument("--profile", default="default", help="the workflow profile under profiles/ (default: "
                         "%(default)s; gpu: the GPU plan on one local GPU)")
+    parser.add_argument("--floor", action="store_true", help="also measure this core's single-thread torch.mm "
+                        "rate first and print the run's share of the matmul floor (all FLOPs over the cores)")
     args = parser.parse_args()
+    rate = mm_rate() if args.floor else None
 
     work = Path(args.work or tempfile.mkdtemp(prefix="sublearn-bench-figure-"))
     (work / "config").mkdir(parents=True, exist_ok=True)
@@ -68,7 +71,31 @@ def main() -> None:
         print(f"{runs} runs computed ({runs / seconds * 60:.1f} per minute), ~{tflop:.1f} TFLOP of students by the "
               f"cost model, {tflop * 1e3 / seconds:.0f} GFLOP/s sustained (teachers, data and plots included in "
               "the wall time)")
+        if rate:  # the students' FLOPs of the target (the plan's teacher line counts every figure's teachers)
+            floor = tflop * 1e12 / (args.cores * rate)
+            print(f"matmul floor: {tflop:.1f} TFLOP of students over {args.cores} cores at {rate / 1e9:.1f} GFLOP/s "
+                  f"(single-thread torch.mm, measured first) = {floor:.0f} s; the run reached {floor / seconds:.0%} "
+                  "of it (its teachers' FLOPs not counted)")
     sys.exit(result.returncode)
+
+
+def mm_rate(seconds: float = 5.0) -> float:
+    """FLOP/s of single-thread torch.mm on the paper's layer shapes (noise batch 1000, widths 784/256)."""
+    import torch
+
+    torch.set_num_threads(1)
+    shapes = [(1000, 784, 256), (1000, 256, 256), (256, 1000, 784)]
+    done = flops = 0.0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for n, k, m in shapes:
+            a, b = torch.randn(n, k), torch.randn(k, m)
+            t0 = time.perf_counter()
+            for _ in range(10):
+                torch.mm(a, b)
+            done += time.perf_counter() - t0
+            flops += 10 * 2 * n * k * m
+    return flops / done
 
 
 if __name__ == "__main__":
