@@ -43,20 +43,22 @@ def _shape(x: torch.Tensor | None) -> str:
     return "" if x is None else "x".join(str(v) for v in x.shape)
 
 
+def _missing(prefix: str, ref: Any, other: Any, models: tuple[str, str]) -> str | None:
+    """Which side of a comparison lacks its layer or tensor ("<prefix>_both", "<prefix>_in_<model>"), or None."""
+    if ref is None and other is None:
+        return f"{prefix}_both"
+    if ref is None or other is None:
+        return f"{prefix}_in_{models[0] if ref is None else models[1]}"
+    return None
+
+
 def compare_snapshots(comparison: str, models: tuple[str, str], states: tuple[str, str],
                       snaps: tuple[dict, dict], layer_order: list[str], base_row: dict) -> list[dict[str, Any]]:
     ref_model, other_model = models
     rows = []
     for layer_name in layer_order:
         ref_layer, other_layer = snaps[0].get(layer_name), snaps[1].get(layer_name)
-        if ref_layer is None and other_layer is None:
-            layer_status = "missing_both"
-        elif ref_layer is None:
-            layer_status = f"missing_in_{ref_model}"
-        elif other_layer is None:
-            layer_status = f"missing_in_{other_model}"
-        else:
-            layer_status = "comparable"
+        layer_status = _missing("missing", ref_layer, other_layer, models) or "comparable"
         for kind in ("weight", "bias"):
             ref = ref_layer.get(kind) if ref_layer is not None else None
             other = other_layer.get(kind) if other_layer is not None else None
@@ -64,12 +66,8 @@ def compare_snapshots(comparison: str, models: tuple[str, str], states: tuple[st
             values = dict.fromkeys(("cosine", "diff_norm", "reference_norm", "other_norm",
                                     "relative_diff_reference", "relative_diff_symmetric"), float("nan"))
             if status == "comparable":
-                if ref is None and other is None:
-                    status = "missing_tensor_both"
-                elif ref is None:
-                    status = f"missing_tensor_in_{ref_model}"
-                elif other is None:
-                    status = f"missing_tensor_in_{other_model}"
+                if ref is None or other is None:
+                    status = _missing("missing_tensor", ref, other, models)
                 elif tuple(ref.shape) != tuple(other.shape):
                     status = "shape_mismatch"
                 else:
