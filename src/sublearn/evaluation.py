@@ -83,6 +83,11 @@ def evaluate_class(model: SplitHeadModel, x: torch.Tensor, y: torch.Tensor, batc
     return correct / max(1, x.shape[0]), loss_sum / max(1, x.shape[0])
 
 
+def majority_rate(labels: torch.Tensor) -> float:
+    """Accuracy of always answering the split's most frequent class (MNIST's test split: 1135 / 10000)."""
+    return float(torch.bincount(labels.reshape(-1).cpu()).max().item()) / max(1, labels.numel())
+
+
 def eval_noise(rc: ResolvedConfig, device: torch.device, moment: str) -> list[torch.Tensor]:
     c = rc.config
     with forked_rng(device):

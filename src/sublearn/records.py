@@ -199,6 +199,8 @@ def run_row(run, data_identity: str, env: dict[str, Any], final: dict[str, float
     row.update({
         "class_count": c.class_count if c.class_count is not None else "",
         "class_selection": c.class_selection,
+        # the accuracy of always answering the test split's most frequent class: the claims' chance floor
+        "test_majority_acc": final["test_majority_acc"],
         "teacher_key": rc.teacher_key(),
         "run_key": rc.run_key(),
         "data_identity": data_identity,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .data import Dataset
 from .errors import Diverged, UsageError
-from .evaluation import SharedEvaluations, aux_mse_on_noise, evaluate_class
+from .evaluation import SharedEvaluations, aux_mse_on_noise, evaluate_class, majority_rate
 from .fused import FusedStudents, NoiseBank, bank_noise, fused_key, noise_banks
 from .model import SplitHeadModel, build_model
 from .noise import sample_noise
@@ -392,7 +392,8 @@ def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_a
     env = environment(device)
     runtime = time.time() - run.started
     final = {"student_final_acc": final_acc, "student_final_class_loss": final_loss,
-             "student_final_aux_loss": final_aux, "student_train_aux_loss_last": train_aux}
+             "student_final_aux_loss": final_aux, "student_train_aux_loss_last": train_aux,
+             "test_majority_acc": majority_rate(data.test_y)}
     row = run_row(run, data.identity, env, final, layer_rows, runtime, distill_seconds, extra)
     return RunResult(row, layer_rows, perturb_rows, config_record(run, env),
                      {"student_stage": runtime, "distillation": distill_seconds})
