@@ -1,57 +1,57 @@
 """The paper's claims, checked against the figures' merged tables: one verdict per claim of config/claims.yaml.
 
-A claim reads one panel of one figure's tidy table (`results/tables/figN.csv`, one row per run), the rows of a
-condition (grid coordinates), at the values of one coordinate x. Its statistic is the seed mean of the
-student's test accuracy at each tested x, with the figure's bootstrap interval, drawn exactly as the plot
-draws it (`plotting.mean_ci`, `plotting.point_rng`: a claim point that is a plotted point gets the plotted
-interval, bit for bit). A test then gives the verdict, the same at every tested x (each must pass):
+A claim reads one panel of one figure's tidy table (`results/tables/figN.csv`, one row per run). Which grid
+points and seeds it needs comes from the config, never from what a table happens to hold: the panel's
+grid points that have the claim's `condition` (a list of values: each is a point of its own), restricted
+to the `at` values of its coordinate `x`, each at every configured seed. A test is made per point (per
+series along x for the trends) on one value per seed (claim_stats.py), and `require` combines them:
 
-    above_chance   the interval's lower bound is above chance (1 / classes)
-    at_chance      the interval contains chance, or lies within chance +- margin x (teacher - chance)
-    below          the interval lies below that of the condition `than` at the same x (the intervals apart)
-    increasing     the rank correlation of the means with x, over the tested x values: its bootstrap
-                   interval (seeds resampled together at every x) lies above 0
-    near_teacher   the interval's lower bound is at least teacher - f x (teacher - chance)
+    above_chance    accuracy: the t interval's lower bound above chance (the larger of 1/K and the test
+                    split's majority-class rate)
+    at_chance       accuracy: an equivalence test, the whole interval inside chance +- margin x (teacher - chance)
+    below           the paired per-seed difference to the condition `than` (same seeds, same x): its
+                    interval below 0
+    increasing      along x: the per-seed rank correlation of the statistic with x, mean over seeds: its
+    decreasing      interval above 0 (below 0)
+    near_teacher    transfer fraction: the interval's lower bound at least 1 - f
+    transfer_below  transfer fraction: the interval's upper bound below f
+    rises           the per-seed change from column `from` to `metric`: its interval above 0
 
-Verdicts: "holds", "fails", "not enough seeds" (a tested point has fewer than `min_seeds` seeds: the
-interval is reported, not trusted), "not evaluated" (the figure is not configured or not built, or its
-table lacks the panel, the condition or x; the reason says which).
+    require: all    (default) every point passes: a universal claim ("fails when", "governed by")
+    require: any    some point passes, each at a Bonferroni-corrected level (confidence 1 - (1 - ci)/k for
+                    k points): an existence claim ("occurs even with ...")
 
-Pure functions over DataFrames; the scorecard and the entry points (the Snakemake job, a command line) are
-scorecard.py.
+Verdicts: holds, fails; partial (a needed point, seed or compared condition is missing: the reason names
+it; never holds); not enough seeds (fewer than `min_seeds` configured: the interval is shown, not
+trusted); not evaluated (the figure is not configured or not built, or nothing the claim needs is there).
+
+Pure functions over DataFrames; the scorecard and the entry points are scorecard.py.
 """
 
+import itertools
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from claim_stats import ACCURACY, TEACHER, per_seed
+from grids import DERIVED, norm, plot_axes
 
 HERE = Path(__file__).resolve().parent
 SCHEMA = HERE.parent / "schemas" / "claims.schema.yaml"
-HOLDS, FAILS, FEW_SEEDS, NOT_EVALUATED = "holds", "fails", "not enough seeds", "not evaluated"
-MIN_SEEDS = 3  # the default of the claims file's `min_seeds`
-ACCURACY = "student_final_acc"
-COLUMNS = ["claim", "verdict", "figure", "panel", "test", "check", "statement", "source", "condition", "x_name", "x",
-           "statistic", "value", "ci_low", "ci_high", "interval", "reference", "n_seeds", "data", "reason"]
+HOLDS, FAILS, PARTIAL, FEW_SEEDS, NOT_EVALUATED = "holds", "fails", "partial", "not enough seeds", "not evaluated"
+VERDICTS = (HOLDS, FAILS, PARTIAL, FEW_SEEDS, NOT_EVALUATED)
+MIN_SEEDS = 5  # the default of the claims file's `min_seeds`
+TRENDS = ("increasing", "decreasing")
+METRIC_OF_TEST = {"above_chance": "accuracy", "at_chance": "accuracy", "near_teacher": "transfer",
+                  "transfer_below": "transfer"}
+COLUMNS = ["claim", "verdict", "figure", "panel", "test", "check", "statement", "source", "why", "condition",
+           "x_name", "x", "statistic", "value", "ci_low", "ci_high", "interval", "reference", "n_seeds",
+           "points", "data", "reason"]
 
 
 class ClaimsError(ValueError):
-    """A claims file that cannot work; the message names the claim and the key."""
-
-
-def _plotting():
-    """workflow/scripts/plotting.py, whose bootstrap the claims share. Imported when claims are evaluated
-    (it loads matplotlib), not when Snakemake validates the claims file while reading the workflow."""
-    import plotting
-
-    return plotting
-
-
-def norm(value) -> str:
-    """One spelling per grid value (10, 10.0 and '10' alike): the plot's."""
-    return _plotting().norm(value)
+    """A claims file that cannot work; the message names the file, the claim and the key."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -67,11 +67,20 @@ def load_claims(path, schema_file=SCHEMA) -> dict:
     from jsonschema.exceptions import best_match
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ClaimsError(f"{path}: not UTF-8 text (byte {exc.start}); save the claims file as UTF-8") from None
+    except RecursionError:
+        raise ClaimsError(f"{path}: nested too deeply to be a claims file") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ClaimsError(f"{path}: cannot read the claims file: {' '.join(str(exc).split())}") from None
     schema = yaml.safe_load(Path(schema_file).read_text())
-    error = best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    for index, claim in enumerate(data.get("claims") or [] if isinstance(data, dict) else []):
+        _check_claim_basics(path, data, index, claim, schema)
+    try:
+        error = best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    except RecursionError:
+        raise ClaimsError(f"{path}: nested too deeply to be a claims file") from None
     if error is not None:
         raise ClaimsError(f"{path}: {_where(data, error)}: {_what(error)}")
     data.setdefault("min_seeds", MIN_SEEDS)
@@ -81,6 +90,21 @@ def load_claims(path, schema_file=SCHEMA) -> dict:
             raise ClaimsError(f"{path}: claim {claim['id']}: the id is used twice")
         seen.add(claim["id"])
     return data
+
+
+def _check_claim_basics(path, data, index, claim, schema) -> None:
+    """What the schema would report in a roundabout way: a missing required key, a number that is NaN."""
+    if not isinstance(claim, dict):
+        return
+    name = f"claim {claim['id']} (claims[{index}])" if isinstance(claim.get("id"), str | int) else f"claims[{index}]"
+    for key in schema["$defs"]["claim"]["required"]:
+        if key not in claim:
+            allowed = (f" (one of: {', '.join(schema['$defs']['claim']['properties']['test']['enum'])})"
+                       if key == "test" else "")
+            raise ClaimsError(f"{path}: {name}: key {key!r} is missing{allowed}")
+    for key, value in claim.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ClaimsError(f"{path}: {name}, key {key}: {value} is not a finite number")
 
 
 def _where(data, error) -> str:
@@ -104,111 +128,112 @@ def _what(error) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Statistics
+# What a claim needs, from the config
 # --------------------------------------------------------------------------------------------------
 
 
-def _panel_spec(spec: dict, name: str) -> dict | None:
+def panel_spec(spec: dict, name: str) -> dict | None:
     return next((p for p in spec["panels"] if p["name"] == name), None)
 
 
-def _x_name(claim: dict, panel: dict | None) -> str | None:
-    if "x" in claim:
-        return claim["x"]
-    if panel is None:
-        return None
-    from grids import plot_axes
-
-    return plot_axes(panel)[0]
+def claim_x(claim: dict, panel: dict) -> str | None:
+    """The coordinate along which a claim is made: its own `x`, else the panel's plot x."""
+    return claim["x"] if "x" in claim else plot_axes(panel)[0]
 
 
-def select(table: pd.DataFrame, panel: str, condition: dict) -> pd.DataFrame:
-    """The rows of a panel whose coordinates have the condition's values."""
-    rows = table[table["panel"].astype(str) == panel]
-    for name, wanted in (condition or {}).items():
-        wanted = wanted if isinstance(wanted, list) else [wanted]
-        rows = rows[rows[name].map(norm).isin({norm(v) for v in wanted})]
+def _values(list_or_value) -> list:
+    return list_or_value if isinstance(list_or_value, list) else [list_or_value]
+
+
+def check_claims(claims: dict, specs: dict[str, dict], where="config/claims.yaml") -> None:
+    """Refuse claims that ask for what their figure's grid does not have: a panel, coordinate, condition
+    value or `at` value not in the config. Claims of figures that are not configured are left alone (they
+    are 'not evaluated')."""
+    for claim in claims["claims"]:
+        spec = specs.get(claim["figure"])
+        if spec is None:
+            continue
+        name = f"{where}: claim {claim['id']}"
+        panel = panel_spec(spec, claim["panel"])
+        if panel is None:
+            raise ClaimsError(f"{name}, key panel: {claim['figure']} has no panel {claim['panel']!r} "
+                              f"(panels: {', '.join(p['name'] for p in spec['panels'])})")
+        grid = panel["grid"]
+        x = claim_x(claim, panel)
+        if x is not None and x not in grid:
+            hint = f" ({x} is derived from {' x '.join(DERIVED[x])}: name a grid coordinate)" if x in DERIVED else ""
+            raise ClaimsError(f"{name}, key x: {x!r} is not a grid coordinate of {claim['figure']} panel "
+                              f"{claim['panel']}{hint} (coordinates: {', '.join(grid) or 'none'})")
+        for key in ("condition", "than"):
+            for coord, wanted in (claim.get(key) or {}).items():
+                if coord not in grid:
+                    raise ClaimsError(f"{name}, key {key}.{coord}: not a grid coordinate of {claim['figure']} "
+                                      f"panel {claim['panel']} (coordinates: {', '.join(grid) or 'none'})")
+                known = [norm(v) for v in grid[coord]["values"]]
+                for value in _values(wanted):
+                    if norm(value) not in known:
+                        raise ClaimsError(f"{name}, key {key}.{coord}: {value!r} is not a value of the grid "
+                                          f"(values: {', '.join(known)})")
+        if isinstance(claim.get("at"), list):
+            if x is None:
+                raise ClaimsError(f"{name}, key at: the claim has no x (x: null), so no value to pick")
+            known = [norm(v) for v in grid[x]["values"]]
+            for value in claim["at"]:
+                if norm(value) not in known:
+                    raise ClaimsError(f"{name}, key at: {x} = {value!r} is not a value of the grid "
+                                      f"(values: {', '.join(known)})")
+        if claim["test"] in TRENDS and x is None:
+            raise ClaimsError(f"{name}, key x: test {claim['test']} needs a coordinate to go along (x is null)")
+
+
+def _ordered(grid_entry: dict) -> list:
+    """A coordinate's grid values in their axis order: numbers by value, labels as configured."""
+    values = grid_entry["values"]
+    try:
+        return sorted(values, key=float)
+    except (TypeError, ValueError):
+        return list(values)
+
+
+def series_of(claim: dict, panel: dict) -> list[list[dict]]:
+    """The grid points a claim tests, as series along x (one point per series unless a trend): every
+    combination of the panel's grid values that has the claim's condition, x restricted by `at`."""
+    grid, x = panel["grid"], claim_x(claim, panel)
+    condition = claim.get("condition") or {}
+    choices = {}
+    for coord, entry in grid.items():
+        values = _ordered(entry)
+        if coord in condition:
+            wanted = {norm(v) for v in _values(condition[coord])}
+            values = [v for v in values if norm(v) in wanted]
+        elif coord == x:
+            at = claim.get("at", "all")
+            if at in ("min", "max"):
+                values = values[:1] if at == "min" else values[-1:]
+            elif isinstance(at, list):
+                values = [v for v in values if norm(v) in {norm(a) for a in at}]
+        choices[coord] = values
+    others = [c for c in grid if c != x]
+    series = []
+    for combo in itertools.product(*(choices[c] for c in others)):
+        fixed = dict(zip(others, combo, strict=True))
+        along = choices[x] if x is not None and x in choices else [None]
+        points = [{**fixed, **({x: v} if x is not None and v is not None else {})} for v in along]
+        series.append(points)
+    if claim["test"] in TRENDS:
+        return series
+    return [[p] for s in series for p in s]
+
+
+def rows_at(table: pd.DataFrame, point: dict) -> pd.DataFrame:
+    rows = table
+    for coord, value in point.items():
+        rows = rows[rows[coord].map(norm) == norm(value)]
     return rows
 
 
-def _x_key(values):
-    """Sort key of x values: numbers by value, anything else in the table's order."""
-    try:
-        numbers = {norm(v): float(v) for v in values}
-    except (TypeError, ValueError):
-        order = {norm(v): i for i, v in enumerate(values)}
-        return lambda v: order[norm(v)]
-    return lambda v: numbers[norm(v)]
-
-
-def tested_x(rows: pd.DataFrame, x: str | None, at) -> list:
-    """The x values a claim tests, in order (one None when the claim has no x)."""
-    if x is None:
-        return [None]
-    values = list(dict.fromkeys(rows[x].dropna().tolist()))
-    values = sorted({norm(v): v for v in values}.values(), key=_x_key(values))
-    if at in (None, "all"):
-        return values
-    if at == "min":
-        return values[:1]
-    if at == "max":
-        return values[-1:]
-    wanted = {norm(v) for v in at}
-    return [v for v in values if norm(v) in wanted]
-
-
-def _at(rows: pd.DataFrame, x: str | None, value) -> pd.DataFrame:
-    return rows if x is None else rows[rows[x].map(norm) == norm(value)]
-
-
-def plotted_identity(spec: dict, panel: dict, table: pd.DataFrame, rows: pd.DataFrame):
-    """The identity (figure, panel, metric, hue level, x, y) of the plotted accuracy point whose rows are
-    exactly `rows`, or None when they are not one plotted point."""
-    from grids import plot_axes
-
-    x, hue, y = plot_axes(panel)
-    values = {}
-    for role, name in (("x", x), ("hue", hue), ("y", y)):
-        if name is not None:
-            if name not in rows or rows[name].map(norm).nunique() != 1:
-                return None
-            values[role] = rows[name].iloc[0]
-    plotted = table[table["panel"].astype(str) == panel["name"]]
-    for role, name in (("x", x), ("hue", hue), ("y", y)):
-        if name is not None:
-            plotted = plotted[plotted[name].map(norm) == norm(values[role])]
-    if len(plotted) != len(rows):
-        return None
-    xv = values["x"] if x is not None else panel["plot"].get("label", panel["title"])
-    return (spec["figure"], panel["name"], "acc", values.get("hue"), xv, values.get("y", np.nan))
-
-
-def point_stats(rows: pd.DataFrame, rng, boot: dict) -> dict:
-    """Seed mean of the student's accuracy with the bootstrap interval, seeds, chance and teacher."""
-    mean, low, high = _plotting().mean_ci(rows[ACCURACY], rng, int(boot["resamples"]), float(boot["ci"]))
-    finite = np.isfinite(pd.to_numeric(rows[ACCURACY], errors="coerce"))
-    return {"mean": mean, "low": low, "high": high, "n_seeds": int(rows.loc[finite, "seed"].nunique()),
-            "chance": float(rows["chance"].mean()), "teacher": float(rows["teacher_final_acc"].mean())}
-
-
-def _point_rng(spec, panel, table, rows, claim, role, x):
-    boot_seed = int(spec["bootstrap"]["seed"])
-    identity = plotted_identity(spec, panel, table, rows) if panel is not None else None
-    if identity is None:
-        identity = (spec["figure"], claim["panel"], "claim", claim["id"], role, x)
-    return _plotting().point_rng(boot_seed, *identity)
-
-
-def rank_correlation(x_values, means) -> np.ndarray:
-    """Spearman's rank correlation of each row of `means` (shape [..., len(x)]) with x (ties: mean ranks);
-    0 where the means are all equal."""
-    means = np.atleast_2d(np.asarray(means, dtype=float))
-    rx = pd.Series(np.asarray(x_values, dtype=float)).rank().to_numpy()
-    rm = pd.DataFrame(means).rank(axis=1).to_numpy()
-    rx, rm = rx - rx.mean(), rm - rm.mean(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (rm * rx).sum(axis=1) / np.sqrt((rm**2).sum(axis=1) * (rx**2).sum())
-    return np.nan_to_num(rho, nan=0.0)
+def point_text(point: dict, varying: list[str]) -> str:
+    return ", ".join(f"{c} = {norm(point[c])}" for c in varying if c in point)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,34 +254,44 @@ def _condition_text(condition: dict | None) -> str:
                      for k, v in (condition or {}).items())
 
 
+def metric_of(claim: dict) -> str:
+    return claim.get("metric") or METRIC_OF_TEST.get(claim["test"], "accuracy")
+
+
 def check_text(claim: dict, x: str | None) -> str:
-    """The test in words, with its settings: 'above chance at every m'."""
-    at = claim.get("at", "all")
-    where = ("" if x is None else f" at every {x}" if at == "all" else f" at the largest {x}" if at == "max"
-             else f" at the smallest {x}" if at == "min" else f" at {x} = {', '.join(norm(v) for v in at)}")
-    test = claim["test"]
-    if test == "above_chance":
-        return f"above chance{where}"
-    if test == "at_chance":
-        return f"at chance (or within {claim.get('margin', 0.0):g} of the teacher's gain over chance){where}"
-    if test == "below":
-        return f"below {_condition_text(claim['than'])}{where}, intervals apart"
-    if test == "increasing":
-        return f"increasing in {x} (rank correlation of the means above 0)"
-    return f"within f = {claim['f']:g} of the teacher (as a fraction of its gain over chance){where}"
-
-
-def _at_text(x, value) -> str:
-    return "" if x is None else f" at {x} = {norm(value)}"
+    """The test in words, with its settings: 'above chance at some m (Bonferroni)'."""
+    at, require = claim.get("at", "all"), claim.get("require", "all")
+    if x is None:
+        where = ""
+    elif claim["test"] in TRENDS:
+        where = f" along {x}"
+    elif at == "max" or at == "min":
+        where = f" at the {'largest' if at == 'max' else 'smallest'} {x}"
+    elif isinstance(at, list):
+        where = f" at {x} = {', '.join(norm(v) for v in at)}"
+    else:
+        where = f" at {'every' if require == 'all' else 'some (Bonferroni-corrected)'} {x}"
+    test, metric = claim["test"], metric_of(claim)
+    text = {
+        "above_chance": "accuracy above chance",
+        "at_chance": f"accuracy within chance +- {claim.get('margin', 0):g} of the teacher's gain (equivalence)",
+        "below": f"{metric} below {_condition_text(claim.get('than'))} (paired by seed)",
+        "increasing": f"{metric} increasing (per-seed rank correlation above 0)",
+        "decreasing": f"{metric} decreasing (per-seed rank correlation below 0)",
+        "near_teacher": f"transfer fraction at least {1 - claim.get('f', 0):g}",
+        "transfer_below": f"transfer fraction below {claim.get('f', 0):g}",
+        "rises": f"{metric} above {claim.get('from')} (paired by seed)",
+    }[test]
+    return text + where
 
 
 def _record(claim: dict, **fields) -> dict:
     record = {c: "" for c in COLUMNS}
-    record.update(claim=claim["id"], figure=claim["figure"], panel=claim["panel"], test=claim["test"],
-                  check=check_text(claim, fields.get("x_name") or claim.get("x", "x")),
-                  statement=claim["statement"], source=claim["source"],
-                  condition=_condition_text(claim.get("condition")), value=np.nan, ci_low=np.nan, ci_high=np.nan,
-                  n_seeds=np.nan)
+    record.update(claim=str(claim["id"]), figure=claim["figure"], panel=claim["panel"], test=claim["test"],
+                  check=check_text(claim, fields.get("x_name") or claim.get("x")), statement=claim["statement"],
+                  source=claim["source"], why=" ".join(str(claim.get("why", "")).split()),
+                  condition=_condition_text(claim.get("condition")), value=np.nan, ci_low=np.nan,
+                  ci_high=np.nan, n_seeds=np.nan)
     record.update(fields)
     return record
 
@@ -265,164 +300,105 @@ def not_evaluated(claim: dict, reason: str) -> dict:
     return _record(claim, verdict=NOT_EVALUATED, reason=reason)
 
 
-def data_text(rows: pd.DataFrame, panels: list[dict | None]) -> tuple[str, bool]:
-    """The datasets of the rows ('MNIST', 'synthetic MNIST', ...) and whether any is synthetic."""
-    synthetic = {d for p in panels if p is not None for d in p.get("synthetic", [])}
-    names = sorted({str(d).upper() for d in rows["dataset"].dropna()}) if "dataset" in rows else []
-    return ", ".join(f"synthetic {n}" if n in synthetic else n for n in names), bool(synthetic & set(names))
+def data_text(rows: pd.DataFrame, panel: dict | None) -> tuple[str, bool]:
+    """The datasets of the rows ('MNIST', 'synthetic MNIST', ...) and whether any is synthetic: the
+    table's own `data` column (the merge marks rows made from generated data), else the panel's marks."""
+    marked = set(rows["data"].dropna().astype(str)) - {""} if "data" in rows else set()
+    synthetic = {d for d in (panel or {}).get("synthetic", [])}
+    names = set()
+    for dataset in (rows["dataset"].dropna().astype(str) if "dataset" in rows else []):
+        name = dataset.upper()
+        names.add(f"synthetic {name}" if name in synthetic or f"synthetic {name}" in marked else name)
+    names |= {m for m in marked if m.startswith("synthetic ")}
+    return ", ".join(sorted(names)), any(n.startswith("synthetic ") for n in names)
+
+
+def _seed_ranges(seeds) -> str:
+    seeds, parts = sorted(int(s) for s in seeds), []
+    for _, group in itertools.groupby(enumerate(seeds), key=lambda p: p[1] - p[0]):
+        run = [s for _, s in group]
+        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ", ".join(parts)
+
+
+def required_columns(claim: dict, panel: dict) -> list[str]:
+    columns = ["panel", "seed", "num_classes", ACCURACY, TEACHER, *panel["grid"]]
+    for key in ("metric", "from"):
+        if claim.get(key) not in (None, "accuracy", "transfer"):
+            columns.append(claim[key])
+    return list(dict.fromkeys(columns))
 
 
 def evaluate(claim: dict, table: pd.DataFrame | None, spec: dict | None, min_seeds: int = MIN_SEEDS) -> dict:
     """One claim's record (COLUMNS) from its figure's tidy table and the figure's spec (grids.figure_spec:
-    panels with grids and plot hints, bootstrap, synthetic panels). No table: not evaluated."""
+    panels with grids, seeds, bootstrap.ci as the confidence level, synthetic panels)."""
+    from claim_tests import run_test
+
     figure = claim["figure"]
     if table is None or spec is None:
         return not_evaluated(claim, f"{figure} is not configured (no table)")
-    table = _plotting().with_derived(table)
-    panel = _panel_spec(spec, claim["panel"])
-    if not (table["panel"].astype(str) == claim["panel"]).any():
-        return not_evaluated(claim, f"{figure} has no panel {claim['panel']}")
-    x = _x_name(claim, panel)
-    condition = claim.get("condition") or {}
-    compared = {**condition, **claim.get("than", {})}
-    for name in [*condition, *compared, *([x] if x else [])]:
-        if name not in table:
-            return not_evaluated(claim, f"{figure} has no coordinate {name}")
-    rows = select(table, claim["panel"], condition)
-    if rows.empty:
-        return not_evaluated(claim, f"{figure} panel {claim['panel']} has no runs with {_condition_text(condition)}")
-    xs = tested_x(rows, x, claim.get("at", "all"))
-    if not xs:
-        return not_evaluated(claim, f"{figure} panel {claim['panel']}: no runs at {x} = {claim.get('at')}")
-    data, synthetic = data_text(rows, [panel])
-    points = []
-    for value in xs:
-        at = _at(rows, x, value)
-        rng = _point_rng(spec, panel, table, at, claim, "a", value)
-        points.append((value, point_stats(at, rng, spec["bootstrap"])))
-    common = {"x_name": x or "", "data": data}
-    test = claim["test"]
-    if test == "increasing":
-        record = _increasing(claim, spec, rows, x, points, common)
-    elif test == "below":
-        record = _below(claim, spec, panel, table, x, points, compared, common)
+    panel = panel_spec(spec, claim["panel"])
+    if panel is None:
+        return not_evaluated(claim, f"{figure} has no panel {claim['panel']} in the config")
+    if table.empty:
+        return not_evaluated(claim, f"the {figure} table is empty")
+    absent = [c for c in required_columns(claim, panel) if c not in table]
+    if absent:
+        return not_evaluated(claim, f"the {figure} table has no column {', '.join(absent)}")
+    rows = table[table["panel"].astype(str) == claim["panel"]]
+    x = claim_x(claim, panel)
+    if claim["test"] in TRENDS and len(panel["grid"][x]["values"]) < 3:
+        return not_evaluated(claim, f"a trend needs at least 3 values of {x}; the config's grid has "
+                                    f"{len(panel['grid'][x]['values'])}")
+    series = series_of(claim, panel)
+    points = [p for s in series for p in s]
+    varying = [c for c in panel["grid"] if len({norm(p.get(c)) for p in points}) > 1]
+    seeds = [int(s) for s in spec["seeds"]]
+    compared = [{**p, **(claim.get("than") or {})} for p in points] if claim["test"] == "below" else []
+
+    missing, found, surplus = [], 0, 0
+    for point in [*points, *compared]:
+        at = rows_at(rows, point)
+        values, extra = per_seed(at, metric_of(claim), seeds) if not at.empty else (pd.Series(dtype=float), 0)
+        if claim.get("from") and not at.empty:  # a seed counts when it has both values of the change
+            before, _ = per_seed(at, claim["from"], seeds)
+            values = values[values.index.isin(before.index)]
+        surplus += extra
+        found += int(not values.empty)
+        lacking = sorted(set(seeds) - set(values.index.astype(int)))
+        if lacking:
+            what = "all seeds" if len(lacking) == len(seeds) else f"seeds {_seed_ranges(lacking)}"
+            missing.append(f"{what} at {point_text(point, list(point)) or 'the panel'}")
+    if not found:
+        more = f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""
+        return not_evaluated(claim, f"{figure} panel {claim['panel']} has none of the runs the claim needs: "
+                                    f"{'; '.join(missing[:4])}{more}")
+
+    result = run_test(claim, rows, series, seeds, float(spec["bootstrap"]["ci"]), varying, x, metric_of(claim))
+    data, synthetic = data_text(rows, panel)
+    reasons = []
+    if missing:
+        verdict = PARTIAL
+        more = f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""
+        reasons.append(f"missing: {'; '.join(missing[:4])}{more}; on what is there: {result['verdict']}")
+    elif len(seeds) < min_seeds:
+        verdict = FEW_SEEDS
+        reasons.append(f"{len(seeds)} seeds configured, fewer than min_seeds {min_seeds} (on these seeds: "
+                       f"{result['verdict']})")
     else:
-        record = _against_reference(claim, x, points, common)
-    reasons = [record["reason"]]
-    if record["verdict"] in (HOLDS, FAILS) and record["n_seeds"] < min_seeds:
-        if np.isnan(record["ci_low"]):  # one seed: nothing to say about where it fails
-            reasons = [f"{record['n_seeds']} seeds, fewer than min_seeds {min_seeds} (no interval)"]
-        else:
-            reasons.insert(0, f"{record['n_seeds']} seeds, fewer than min_seeds {min_seeds} (the interval alone "
-                              f"would say: {record['verdict']})")
-        record["verdict"] = FEW_SEEDS
+        verdict = result["verdict"]
+    if result["points"]:
+        reasons.append(result["points"])
+    if surplus:
+        reasons.append(f"{surplus} duplicated rows averaged (one value per seed and point)")
+    if "test_majority_acc" not in rows:
+        reasons.append("chance is 1/K only: the table has no test_majority_acc (runs made before it was recorded)")
     if synthetic:
         reasons.append("synthetic data: not about the real dataset")
-    record["reason"] = "; ".join(r for r in reasons if r)
-    return record
-
-
-def _against_reference(claim, x, points, common) -> dict:
-    """above_chance, at_chance, near_teacher: a margin per point (positive: passes); the decisive point is
-    the one with the smallest margin."""
-    test = claim["test"]
-    scored = []
-    for value, p in points:
-        gain = p["teacher"] - p["chance"]
-        if test == "above_chance":
-            reference, margin = f"chance {p['chance']:.3f}", p["low"] - p["chance"]
-            passes = margin > 0
-        elif test == "near_teacher":
-            threshold = p["teacher"] - claim["f"] * gain
-            reference = f"teacher {p['teacher']:.3f}, threshold {threshold:.3f} (f {claim['f']:g})"
-            margin = p["low"] - threshold
-            passes = margin >= 0
-        else:  # at_chance: the interval contains chance (first term >= 0) or lies in the band (second)
-            band = claim.get("margin", 0.0) * gain
-            reference = f"chance {p['chance']:.3f}, margin +-{band:.3f} ({claim.get('margin', 0.0):g} of the gain)"
-            margin = max(min(p["chance"] - p["low"], p["high"] - p["chance"]),
-                         band - max(abs(p["low"] - p["chance"]), abs(p["high"] - p["chance"])))
-            passes = margin >= 0
-        if np.isnan(p["low"]):
-            passes, margin = False, -np.inf  # a single seed: no interval
-        scored.append((margin, passes, value, p, reference))
-    margin, _, value, p, reference = min(scored, key=lambda s: (s[1], s[0]))
-    verdict = HOLDS if all(s[1] for s in scored) else FAILS
-    where = f"{len(points)} values of {x}" if len(points) > 1 else ""
-    statistic = f"student accuracy, seed mean{_at_text(x, value)}"
-    if where:
-        statistic += f" (the closest of {where})"
-    failing = [norm(s[2]) for s in scored if not s[1]]
-    reason = f"fails at {x} = {', '.join(failing)}" if failing and x is not None else ""
-    return _record(claim, **common, x=norm(value) if x else "", statistic=statistic, value=p["mean"],
-                   ci_low=p["low"], ci_high=p["high"], interval=_interval(p["low"], p["high"]),
-                   reference=reference, n_seeds=min(q["n_seeds"] for _, q in points), verdict=verdict,
-                   reason=reason)
-
-
-def _below(claim, spec, panel, table, x, points, compared, common) -> dict:
-    """The claim's interval below the compared condition's at every tested x."""
-    other = select(table, claim["panel"], compared)
-    if other.empty:
-        return not_evaluated(claim, f"{claim['figure']} panel {claim['panel']} has no runs with "
-                                    f"{_condition_text(compared)}")
-    scored = []
-    for value, p in points:
-        rows = _at(other, x, value)
-        if rows.empty:
-            continue
-        q = point_stats(rows, _point_rng(spec, panel, table, rows, claim, "b", value), spec["bootstrap"])
-        gap = q["low"] - p["high"]
-        passes = bool(gap > 0)
-        scored.append((gap if not np.isnan(gap) else -np.inf, passes, value, p, q))
-    if not scored:
-        return not_evaluated(claim, f"no value of {x} has runs of both conditions")
-    gap, _, value, p, q = min(scored, key=lambda s: (s[1], s[0]))
-    names = _condition_text(claim["than"])
-    failing = [norm(s[2]) for s in scored if not s[1]]
-    statistic = f"student accuracy, seed mean{_at_text(x, value)}"
-    if len(scored) > 1:
-        statistic += f" (the closest of {len(scored)} values of {x})"
-    return _record(claim, **common, x=norm(value) if x else "", statistic=statistic,
-                   value=p["mean"], ci_low=p["low"], ci_high=p["high"], interval=_interval(p["low"], p["high"]),
-                   reference=f"{names}: {_fmt(q['mean'])} {_interval(q['low'], q['high'])}",
-                   n_seeds=min(min(s[3]["n_seeds"], s[4]["n_seeds"]) for s in scored),
-                   verdict=HOLDS if all(s[1] for s in scored) else FAILS,
-                   reason=f"intervals overlap at {x} = {', '.join(failing)}" if failing and x else "")
-
-
-def _increasing(claim, spec, rows, x, points, common) -> dict:
-    """Rank correlation of the seed means with x; its interval from resampling the seeds (the same draw of
-    seeds at every x, as a seed's runs share its teacher)."""
-    if x is None or len(points) < 3:
-        return not_evaluated(claim, f"test increasing needs at least 3 values of x, found {len(points)}")
-    xs = [v for v, _ in points]
-    try:
-        positions = [float(v) for v in xs]
-    except (TypeError, ValueError):
-        positions = list(range(len(xs)))  # labelled values: their order in the table
-    keyed = rows.assign(_x=rows[x].map(norm))
-    matrix = keyed.pivot_table(index="seed", columns="_x", values=ACCURACY, aggfunc="mean")
-    matrix = matrix.reindex(columns=[norm(v) for v in xs]).to_numpy(dtype=float)
-    means = np.array([p["mean"] for _, p in points])
-    rho = float(rank_correlation(positions, means)[0])
-    boot = spec["bootstrap"]
-    rng = _plotting().point_rng(int(boot["seed"]), spec["figure"], claim["panel"], "claim", claim["id"], "increasing")
-    n = matrix.shape[0]
-    low = high = np.nan
-    if n >= 2:
-        draws = matrix[rng.integers(0, n, size=(int(boot["resamples"]), n))]
-        with warnings.catch_warnings():  # a draw without any seed at some x: NaN there, correlation 0
-            warnings.simplefilter("ignore", RuntimeWarning)
-            resampled = np.nanmean(draws, axis=1)
-        tail = (1 - float(boot["ci"])) / 2
-        low, high = (float(q) for q in np.quantile(rank_correlation(positions, resampled), [tail, 1 - tail]))
-    return _record(claim, **common, x=f"{norm(xs[0])} .. {norm(xs[-1])}",
-                   statistic=f"rank correlation of the seed means with {x} ({len(xs)} values)",
-                   value=rho, ci_low=low, ci_high=high, interval=_interval(low, high),
-                   reference="0 (no trend)", n_seeds=min(p["n_seeds"] for _, p in points),
-                   verdict=HOLDS if low > 0 else FAILS,
-                   reason=f"means from {_fmt(means[0])} to {_fmt(means[-1])}")
+    return _record(claim, verdict=verdict, x_name=x or "", data=data, reason="; ".join(reasons),
+                   **{k: result[k] for k in ("x", "statistic", "value", "ci_low", "ci_high", "reference", "n_seeds",
+                                             "points")},
+                   interval=_interval(result["ci_low"], result["ci_high"]))
 
 
 def evaluate_all(claims: dict, tables: dict[str, pd.DataFrame], specs: dict[str, dict]) -> pd.DataFrame:
@@ -433,17 +409,18 @@ def evaluate_all(claims: dict, tables: dict[str, pd.DataFrame], specs: dict[str,
 
 
 def headline(scores: pd.DataFrame, specs: dict[str, dict], min_seeds: int) -> list[str]:
-    """The sentences above the table: counts of verdicts, seeds, synthetic data."""
+    """The sentences above the table: counts of verdicts, the statistics, seeds, synthetic data."""
     counts = scores["verdict"].value_counts()
-    parts = [f"{v} {counts.get(v, 0)}" for v in (HOLDS, FAILS, FEW_SEEDS, NOT_EVALUATED) if counts.get(v, 0)]
+    parts = [f"{v} {counts.get(v, 0)}" for v in VERDICTS if counts.get(v, 0)]
     lines = [f"{len(scores)} claims of the paper checked on these results: {', '.join(parts)}."]
     seeds = sorted({len(s["seeds"]) for s in specs.values()})
     if seeds:
-        boot = next(iter(specs.values()))["bootstrap"]
-        lines.append(f"Statistic: the seed mean of the student's test accuracy with the figures' "
-                     f"{float(boot['ci']):.0%} bootstrap interval ({'/'.join(map(str, seeds))} seeds configured); "
-                     f"a verdict needs at least {min_seeds} seeds at every tested point, else it says "
-                     f"'{FEW_SEEDS}'.")
+        ci = float(next(iter(specs.values()))["bootstrap"]["ci"])
+        lines.append(f"Each point is one value per seed ({'/'.join(map(str, seeds))} seeds configured), its mean "
+                     f"with a {ci:.0%} Student's t interval over seeds; conditions are compared seed by seed; "
+                     f"chance is the larger of 1/K and the test split's majority-class rate; the transfer fraction is "
+                     f"(student - chance) / (teacher - chance). 'partial': a point or seed the claim needs is "
+                     f"missing; '{FEW_SEEDS}': fewer than {min_seeds} seeds configured.")
     synthetic = sorted({part.removeprefix("synthetic ") for data in scores["data"] for part in str(data).split(", ")
                         if part.startswith("synthetic ")})
     if synthetic:
@@ -451,3 +428,4 @@ def headline(scores: pd.DataFrame, specs: dict[str, dict], min_seeds: int) -> li
                      f"stand-in data, not about the real {' and '.join(synthetic)}; they check the pipeline, not "
                      "the paper.")
     return lines
+

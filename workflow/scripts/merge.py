@@ -67,6 +67,24 @@ def check_provenance(runs, figure, allow_mixed_data):
                  f"{groups_text(runs, column)}")
 
 
+# teacher-student comparisons of layer_metrics.csv -> the per-run column prefix the runner gives the heads
+COSINE_PREFIX = {"teacher_student_init": "init_teacher_student", "teacher_student_final": "final_teacher_student"}
+
+
+def layer_cosines(layer_metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per run (index run_id), the teacher-student cosine of every layer's tensors at init and at the end,
+    named as the runner names the heads' (cos_final_teacher_student_fc1_weight): the claims on
+    representations read them from the tidy table."""
+    needed = {"run_id", "comparison", "layer_name", "tensor_kind", "cosine"}
+    if layer_metrics.empty or not needed <= set(layer_metrics.columns):
+        return pd.DataFrame()
+    rows = layer_metrics[layer_metrics["comparison"].isin(COSINE_PREFIX)]
+    names = ("cos_" + rows["comparison"].map(COSINE_PREFIX) + "_" + rows["layer_name"].astype(str) + "_"
+             + rows["tensor_kind"].astype(str))
+    return (rows.assign(column=names).pivot_table(index="run_id", columns="column", values="cosine", aggfunc="first")
+            .rename_axis(columns=None))
+
+
 def main():
     runs_files = list(snakemake.input.runs)
     siblings = {name: [str(Path(f).with_name(f"{name}.csv")) for f in runs_files]
@@ -85,8 +103,15 @@ def main():
         raise SystemExit(f"{figure}: {len(runs_files)} runs.csv files hold {len(runs)} rows; expected one each")
     check_provenance(runs, figure, snakemake.params.allow_mixed_data)
     runs.to_csv(snakemake.output.runs, index=False)
+    layers = pd.DataFrame()
     for name, files in siblings.items():
-        read_many(files).to_csv(getattr(snakemake.output, name), index=False)
+        table = read_many(files)
+        table.to_csv(getattr(snakemake.output, name), index=False)
+        if name == "layer_metrics":
+            layers = layer_cosines(table)
+    if not layers.empty:  # the heads' columns are the runner's own already
+        layers = layers[[c for c in layers.columns if c not in runs.columns]]
+        runs = runs.join(layers, on="run_id")
 
     missing = sorted(set(requests["run_key"]) - set(runs["run_key"].astype(str)))
     if missing:

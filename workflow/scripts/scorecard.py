@@ -13,8 +13,10 @@ from claims import (
     FEW_SEEDS,
     HOLDS,
     NOT_EVALUATED,
+    PARTIAL,
     ClaimsError,
     _fmt,
+    check_claims,
     evaluate_all,
     headline,
     load_claims,
@@ -26,7 +28,8 @@ snakemake = globals().get("snakemake")  # injected by Snakemake's script directi
 # The scorecard: HTML (standalone, links to figures/figN.png) and reStructuredText (the report's caption)
 # --------------------------------------------------------------------------------------------------
 
-VERDICT_COLOURS = {HOLDS: "#009E73", FAILS: "#D55E00", FEW_SEEDS: "#E69F00", NOT_EVALUATED: "#999999"}
+VERDICT_COLOURS = {HOLDS: "#009E73", FAILS: "#D55E00", PARTIAL: "#CC79A7", FEW_SEEDS: "#E69F00",
+                   NOT_EVALUATED: "#999999"}
 
 
 def scorecard_html(scores: pd.DataFrame, specs: dict[str, dict], min_seeds: int, figures_dir="figures") -> str:
@@ -39,8 +42,9 @@ def scorecard_html(scores: pd.DataFrame, specs: dict[str, dict], min_seeds: int,
         figure = (f'<a href="{figures_dir}/{html.escape(r.figure)}.png">{html.escape(r.figure)}</a>'
                   if r.figure in specs else html.escape(r.figure))
         detail = " ".join(p for p in (r.statistic, f"vs {r.reference}" if r.reference else "") if p)
+        statement = html.escape(r.statement) + (f"<br><small>why: {html.escape(r.why)}</small>" if r.why else "")
         rows.append(
-            f"<tr><td>{html.escape(r.claim)}</td><td>{html.escape(r.statement)}<br><small>{html.escape(r.source)}"
+            f"<tr><td>{html.escape(r.claim)}</td><td>{statement}<br><small>{html.escape(r.source)}"
             f"</small></td><td>{figure} {html.escape(r.panel)}<br><small>{html.escape(r.condition)}</small></td>"
             f"<td>{html.escape(r.check)}<br><small>{html.escape(detail)}</small></td>"
             f"<td class=n>{_fmt(r.value)}</td><td class=n>{html.escape(r.interval)}</td>"
@@ -103,8 +107,7 @@ def run(snakemake) -> None:
 
     with logged(snakemake.log[0]):
         specs = {s["figure"]: s for s in snakemake.params.specs}
-        tables = {figure: pd.read_csv(path, low_memory=False)
-                  for figure, path in zip(specs, snakemake.input.tables, strict=True)}
+        tables = {figure: read_table(path) for figure, path in zip(specs, snakemake.input.tables, strict=True)}
         claims = snakemake.params.claims
         scores = evaluate_all(claims, tables, specs)
         write_outputs(scores, specs, claims["min_seeds"], snakemake.output.csv, snakemake.output.html,
@@ -130,10 +133,19 @@ def _merged_config(files: list[str]) -> dict:
     return config
 
 
+def read_table(path) -> pd.DataFrame:
+    """A merged table; an empty file is an empty table (its claims are 'not evaluated', saying so)."""
+    try:
+        return pd.read_csv(path, low_memory=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 def main(argv=None) -> int:
     """Evaluate the claims on tables outside the workflow, e.g. a finished results folder:
     python workflow/scripts/scorecard.py --configfile config/config.yaml --tables results/tables --out results"""
-    from grids import figure_spec
+    import yaml
+    from grids import GridError, figure_spec
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
@@ -141,28 +153,42 @@ def main(argv=None) -> int:
     parser.add_argument("--claims", default="config/claims.yaml")
     parser.add_argument("--tables", required=True, help="folder holding figN.csv (the merged tables)")
     parser.add_argument("--out", required=True, help="folder for claims.csv and claims.html")
-    parser.add_argument("--synthetic", default="", help="comma-separated datasets to mark synthetic (MNIST,EMNIST)")
+    parser.add_argument("--synthetic", default="", help="comma-separated datasets to mark synthetic (MNIST,EMNIST) in "
+                        "tables that do not say so themselves (their column data)")
     args = parser.parse_args(argv)
     try:
         claims = load_claims(args.claims)
     except ClaimsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    config = _merged_config(args.configfile)
+    try:
+        config = _merged_config(args.configfile)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        print(f"--configfile: cannot read it: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     synthetic = [s for s in args.synthetic.split(",") if s]
     specs, tables = {}, {}
     for figure, block in (config.get("figures") or {}).items():
         path = Path(args.tables) / f"{figure}.csv"
         if block is not None and path.is_file():
-            specs[figure] = figure_spec(config, figure, lambda panel: synthetic)
-            tables[figure] = pd.read_csv(path, low_memory=False)
+            try:
+                specs[figure] = figure_spec(config, figure, lambda panel: synthetic)
+            except (GridError, KeyError, TypeError) as exc:
+                print(f"--configfile: figure {figure}: {exc}", file=sys.stderr)
+                return 2
+            tables[figure] = read_table(path)
+    try:
+        check_claims(claims, specs, args.claims)
+    except ClaimsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     scores = evaluate_all(claims, tables, specs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(scores, specs, claims["min_seeds"], out / "claims.csv", out / "claims.html")
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-        print(scores[["claim", "figure", "panel", "test", "x", "value", "interval", "reference", "n_seeds",
-                      "verdict"]].to_string(index=False))
+        print(scores[["claim", "figure", "panel", "test", "x", "value", "interval", "n_seeds", "verdict",
+                      "points"]].to_string(index=False))
     return 0
 
 
