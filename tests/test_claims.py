@@ -302,12 +302,12 @@ def test_a_table_without_what_a_claim_needs_is_not_evaluated(damage, said):
 def test_synthetic_data_is_marked_from_the_table_itself():
     table, spec = fig2({("rand_hidden", 3): 0.6})
     table["data"] = "synthetic MNIST"
-    record = claims.evaluate(claim("above_chance"), table, spec)
+    record = claims.evaluate(claim("above_chance"), table, spec, 5)
     assert record["data"] == "synthetic MNIST" and "not about the real dataset" in record["reason"]
     scores = pd.DataFrame([record], columns=claims.COLUMNS)
     assert any("SYNTHETIC MNIST" in line for line in claims.headline(scores, {"fig2": spec}, 5))
     real, spec = fig2({("rand_hidden", 3): 0.6})
-    assert claims.evaluate(claim("above_chance"), real, spec)["data"] == "MNIST"
+    assert claims.evaluate(claim("above_chance"), real, spec, 5)["data"] == "MNIST"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,6 +411,25 @@ def test_a_claim_that_asks_for_what_the_grid_lacks_is_a_config_error(change, mes
     with pytest.raises(claims.ClaimsError) as error:
         claims.check_claims(file, paper_specs())
     assert str(error.value).startswith("config/claims.yaml: claim 1a, ") and message in str(error.value)
+
+
+def test_a_reduced_grid_leaves_its_claims_not_evaluated():
+    """A config whose fig2 lacks rand_fc1 and m = 250 (a test, the quick preset): no error while the paper's
+    grid has them, and those claims say 'not evaluated', naming what the config leaves out. A typo (in
+    neither grid) stays an error."""
+    file = claims.load_claims(REPO / "config" / "claims.yaml")
+    reduced = {"fig2": grids.figure_spec(fig2_config(m=(3, 100)) | {"figures": {"fig2": {
+        "panels": [{"name": "init", "grid": {"m": [3, 100], "student_init": {"labels": {
+            k: v for k, v in INITS.items() if k != "rand_fc1"}}}, "plot": {"x": "m", "hue": "student_init"}}]}}},
+        "fig2")}
+    claims.check_claims(file, reduced, paper=paper_specs())
+    table, _ = complete_fig2()
+    record = claims.evaluate(by_id(file, "1a"), table, reduced["fig2"], 5)
+    assert record["verdict"] == "not evaluated"
+    assert "leaves out what the claim needs: condition.student_init 'rand_fc1' is not a value" in record["reason"]
+    by_id(file, "1b")["condition"] = {"student_init": "rand_fc3"}
+    with pytest.raises(claims.ClaimsError, match="claim 1b, key condition.student_init: 'rand_fc3'"):
+        claims.check_claims(file, reduced, paper=paper_specs())
 
 
 def test_the_merge_turns_layer_metrics_into_cosine_columns():

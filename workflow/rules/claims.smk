@@ -12,7 +12,8 @@ CLAIMS_FILE = Path("config/claims.yaml") if Path("config/claims.yaml").is_file()
 try:
     CLAIMS = claimcheck.load_claims(CLAIMS_FILE)
     # a condition, x or `at` value that the configured grids lack is an error now, not a verdict later
-    claimcheck.check_claims(CLAIMS, {figure: figure_spec(figure) for figure in FIGURES}, str(CLAIMS_FILE))
+    claimcheck.check_claims(CLAIMS, {figure: figure_spec(figure) for figure in FIGURES}, str(CLAIMS_FILE),
+                            claimcheck.paper_specs())
 except claimcheck.ClaimsError as exc:
     raise ConfigError(str(exc)) from None
 

@@ -41,7 +41,6 @@ HERE = Path(__file__).resolve().parent
 SCHEMA = HERE.parent / "schemas" / "claims.schema.yaml"
 HOLDS, FAILS, PARTIAL, FEW_SEEDS, NOT_EVALUATED = "holds", "fails", "partial", "not enough seeds", "not evaluated"
 VERDICTS = (HOLDS, FAILS, PARTIAL, FEW_SEEDS, NOT_EVALUATED)
-MIN_SEEDS = 5  # the default of the claims file's `min_seeds`
 TRENDS = ("increasing", "decreasing")
 METRIC_OF_TEST = {"above_chance": "accuracy", "at_chance": "accuracy", "near_teacher": "transfer",
                   "transfer_below": "transfer"}
@@ -83,7 +82,7 @@ def load_claims(path, schema_file=SCHEMA) -> dict:
         raise ClaimsError(f"{path}: nested too deeply to be a claims file") from None
     if error is not None:
         raise ClaimsError(f"{path}: {_where(data, error)}: {_what(error)}")
-    data.setdefault("min_seeds", MIN_SEEDS)
+    data.setdefault("min_seeds", schema["properties"]["min_seeds"]["default"])
     seen = set()
     for claim in data["claims"]:
         if claim["id"] in seen:
@@ -145,45 +144,69 @@ def _values(list_or_value) -> list:
     return list_or_value if isinstance(list_or_value, list) else [list_or_value]
 
 
-def check_claims(claims: dict, specs: dict[str, dict], where="config/claims.yaml") -> None:
+def grid_problems(claim: dict, panel: dict) -> list[tuple[str, str]]:
+    """(key, what is wrong) for each coordinate, condition value or `at` value of a claim that the panel's
+    configured grid lacks."""
+    grid, x, where = panel["grid"], claim_x(claim, panel), f"{claim['figure']} panel {claim['panel']}"
+    problems = []
+    if x is not None and x not in grid:
+        hint = f" ({x} is derived from {' x '.join(DERIVED[x])}: name a grid coordinate)" if x in DERIVED else ""
+        problems.append(("x", f"{x!r} is not a grid coordinate of {where}{hint} (coordinates: "
+                              f"{', '.join(grid) or 'none'})"))
+    for key in ("condition", "than"):
+        for coord, wanted in (claim.get(key) or {}).items():
+            if coord not in grid:
+                problems.append((f"{key}.{coord}", f"not a grid coordinate of {where} (coordinates: "
+                                                   f"{', '.join(grid) or 'none'})"))
+                continue
+            known = [norm(v) for v in grid[coord]["values"]]
+            problems += [(f"{key}.{coord}", f"{value!r} is not a value of the grid (values: {', '.join(known)})")
+                         for value in _values(wanted) if norm(value) not in known]
+    if isinstance(claim.get("at"), list) and x is not None and x in grid:
+        known = [norm(v) for v in grid[x]["values"]]
+        problems += [("at", f"{x} = {value!r} is not a value of the grid (values: {', '.join(known)})")
+                     for value in claim["at"] if norm(value) not in known]
+    if x is None and (isinstance(claim.get("at"), list) or claim["test"] in TRENDS):
+        problems.append(("x", "the claim has no x (x: null) to pick `at` values from or to go along"))
+    return problems
+
+
+def paper_specs() -> dict[str, dict]:
+    """The figures of the workflow's own config/config.yaml (the paper's grids)."""
+    import yaml
+    from grids import figure_spec
+
+    cfg = yaml.safe_load((HERE.parents[1] / "config" / "config.yaml").read_text())
+    return {figure: figure_spec(cfg, figure) for figure in cfg.get("figures") or {}}
+
+
+def check_claims(claims: dict, specs: dict[str, dict], where="config/claims.yaml", paper: dict | None = None) -> None:
     """Refuse claims that ask for what their figure's grid does not have: a panel, coordinate, condition
-    value or `at` value not in the config. Claims of figures that are not configured are left alone (they
-    are 'not evaluated')."""
+    value or `at` value that is neither in the configured grid nor in the paper's (`paper`: specs of the
+    workflow's config/config.yaml), e.g. a misspelt value. A value that only a reduced config leaves out
+    (the quick preset, a test) is not an error: that claim is 'not evaluated', saying so. Claims of figures
+    that are not configured are 'not evaluated' too."""
+    paper = paper or {}
     for claim in claims["claims"]:
         spec = specs.get(claim["figure"])
         if spec is None:
             continue
         name = f"{where}: claim {claim['id']}"
         panel = panel_spec(spec, claim["panel"])
+        theirs = panel_spec(paper[claim["figure"]], claim["panel"]) if claim["figure"] in paper else None
         if panel is None:
-            raise ClaimsError(f"{name}, key panel: {claim['figure']} has no panel {claim['panel']!r} "
-                              f"(panels: {', '.join(p['name'] for p in spec['panels'])})")
-        grid = panel["grid"]
-        x = claim_x(claim, panel)
-        if x is not None and x not in grid:
-            hint = f" ({x} is derived from {' x '.join(DERIVED[x])}: name a grid coordinate)" if x in DERIVED else ""
-            raise ClaimsError(f"{name}, key x: {x!r} is not a grid coordinate of {claim['figure']} panel "
-                              f"{claim['panel']}{hint} (coordinates: {', '.join(grid) or 'none'})")
-        for key in ("condition", "than"):
-            for coord, wanted in (claim.get(key) or {}).items():
-                if coord not in grid:
-                    raise ClaimsError(f"{name}, key {key}.{coord}: not a grid coordinate of {claim['figure']} "
-                                      f"panel {claim['panel']} (coordinates: {', '.join(grid) or 'none'})")
-                known = [norm(v) for v in grid[coord]["values"]]
-                for value in _values(wanted):
-                    if norm(value) not in known:
-                        raise ClaimsError(f"{name}, key {key}.{coord}: {value!r} is not a value of the grid "
-                                          f"(values: {', '.join(known)})")
-        if isinstance(claim.get("at"), list):
-            if x is None:
-                raise ClaimsError(f"{name}, key at: the claim has no x (x: null), so no value to pick")
-            known = [norm(v) for v in grid[x]["values"]]
-            for value in claim["at"]:
-                if norm(value) not in known:
-                    raise ClaimsError(f"{name}, key at: {x} = {value!r} is not a value of the grid "
-                                      f"(values: {', '.join(known)})")
-        if claim["test"] in TRENDS and x is None:
-            raise ClaimsError(f"{name}, key x: test {claim['test']} needs a coordinate to go along (x is null)")
+            if theirs is None:
+                raise ClaimsError(f"{name}, key panel: {claim['figure']} has no panel {claim['panel']!r} "
+                                  f"(panels: {', '.join(p['name'] for p in spec['panels'])})")
+            continue
+        for key, problem in grid_problems(claim, panel):
+            if theirs is None or not _paper_has(claim, theirs, key):
+                raise ClaimsError(f"{name}, key {key}: {problem}")
+
+
+def _paper_has(claim: dict, paper_panel: dict, key: str) -> bool:
+    """Whether the paper's grid has everything that `key` of the claim asks for."""
+    return not any(k == key for k, _ in grid_problems(claim, paper_panel))
 
 
 def _ordered(grid_entry: dict) -> list:
@@ -329,7 +352,7 @@ def required_columns(claim: dict, panel: dict) -> list[str]:
     return list(dict.fromkeys(columns))
 
 
-def evaluate(claim: dict, table: pd.DataFrame | None, spec: dict | None, min_seeds: int = MIN_SEEDS) -> dict:
+def evaluate(claim: dict, table: pd.DataFrame | None, spec: dict | None, min_seeds: int) -> dict:
     """One claim's record (COLUMNS) from its figure's tidy table and the figure's spec (grids.figure_spec:
     panels with grids, seeds, bootstrap.ci as the confidence level, synthetic panels)."""
     from claim_tests import run_test
@@ -345,6 +368,10 @@ def evaluate(claim: dict, table: pd.DataFrame | None, spec: dict | None, min_see
     absent = [c for c in required_columns(claim, panel) if c not in table]
     if absent:
         return not_evaluated(claim, f"the {figure} table has no column {', '.join(absent)}")
+    gaps = grid_problems(claim, panel)
+    if gaps:
+        return not_evaluated(claim, f"the configured grid leaves out what the claim needs: "
+                                    f"{'; '.join(f'{key} {problem}' for key, problem in gaps)}")
     rows = table[table["panel"].astype(str) == claim["panel"]]
     x = claim_x(claim, panel)
     if claim["test"] in TRENDS and len(panel["grid"][x]["values"]) < 3:
@@ -403,7 +430,7 @@ def evaluate(claim: dict, table: pd.DataFrame | None, spec: dict | None, min_see
 
 def evaluate_all(claims: dict, tables: dict[str, pd.DataFrame], specs: dict[str, dict]) -> pd.DataFrame:
     """Every claim of the claims file, in its order: figures without a table are not evaluated."""
-    records = [evaluate(c, tables.get(c["figure"]), specs.get(c["figure"]), claims.get("min_seeds", MIN_SEEDS))
+    records = [evaluate(c, tables.get(c["figure"]), specs.get(c["figure"]), claims["min_seeds"])
                for c in claims["claims"]]
     return pd.DataFrame(records, columns=COLUMNS).astype({"n_seeds": "Int64"})  # empty when not evaluated
 

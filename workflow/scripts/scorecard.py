@@ -20,6 +20,7 @@ from claims import (
     evaluate_all,
     headline,
     load_claims,
+    paper_specs,
 )
 
 snakemake = globals().get("snakemake")  # injected by Snakemake's script directive (absent in tests)
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
                 return 2
             tables[figure] = read_table(path)
     try:
-        check_claims(claims, specs, args.claims)
+        check_claims(claims, specs, args.claims, paper_specs())
     except ClaimsError as exc:
         print(exc, file=sys.stderr)
         return 2
