@@ -6,6 +6,7 @@ from and the cost model (cost.py) counts. Torch-free.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,20 @@ if TYPE_CHECKING:
 from .syntax import parse_bool, parse_init_source, parse_int_list, parse_layer_config
 
 MODEL_TYPES = ("mlp", "cnn")
+# A layer is an attribute of its torch module: a layer named like one of the module's own attributes
+# (forward, training, ...) would replace it. tests/test_integrity.py checks this list against torch.
+MODULE_ATTRIBUTES = frozenset({
+    "T_destination", "add_module", "apply", "aux_logits", "bfloat16", "buffers", "call_super_init", "children",
+    "class_logits", "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "features", "float",
+    "forward", "get_buffer", "get_extra_state", "get_parameter", "get_submodule", "half", "ipu", "layer_names",
+    "load_state_dict", "modules", "mtia", "named_buffers", "named_children", "named_modules", "named_parameters",
+    "parameters", "register_backward_hook", "register_buffer", "register_forward_hook",
+    "register_forward_pre_hook", "register_full_backward_hook", "register_full_backward_pre_hook",
+    "register_load_state_dict_post_hook", "register_load_state_dict_pre_hook", "register_module",
+    "register_parameter", "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_",
+    "set_extra_state", "set_submodule", "share_memory", "state_dict", "steps", "to", "to_empty", "train",
+    "training", "type", "xpu", "zero_grad"})
+LAYER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "none", "identity", "linear")
 MAX_POOLS = ("max", "maxpool", "maxpool2d")
 AVG_POOLS = ("avg", "average", "avgpool", "avgpool2d")
@@ -80,6 +95,9 @@ def normalize_cnn_spec(spec: Any, flag: str) -> tuple[list[dict[str, Any]], int]
         entry["name"] = str(entry.get("name") or (f"conv{counts[kind]}" if kind == "conv2d" else f"fc{counts[kind]}"))
         if entry["name"] in HEAD_NAMES or entry["name"] in {e["name"] for e in out} or entry["name"] == "all":
             raise bad_value(flag, entry["name"], "layer names must be unique and not class_head, aux_head or all")
+        if not LAYER_NAME.match(entry["name"]) or entry["name"] in MODULE_ATTRIBUTES:
+            raise bad_value(flag, entry["name"], "a layer name is a letter then letters, digits or _, and not an "
+                                                 "attribute of a torch module (forward, training, eval, ...)")
         _check_activation(entry.get("activation", "relu"), flag)
         if "bias" in entry:
             entry["bias"] = parse_bool(entry["bias"], flag)

@@ -25,7 +25,7 @@ from .outputs import write_run_dir, write_teacher
 from .sheets import SheetRun, SheetTeacher
 from .stacked import uses_stacked_layers
 from .student import distill_stack, finish_student, prepare_student
-from .teacher import check_checkpoint, finish_teacher, load_checkpoint, prepare_teacher, train_teachers
+from .teacher import check_trained_teacher, finish_teacher, load_checkpoint, prepare_teacher, train_teachers
 
 
 def train_teacher_sheet(teachers: list[SheetTeacher], device, caches: dict[tuple, tuple[Path, str]], data_dir: str,
@@ -75,8 +75,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
     for key in dict.fromkeys(stack[0].rc.teacher_key() for stack in plan):  # every teacher, before any training
         rc = next(stack[0].rc for stack in plan if stack[0].rc.teacher_key() == key)
         identity = caches[(rc.config.dataset, rc.config.emnist_split)][1]
-        checkpoint = load_checkpoint(teachers[key], "--teacher-dir", mmap=True)
-        check_checkpoint(rc, checkpoint, f"--teacher-dir: {teachers[key]}", identity)
+        check_trained_teacher(teachers[key], rc, identity)
     sets = lockstep_sets(plan, max_memory_mb) if uses_stacked_layers(stack_layers, device) else [[s] for s in plan]
     loaded: dict[tuple, Any] = {}
     failures: list[str] = []

@@ -87,6 +87,8 @@ def _output_path(where: str, name: str, value: Any, taken: dict[Path, str], what
     """A sheet's output location: a non-empty path without '..', not another record's."""
     if not isinstance(value, str) or not value.strip():
         raise UsageError(f"{where}: {name}: invalid value {value!r}; expected a non-empty path")
+    if "\x00" in value:
+        raise UsageError(f"{where}: {name}: invalid value {value!r}; a path cannot hold a NUL byte")
     path = Path(value)
     if ".." in path.parts:
         raise UsageError(f"{where}: {name}: invalid value {value!r}; a path with '..' is not allowed")

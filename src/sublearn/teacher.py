@@ -228,6 +228,20 @@ def check_checkpoint(rc: ResolvedConfig, checkpoint: dict[str, Any], flag: str =
                          "train the teacher on this data")
 
 
+def check_trained_teacher(path: str | Path, rc: ResolvedConfig, data_identity: str) -> None:
+    """A teacher of a job's teacher folder, checked before any training: one that cannot be read or is not
+    this run's (truncated, another seed's, other data) loses its .json summary, so that the next planning
+    counts it as untrained and trains it again; the job stops, naming the damage once."""
+    try:
+        check_checkpoint(rc, load_checkpoint(path, "--teacher-dir", mmap=True), f"--teacher-dir: {path}",
+                         data_identity)
+    except UsageError as exc:
+        summary = Path(path).with_suffix(".json")
+        summary.unlink(missing_ok=True)
+        raise UsageError(f"{exc}; removed its summary {summary}, so the next run of the workflow trains this "
+                         "teacher again") from None
+
+
 def load_checkpoint(path: str | Path, flag: str, mmap: bool = False) -> dict:
     """A teacher checkpoint; memory-mapped when only its settings are read (its weights stay on disk). Any
     unreadable file is one usage error naming the flag that led to it."""
