@@ -314,6 +314,15 @@ def test_bad_config_is_refused_before_anything_runs(workdir, change, message):
     assert not (workdir / "results").exists() and not (workdir / "resources").exists()
 
 
+def test_zero_cores_stop_with_one_line_instead_of_waiting_forever(workdir):
+    write_config(workdir, base_config(Path("data"), {"fig2": fig2_block()}))
+    result = smk(workdir, "all", "--cores", "0", timeout=120)  # the last --cores wins
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    assert "--cores 0: no job can start without a core; give --cores N with N >= 1" in out, out[-3000:]
+    assert not (workdir / "results").exists()
+
+
 def test_missing_data_stops_with_the_runners_message(workdir):
     cfg = base_config(workdir / "nowhere", {"fig2": fig2_block(m=(3,))}, seeds=(0,))
     write_config(workdir, cfg)

@@ -44,6 +44,12 @@ class ConfigError(WorkflowError):
     pass
 
 
+# `--cores 0` (or `--jobs 0` run locally) leaves Snakemake's scheduler waiting forever for a free core
+if workflow.local_exec and workflow.is_main_process and workflow.resource_settings.cores == 0:
+    raise WorkflowError("--cores 0: no job can start without a core; give --cores N with N >= 1, "
+                        "or --cores all (every core of this machine)")
+
+
 wildcard_constraints:
     figure=r"[A-Za-z][A-Za-z0-9_]*",
     panel=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
