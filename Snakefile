@@ -6,6 +6,10 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+# a YAML mistake in config/config.yaml: its line and column
+include: "workflow/rules/config_yaml.smk"
+
+
 configfile: "config/config.yaml"
 
 

@@ -413,7 +413,7 @@ def test_batch_refuses_teachers_of_other_data_and_recomputes_runs_of_old_data(ti
 
 BAD_SHEETS = [
     (lambda r: {**r, "settings": {**r["settings"], "colour": "red"}}, "unknown setting 'colour'"),
-    (lambda r: {**r, "settings": {**r["settings"], "m": "10"}}, "setting m: invalid value '10'; expected int"),
+    (lambda r: {**r, "settings": {**r["settings"], "m": "10"}}, "setting m: invalid value '10'; expected an integer"),
     (lambda r: {**r, "settings": {**r["settings"], "student_init": "A,A,C,A"}}, "allowed init sources"),
     (lambda r: {**r, "id": "0123456789abcdef"}, "the id does not match the settings"),
     (lambda r: {k: v for k, v in r.items() if k != "run_dir"}, "expected an object with id, run_dir"),
