@@ -101,8 +101,28 @@ for _r in RUNS[["figure", "panel", "point", "seed", "coords", "run_key", "run_di
     FIG_POINTS[_r.figure].setdefault(_r.panel, {})[_r.point] = _r.coords
 FIG_RUNS = {f: list(dict.fromkeys(files)) for f, files in FIG_RUNS.items()}
 
+
+
+def requested_figures():
+    """The figures that the command line's targets name when they name figures only (`snakemake fig2`),
+    else None (`all`, `claims`, a file, no target: every figure). Snakemake hands its targets to the
+    workflow only after reading it, so they are read from its command line."""
+    from snakemake.cli import get_argument_parser
+
+    program = Path(sys.argv[0])
+    if not workflow.is_main_process or "snakemake" not in (program.name, program.parent.name):
+        return None
+    try:
+        args, _ = get_argument_parser().parse_known_args(sys.argv[1:])
+    except (SystemExit, Exception):  # argparse exits on what it cannot read: plan every figure
+        return None
+    targets = set(args.targets or ())
+    return [f for f in FIGURES if f in targets] if targets and targets <= set(FIGURES) else None
+
+
 if BATCHES:
-    logger.info(jobs.plan_summary(RUNS, UNIQUE_RUNS, BATCHES, TEACHER_SETS, FIGURES, config["batch"]["gflops"]))
+    logger.info(jobs.plan_summary(RUNS, UNIQUE_RUNS, BATCHES, TEACHER_SETS, FIGURES, config["batch"]["gflops"],
+                                  requested_figures()))
 
 # torch_env gpu (the GPU profile): every teacher and batch job asks for one GPU (sbatch --gpus=1)
 TORCH_CLUSTER_RESOURCES = {"gpu": 1} if config["torch_env"] == "gpu" else {}
