@@ -63,3 +63,7 @@ include: "workflow/rules/batches.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/claims.smk"
+
+
+check_targets()  # a typo in a target: the valid ones
+log_plan()  # what the targets will compute

@@ -171,6 +171,36 @@ def test_a_yaml_mistake_in_the_config_file_is_named_by_its_line(workdir):
 
 
 # --------------------------------------------------------------------------------------------------
+# A3. Typos get an answer that says what was meant
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target, answer", [
+    ("fgi2", "unknown target 'fgi2' (did you mean fig2?); targets: all, claims, fig2, or a file under results/"),
+    ("clams", "unknown target 'clams' (did you mean claims?)"),
+    ("prepare_dat", "(did you mean prepare_data?)"),
+])
+def test_a_mistyped_target_gets_the_valid_targets(workdir, target, answer):
+    write_config(workdir, base_config(Path("data"), {"fig2": fig2_block()}))
+    result = smk(workdir, "--dry-run", target)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert answer in line_with(out, "unknown target"), out[-3000:]
+    assert "plan:" not in out and "No rule to produce" not in out
+
+
+@pytest.mark.parametrize("config, answer", [
+    ("seed=[0]", "config: unknown key 'seed' (did you mean 'seeds'?); allowed: results_dir,"),
+    ("defaults={noise_step: 3}", "config.defaults: unknown key 'noise_step' (did you mean 'noise_steps'?)"),
+    ("seeds=0", "config.seeds: 0 is not allowed here; expected a list of seeds, e.g. [0, 1, 2] (on the command "
+                "line: --config 'seeds=[0,1,2]'), or {range: [0, 19]}"),
+])
+def test_a_mistyped_config_key_or_value_gets_the_expected_form(workdir, config, answer):
+    out = refused(workdir, base_config(Path("data"), {"fig2": fig2_block()}), "--config", config)
+    assert answer in line_with(out, answer[:20]), out[-3000:]
+
+
+# --------------------------------------------------------------------------------------------------
 # B. A figure needs its plot script
 # --------------------------------------------------------------------------------------------------
 

@@ -103,10 +103,9 @@ FIG_RUNS = {f: list(dict.fromkeys(files)) for f, files in FIG_RUNS.items()}
 
 
 
-def requested_figures():
-    """The figures that the command line's targets name when they name figures only (`snakemake fig2`),
-    else None (`all`, `claims`, a file, no target: every figure). Snakemake hands its targets to the
-    workflow only after reading it, so they are read from its command line."""
+def requested_targets():
+    """The targets on Snakemake's command line ([] for none, None when unknown: not Snakemake's command
+    line, or one it cannot read). Snakemake hands its targets to the workflow only after reading it."""
     from snakemake.cli import get_argument_parser
 
     program = Path(sys.argv[0])
@@ -114,15 +113,39 @@ def requested_figures():
         return None
     try:
         args, _ = get_argument_parser().parse_known_args(sys.argv[1:])
-    except (SystemExit, Exception):  # argparse exits on what it cannot read: plan every figure
+    except (SystemExit, Exception):  # argparse exits on what it cannot read: Snakemake itself says what
         return None
-    targets = set(args.targets or ())
+    return list(args.targets or ())
+
+
+def requested_figures():
+    """The figures that the targets name when they name figures only (`snakemake fig2`), else None (`all`,
+    `claims`, a file, no target: every figure)."""
+    targets = set(requested_targets() or ())
     return [f for f in FIGURES if f in targets] if targets and targets <= set(FIGURES) else None
 
 
-if BATCHES:
-    logger.info(jobs.plan_summary(RUNS, UNIQUE_RUNS, BATCHES, TEACHER_SETS, FIGURES, config["batch"]["gflops"],
-                                  requested_figures()))
+def check_targets():
+    """A target that is neither a rule nor a path (a typo: `fgi2`) stops with the valid targets and the
+    closest one; Snakemake alone says only "No rule to produce fgi2". Called once every rule is defined."""
+    import difflib
+
+    names = [rule.name for rule in workflow.rules]
+    shown = ["all", "claims", *FIGURES]
+    for target in requested_targets() or ():
+        if target in names or "/" in target or "." in target:
+            continue
+        close = difflib.get_close_matches(target, shown, n=1) or difflib.get_close_matches(target, names, n=1)
+        raise WorkflowError(f"unknown target {target!r}" + (f" (did you mean {close[0]}?)" if close else "")
+                            + f"; targets: {', '.join(shown)}, or a file under {R}/")
+
+
+def log_plan():
+    """What the targets will compute: runs, jobs, time (read from the Snakefile's end, after the targets
+    are checked)."""
+    if BATCHES:
+        logger.info(jobs.plan_summary(RUNS, UNIQUE_RUNS, BATCHES, TEACHER_SETS, FIGURES, config["batch"]["gflops"],
+                                      requested_figures()))
 
 # torch_env gpu (the GPU profile): every teacher and batch job asks for one GPU (sbatch --gpus=1)
 TORCH_CLUSTER_RESOURCES = {"gpu": 1} if config["torch_env"] == "gpu" else {}
