@@ -30,6 +30,11 @@ onstart:
     hold_results_lock()
 
 
+# where the figures, tables, scorecard and report are, and what the claims say
+onsuccess:
+    logger.info(build_summary.end_summary(R, FIGURES, workflow.overwrite_configfiles))
+
+
 # The targets name every run too: Snakemake does not redo a deleted intermediate file on its own when
 # the files made from it are up to date, so a deleted or killed run would otherwise stay missing.
 rule all:

@@ -441,9 +441,14 @@ def test_changed_data_recomputes_everything_made_from_it(workdir):
     assert new != old
     assert planned(workdir) == {"prepare_data": 1, "teachers": 1, "trained": 1, "batch": 1, "runs": 1,
                                 "merge_runs": 1, "plot_fig2": 1, "evaluate_claims": 1, "all": 1}
+    # the figure of the old data is replaced: planning says so, naming it, the old data and the way out
+    warning = [line for line in ok(smk(workdir, "--dry-run", "all")).splitlines() if "data changed" in line]
+    assert len(warning) == 1 and f"fig2 in results/figures (and their tables and claims) were made from other " \
+        f"data ({old})" in warning[0] and "own results_dir" in warning[0], warning
     ok(smk(workdir, "all"))
     assert set(pd.read_csv(tidy)["data_identity"]) == {new}
     assert planned(workdir) == {}
+    assert "data changed" not in ok(smk(workdir, "--dry-run", "all"))
 
 
 def test_merge_refuses_runs_of_different_data():
@@ -653,6 +658,10 @@ def test_offline_synthetic_mnist_builds_end_to_end(workdir):
     assert "SYNTHETIC MNIST" in (results / "figures" / "fig2_summary.html").read_text()
     assert set(pd.read_csv(results / "tables" / "fig2.csv")["data"]) == {"synthetic MNIST"}  # the table's rows too
     assert (results / "figures" / "fig2.pdf").stat().st_size > 1000
+    # the end of the build says where everything is (and what the claims say)
+    end = out[out.index("Done. Results in results/:"):]
+    assert "figures   results/figures/fig2.png" in end and "claims    results/claims.html" in end, end
+    assert "snakemake --report results/report.html" in end, end
 
 
 def test_a_failing_script_leaves_its_traceback_in_the_rule_log(tmp_path):

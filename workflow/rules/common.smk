@@ -17,6 +17,7 @@ for _path in (SRC, REPO / "workflow" / "scripts"):  # the runner (torch-free par
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import build_summary  # noqa: E402
 import grids  # noqa: E402  (numpy only)
 import jobs  # noqa: E402
 import runs_table as table  # noqa: E402
@@ -83,6 +84,12 @@ if config.get("synthetic_mnist") == "auto" and "mnist" in SYNTHETIC and (RUNS["d
 FIGURES = [name for name, fig in config["figures"].items() if fig is not None]
 UNIQUE_RUNS = table.unique_runs(RUNS) if len(RUNS) else []
 _IDENTITIES = {d: data_identity(d) for d in {r["dataset"] for r in UNIQUE_RUNS}}
+_OTHER_DATA = data_locations.tables_of_other_data(R, FIGURES, _IDENTITIES)
+if _OTHER_DATA:
+    _ids = sorted({i for ids in _OTHER_DATA.values() for i in ids})
+    logger.warning(f"data changed: {', '.join(_OTHER_DATA)} in {R}/figures (and their tables and claims) were made "
+                   f"from other data ({', '.join(_ids)}) than data_dir holds now; this build replaces them. To keep "
+                   f"both, give each data its own results_dir (--config results_dir={R}-other)")
 # a local run knows its cores (--cores): with batch.fill_cores, each target's work is cut to keep them busy
 _CORES = workflow.resource_settings.cores if workflow.local_exec and workflow.is_main_process else 1
 BATCHES = jobs.plan_batches(UNIQUE_RUNS, config, _IDENTITIES, teacher_path, _CORES or 1)
@@ -126,14 +133,14 @@ def requested_figures():
 
 
 def check_targets():
-    """A target that is neither a rule nor a path (a typo: `fgi2`) stops with the valid targets and the
-    closest one; Snakemake alone says only "No rule to produce fgi2". Called once every rule is defined."""
+    """A target that names no rule and no path (a typo, e.g. `fgi2`) stops with the valid targets and the
+    closest one; Snakemake alone says only "No rule to produce fgi2". Called once the rules are defined."""
     import difflib
 
     names = [rule.name for rule in workflow.rules]
     shown = ["all", "claims", *FIGURES]
     for target in requested_targets() or ():
-        if target in names or "/" in target or "." in target:
+        if target in names or Path(target).name != target or "." in target:  # a file
             continue
         close = difflib.get_close_matches(target, shown, n=1) or difflib.get_close_matches(target, names, n=1)
         raise WorkflowError(f"unknown target {target!r}" + (f" (did you mean {close[0]}?)" if close else "")
