@@ -28,6 +28,7 @@ include: "workflow/rules/common.smk"
 
 onstart:
     hold_results_lock()
+    write_status_plan()  # for `sublearn status RESULTS_DIR`
 
 
 # where the figures, tables, scorecard and report are, and what the claims say

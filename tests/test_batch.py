@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -310,7 +311,14 @@ def test_batch_cli_writes_run_folders_and_skips_finished_runs(tiny_data, tiny_ca
     common = ["batch", "--sheet", str(sheet), "--teacher-dir", str(teachers), "--data-dir", str(tiny_data),
               "--cache-dir", str(tiny_cache), "--device", "cpu", "--threads", "1"]
     assert main(common) == 0
-    assert "4 to compute in 2 stacks" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 to compute in 2 stacks" in out
+    # progress: runs done out of the job's, after each run, in the log and in a file beside the sheet
+    counts = [int(n) for n in re.findall(r"\[progress\] (\d+)/4 runs done", out)]
+    assert counts == sorted(counts) and set(counts) == {0, 1, 2, 3, 4}, counts  # (and a line every 30 s)
+    assert re.search(r"\[progress\] 4/4 runs done, [^\n]* elapsed \(finished\)", out)
+    record = json.loads((tmp_path / "sheet.progress.json").read_text())
+    assert (record["done"], record["total"], record["state"], record["what"]) == (4, 4, "finished", "runs")
     rows = _run_rows(dirs)
     for name, run_dir in dirs.items():
         assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "layer_metrics.csv",
@@ -543,6 +551,8 @@ def test_teachers_in_lockstep_equal_lone_teachers_bit_for_bit(stack_layers, tiny
     out = capsys.readouterr().out
     assert ("[stack] 4 teachers in stacked layers" in out) == (stack_layers == "on")
     assert f"{len(rcs)} teachers, 0 already trained, {len(rcs)} to train" in out
+    assert f"[progress] {len(rcs)}/{len(rcs)} teachers done" in out
+    assert json.loads((tmp_path / "teachers.progress.json").read_text())["state"] == "finished"
     for name, (extra, seed) in TEACHERS.items():  # each alone, from the run's own flags
         assert main(["teacher", "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache), "--device", "cpu",
                      "--threads", "1", *SMALL, *extra, "--seed", str(seed),

@@ -662,6 +662,13 @@ def test_offline_synthetic_mnist_builds_end_to_end(workdir):
     end = out[out.index("Done. Results in results/:"):]
     assert "figures   results/figures/fig2.png" in end and "claims    results/claims.html" in end, end
     assert "snakemake --report results/report.html" in end, end
+    # progress: each batch job's log counts its runs; `sublearn status` reads the results folder alone
+    from sublearn.status import status_text
+
+    for log in (workdir / "logs" / "batches").glob("*.log"):
+        assert re.search(r"\[progress\] (\d+)/\1 runs done, .* elapsed \(finished\)", log.read_text()), log
+    fig2 = next(line for line in status_text(results).splitlines() if line.startswith("fig2"))
+    assert fig2.split()[1:] == ["4/4", "2/2", "done"], fig2
 
 
 def test_a_failing_script_leaves_its_traceback_in_the_rule_log(tmp_path):

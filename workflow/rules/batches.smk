@@ -39,6 +39,7 @@ for _batch in BATCHES.values():
         params:
             data_dir=DATA_DIRS[_batch["dataset"]],
             memory_mb=config["batch"]["memory_mb"],
+            gflops=config["batch"]["gflops"],  # the time left before a first run is done
             stack_layers=stack_layers_flag(config["batch"]["stack_layers"]),
             teacher_dir=lambda w, input: os.path.dirname(input.teachers[0]),
         threads: config["threads"]["student"]
@@ -56,4 +57,5 @@ for _batch in BATCHES.values():
             "--sheet {input.sheet:q} --teacher-dir {params.teacher_dir:q} --threads {threads} "
             "--device \"$SUBLEARN_DEVICE\" --data-dir {params.data_dir:q} --cache-dir \"$(dirname {input.cache:q})\" "
             "--cache-only "
-            "--max-memory-mb {params.memory_mb} --stack-layers {params.stack_layers} > {log:q} 2>&1"
+            "--max-memory-mb {params.memory_mb} --gflops {params.gflops} --stack-layers {params.stack_layers} "
+            "> {log:q} 2>&1"

@@ -21,6 +21,7 @@ import build_summary  # noqa: E402
 import grids  # noqa: E402  (numpy only)
 import jobs  # noqa: E402
 import runs_table as table  # noqa: E402
+from sublearn import status as build_status  # noqa: E402  (torch-free)
 from sublearn.catalog import CATALOG, DATASET_KEYS  # noqa: E402
 
 R = config["results_dir"].rstrip("/")
@@ -145,6 +146,27 @@ def check_targets():
         close = difflib.get_close_matches(target, shown, n=1) or difflib.get_close_matches(target, names, n=1)
         raise WorkflowError(f"unknown target {target!r}" + (f" (did you mean {close[0]}?)" if close else "")
                             + f"; targets: {', '.join(shown)}, or a file under {R}/")
+
+
+def write_status_plan():
+    """The plan that `sublearn status RESULTS_DIR` reads: per figure its runs and teachers, per job its
+    figures, size, estimated seconds and log (written when jobs start: onstart). With figure targets
+    (`snakemake fig2`), only theirs."""
+    targets = requested_figures()
+    shown = targets or FIGURES
+    figures = {f: {"runs": [os.path.dirname(r) for r in FIG_RUNS[f]],
+                   "teachers": sorted({f"{teacher_path(r.dataset, r.teacher_key)}.pt"
+                                       for r in RUNS[RUNS.figure == f].itertuples()})} for f in shown}
+    planned = [("batch", "batches", b, b["runs"]) for b in BATCHES.values()]
+    planned += [("teachers", "teachers", t, t["teachers"]) for t in TEACHER_SETS.values()]
+    jobs = {}
+    for kind, folder, job, items in planned:
+        served = sorted({f for item in items for f in item["figures"]} & set(shown))
+        if served:
+            jobs[job["id"]] = {"kind": kind, "rule": f"batch_{job['id']}" if kind == "batch" else job["id"].replace("-", "_"),
+                               "figures": served, "count": len(items), "seconds": job["seconds"],
+                               "log": f"{LOGS}/{folder}/{job['id']}.log"}
+    build_status.write_plan(R, figures, jobs, _CORES, targets)
 
 
 def log_plan():
