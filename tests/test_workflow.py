@@ -662,7 +662,11 @@ def test_offline_synthetic_mnist_builds_end_to_end(workdir):
     end = out[out.index("Done. Results in results/:"):]
     assert "figures   results/figures/fig2.png" in end and "claims    results/claims.html" in end, end
     assert "snakemake --report results/report.html" in end, end
-    # progress: each batch job's log counts its runs; `sublearn status` reads the results folder alone
+    # progress: each teacher and batch job says when it starts what it computes and where its progress is
+    assert re.search(r"\[start\] batch_[0-9a-f]{16}: \d+ runs of fig2, ~.* by the cost model; progress in "
+                     r"logs/batches/[0-9a-f]{16}\.log \(or: sublearn status results\)", out), out[-3000:]
+    assert re.search(r"\[start\] teachers_[0-9a-f]{16}: 2 teachers of fig2", out), out[-3000:]
+    # each batch job's log counts its runs; `sublearn status` reads the results folder alone
     from sublearn.status import status_text
 
     for log in (workdir / "logs" / "batches").glob("*.log"):

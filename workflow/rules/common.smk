@@ -23,6 +23,7 @@ import jobs  # noqa: E402
 import runs_table as table  # noqa: E402
 from sublearn import status as build_status  # noqa: E402  (torch-free)
 from sublearn.catalog import CATALOG, DATASET_KEYS  # noqa: E402
+from sublearn.progress import duration  # noqa: E402
 
 R = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
@@ -180,6 +181,14 @@ def log_plan():
 TORCH_CLUSTER_RESOURCES = {"gpu": 1} if config["torch_env"] == "gpu" else {}
 if config["batch"].get("slurm_partition"):
     TORCH_CLUSTER_RESOURCES["slurm_partition"] = config["batch"]["slurm_partition"]
+
+
+def job_start_line(rule, items, what, seconds, log):
+    """The line a teacher or batch job prints when it starts (the terminal shows no rule blocks by
+    default): what it computes, for which figures, how long the cost model says, where its progress is."""
+    figures = sorted({f for item in items for f in item["figures"]})
+    return (f"[start] {rule}: {len(items)} {what} of {', '.join(figures)}, ~{duration(seconds)} by the cost model; "
+            f"progress in {log} (or: sublearn status {R})")
 
 
 def stack_layers_flag(value):
