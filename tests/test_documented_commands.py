@@ -41,6 +41,8 @@ def documented_commands() -> list[tuple[str, str]]:
         for number, line in enumerate(text.splitlines(), 1):
             for match in COMMAND_RE.finditer(line):
                 rest = END_RE.split(match.group("rest"), maxsplit=1)[0]
+                if path.suffix in (".py", ".smk"):  # a command in a string ends with the string
+                    rest = re.split(r"[\"']", rest, maxsplit=1)[0]
                 found.append((f"{name}:{number}", rest.strip()))
     return found
 
