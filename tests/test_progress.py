@@ -52,7 +52,7 @@ def test_progress_counts_runs_and_estimates_the_time_left_from_the_measured_rate
     with progress:
         progress.started = progress.last_done = 1000.0  # the clock, set: the arithmetic, not the timing
         assert progress.seconds_left(now=1010.0) == 30.0  # before any run: 400 GFLOP at 10 GFLOP/s, 10 s spent
-        progress.advance(100e9)
+        progress.advance(100e9)  # one run of 100 GFLOP
         progress.started, progress.last_done = 1000.0, 1020.0  # one run of 100 GFLOP took 20 s
         assert progress.seconds_left(now=1020.0) == 60.0  # 300 GFLOP at 5 GFLOP/s
         assert progress.seconds_left(now=1050.0) == 30.0  # counting down until the next run is done

@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from . import cost
+from .catalog import dataset_key
 from .outputs import atomic_write_text
 
 INTERVAL_S = 30.0  # a progress line at least this often
@@ -47,6 +49,7 @@ class Progress:
         self.what, self.total, self.total_flops = what, total, float(total_flops)
         self.status_file = Path(status_file) if status_file else None
         self.gflops, self.interval, self.out = gflops, interval, out
+        self.flops_of: dict[str, float] | None = None  # item id -> its FLOPs (of_runs, of_teachers)
         self.done = 0
         self.done_flops = 0.0
         self.started = self.last_done = time.time()
@@ -71,8 +74,9 @@ class Progress:
         while not self._stop.wait(self.interval):
             self.report()
 
-    def advance(self, flops: float) -> None:
-        """One more run (or teacher) done, of ``flops`` estimated FLOPs."""
+    def advance(self, item) -> None:
+        """One more run (or teacher) done: ``item`` (with an ``id``) of ``flops_of``, else of ``item`` FLOPs."""
+        flops = self.flops_of[item.id] if self.flops_of is not None else float(item)
         with self._lock:
             self.done += 1
             self.done_flops += flops
@@ -112,3 +116,23 @@ class Progress:
                     atomic_write_text(self.status_file, json.dumps(record) + "\n")
                 except OSError:  # progress is for watching: a full disk must not fail the job here
                     pass
+
+
+def _with_flops(what: str, flops_of: dict[str, float], sheet, gflops: float | None) -> Progress:
+    progress = Progress(what, len(flops_of), sum(flops_of.values()), progress_file(sheet), gflops)
+    progress.flops_of = flops_of
+    return progress
+
+
+def of_runs(stacks, sheet, gflops: float | None = None) -> Progress:
+    """A batch job's progress over its stacks' runs (``advance(run)``), each run its stack's FLOPs over its size."""
+    return _with_flops("runs", {run.id: cost.stack_flops(stack, dataset_key(run.rc.config.dataset,
+                                                                            run.rc.config.emnist_split)) / len(stack)
+                                for stack in stacks for run in stack}, sheet, gflops)
+
+
+def of_teachers(teachers, sheet, gflops: float | None = None) -> Progress:
+    """A teacher job's progress over its teachers (``advance(teacher)``)."""
+    return _with_flops("teachers", {t.id: cost.teacher_flops(t.rc, dataset_key(t.rc.config.dataset,
+                                                                               t.rc.config.emnist_split))
+                                    for t in teachers}, sheet, gflops)

@@ -108,6 +108,15 @@ def status_text(results_dir: str | Path, now: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def add_parser(sub) -> None:
+    """`sublearn status RESULTS_DIR` on the command line's subparsers."""
+    parser = sub.add_parser("status", help="how far a build is: runs and teachers per figure, jobs, time left",
+                            description="Per figure: runs and teachers finished of those planned and the estimated "
+                                        "time left; the running jobs and their progress. Reads RESULTS_DIR only "
+                                        "(no Snakemake): works while a build runs, locally or on a cluster.")
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="the config's results_dir, e.g. results/quick")
+
+
 def cmd_status(args) -> None:
     from .errors import UsageError
 
