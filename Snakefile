@@ -6,6 +6,10 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+# a YAML mistake in config/config.yaml: its line and column
+include: "workflow/rules/config_yaml.smk"
+
+
 configfile: "config/config.yaml"
 
 
@@ -24,6 +28,12 @@ include: "workflow/rules/common.smk"
 
 onstart:
     hold_results_lock()
+    write_status_plan()  # for `sublearn status RESULTS_DIR`
+
+
+# where the figures, tables, scorecard and report are, and what the claims say
+onsuccess:
+    logger.info(build_summary.end_summary(R, FIGURES, workflow.overwrite_configfiles))
 
 
 # The targets name every run too: Snakemake does not redo a deleted intermediate file on its own when
@@ -59,3 +69,7 @@ include: "workflow/rules/batches.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/claims.smk"
+
+
+check_targets()  # a typo in a target: the valid ones
+log_plan()  # what the targets will compute

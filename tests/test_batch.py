@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -310,7 +311,14 @@ def test_batch_cli_writes_run_folders_and_skips_finished_runs(tiny_data, tiny_ca
     common = ["batch", "--sheet", str(sheet), "--teacher-dir", str(teachers), "--data-dir", str(tiny_data),
               "--cache-dir", str(tiny_cache), "--device", "cpu", "--threads", "1"]
     assert main(common) == 0
-    assert "4 to compute in 2 stacks" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 to compute in 2 stacks" in out
+    # progress: runs done out of the job's, after each run, in the log and in a file beside the sheet
+    counts = [int(n) for n in re.findall(r"\[progress\] (\d+)/4 runs done", out)]
+    assert counts == sorted(counts) and set(counts) == {0, 1, 2, 3, 4}, counts  # (and a line every 30 s)
+    assert re.search(r"\[progress\] 4/4 runs done, [^\n]* elapsed \(finished\)", out)
+    record = json.loads((tmp_path / "sheet.progress.json").read_text())
+    assert (record["done"], record["total"], record["state"], record["what"]) == (4, 4, "finished", "runs")
     rows = _run_rows(dirs)
     for name, run_dir in dirs.items():
         assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "layer_metrics.csv",
@@ -413,7 +421,7 @@ def test_batch_refuses_teachers_of_other_data_and_recomputes_runs_of_old_data(ti
 
 BAD_SHEETS = [
     (lambda r: {**r, "settings": {**r["settings"], "colour": "red"}}, "unknown setting 'colour'"),
-    (lambda r: {**r, "settings": {**r["settings"], "m": "10"}}, "setting m: invalid value '10'; expected int"),
+    (lambda r: {**r, "settings": {**r["settings"], "m": "10"}}, "setting m: invalid value '10'; expected an integer"),
     (lambda r: {**r, "settings": {**r["settings"], "student_init": "A,A,C,A"}}, "allowed init sources"),
     (lambda r: {**r, "id": "0123456789abcdef"}, "the id does not match the settings"),
     (lambda r: {k: v for k, v in r.items() if k != "run_dir"}, "expected an object with id, run_dir"),
@@ -543,6 +551,8 @@ def test_teachers_in_lockstep_equal_lone_teachers_bit_for_bit(stack_layers, tiny
     out = capsys.readouterr().out
     assert ("[stack] 4 teachers in stacked layers" in out) == (stack_layers == "on")
     assert f"{len(rcs)} teachers, 0 already trained, {len(rcs)} to train" in out
+    assert f"[progress] {len(rcs)}/{len(rcs)} teachers done" in out
+    assert json.loads((tmp_path / "teachers.progress.json").read_text())["state"] == "finished"
     for name, (extra, seed) in TEACHERS.items():  # each alone, from the run's own flags
         assert main(["teacher", "--data-dir", str(tiny_data), "--cache-dir", str(tiny_cache), "--device", "cpu",
                      "--threads", "1", *SMALL, *extra, "--seed", str(seed),

@@ -104,6 +104,103 @@ def test_every_number_in_the_schema_is_bounded_or_free_text():
 
 
 # --------------------------------------------------------------------------------------------------
+# A2. Every grid value and flag passes the runner's own type check of a run's settings, when the workflow
+#     is read (not inside a batch job); a YAML mistake is named by its line
+# --------------------------------------------------------------------------------------------------
+
+
+def grid(**values):
+    return lambda c: c["figures"]["fig2"]["panels"][0]["grid"].update(values)
+
+
+def default(**values):
+    return lambda c: c["defaults"].update(values)
+
+
+@pytest.mark.parametrize("change, message", [
+    (grid(m=[3.5]), "figure fig2, panel init, point m-3.5_student_init-same: setting m: invalid value 3.5; "
+                    "expected an integer"),
+    (grid(m=["ten"]), "figure fig2, panel init, point m-ten_student_init-same: setting m: invalid value 'ten'; "
+                      "expected an integer"),
+    (default(noise_steps="five"), "setting noise_steps: invalid value 'five'; expected an integer"),
+    (default(student_lr="fast"), "setting student_lr: invalid value 'fast'; expected a number"),
+    (grid(normalize_noise=["maybe"]), "setting normalize_noise: invalid value 'maybe'; allowed: true"),
+])
+def test_a_grid_value_or_flag_of_the_wrong_type_is_refused_naming_its_key(workdir, change, message):
+    cfg = base_config(Path("data"), {"fig2": fig2_block()})
+    change(cfg)
+    out = refused(workdir, cfg)
+    line = line_with(out, message)
+    assert line.startswith("config: figure fig2, panel init, point"), line
+    assert "not supported between" not in out and "Traceback" not in out
+
+
+def test_the_workflow_and_the_runners_sheets_refuse_a_value_with_the_same_words():
+    from sublearn.config import config_from_flags, config_from_settings
+    from sublearn.errors import UsageError
+
+    with pytest.raises(UsageError) as from_config:
+        config_from_flags({"m": 3.5})
+    with pytest.raises(UsageError) as from_sheet:
+        config_from_settings({"m": 3.5}, "sheet line 1")
+    assert str(from_sheet.value) == f"sheet line 1: {from_config.value}"
+
+
+def test_a_number_written_as_text_is_read_as_the_command_line_reads_it():
+    """A filled-in template ({d}) or a quoted number is text, as on the command line: same run, same key."""
+    from sublearn.config import config_from_flags
+    from sublearn.plan import resolve
+
+    text = resolve(config_from_flags({"m": "10", "student_lr": "0.002", "normalize_noise": "false"}))
+    typed = resolve(config_from_flags({"m": 10, "student_lr": 0.002, "normalize_noise": False}))
+    assert text.run_key() == typed.run_key()
+
+
+def test_a_yaml_mistake_in_the_config_file_is_named_by_its_line(workdir):
+    write_config(workdir, base_config(Path("data"), {"fig2": fig2_block()}))
+    path = workdir / "config" / "config.yaml"
+    lines = path.read_text().splitlines()
+    number = next(i for i, line in enumerate(lines) if line.startswith("  m: "))
+    lines[number] = " " + lines[number]  # one space too many
+    path.write_text("\n".join(lines) + "\n")
+    result = smk(workdir, "--dry-run", "all")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    line = line_with(out, "config/config.yaml, line")
+    assert f"config/config.yaml, line {number + 1}, column" in line and "indentation" in line, line
+
+
+# --------------------------------------------------------------------------------------------------
+# A3. Typos get an answer that says what was meant
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target, answer", [
+    ("fgi2", "unknown target 'fgi2' (did you mean fig2?); targets: all, claims, fig2, or a file under results/"),
+    ("clams", "unknown target 'clams' (did you mean claims?)"),
+    ("prepare_dat", "(did you mean prepare_data?)"),
+])
+def test_a_mistyped_target_gets_the_valid_targets(workdir, target, answer):
+    write_config(workdir, base_config(Path("data"), {"fig2": fig2_block()}))
+    result = smk(workdir, "--dry-run", target)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert answer in line_with(out, "unknown target"), out[-3000:]
+    assert "plan:" not in out and "No rule to produce" not in out
+
+
+@pytest.mark.parametrize("config, answer", [
+    ("seed=[0]", "config: unknown key 'seed' (did you mean 'seeds'?); allowed: results_dir,"),
+    ("defaults={noise_step: 3}", "config.defaults: unknown key 'noise_step' (did you mean 'noise_steps'?)"),
+    ("seeds=0", "config.seeds: 0 is not allowed here; expected a list of seeds, e.g. [0, 1, 2] (on the command "
+                "line: --config 'seeds=[0,1,2]'), or {range: [0, 19]}"),
+])
+def test_a_mistyped_config_key_or_value_gets_the_expected_form(workdir, config, answer):
+    out = refused(workdir, base_config(Path("data"), {"fig2": fig2_block()}), "--config", config)
+    assert answer in line_with(out, answer[:20]), out[-3000:]
+
+
+# --------------------------------------------------------------------------------------------------
 # B. A figure needs its plot script
 # --------------------------------------------------------------------------------------------------
 

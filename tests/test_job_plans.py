@@ -75,3 +75,25 @@ def test_the_gpu_profile_plans_few_long_jobs_and_prints_its_lockstep_steps(tmp_p
     steps = int(re.search(r"lockstep steps: (\d+)", text).group(1))
     assert steps == 5  # the 24 runs of 4 seeds in one lockstep set, whose trajectories take N 5 x E 1 steps
     assert "--stack-layers auto" in text and "--device cuda" not in text  # the device reaches jobs by the env
+
+
+def test_a_one_figure_plan_counts_only_that_figures_runs_and_time(tmp_path):
+    """`snakemake fig2` headlines fig2's runs, jobs and time, not every figure's: the same numbers as a
+    config that holds fig2 alone."""
+    from test_workflow import plan_line, smk
+
+    fig5 = {**fig2_block(m=(25, 50)), "title": "test figure 5"}
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    write_config(both, base_config(Path("nowhere"), {"fig2": fig2_block(), "fig5": fig5}))
+    write_config(alone, base_config(Path("nowhere"), {"fig2": fig2_block()}))
+    outputs = {}
+    for name, workdir, target in (("fig2", both, "fig2"), ("all", both, "all"), ("alone", alone, "fig2")):
+        result = smk(workdir, "--dry-run", target)
+        outputs[name] = result.stdout + result.stderr
+        assert result.returncode == 0, outputs[name][-3000:]
+    assert plan_line(outputs["fig2"]) == plan_line(outputs["alone"]) != plan_line(outputs["all"])
+    assert "plan for fig2 (only this target" in outputs["fig2"] and "plan for" not in outputs["all"]
+    by_figure = re.search(r"plan by figure: (.*)", outputs["fig2"]).group(1)
+    assert by_figure.startswith("fig2 ") and "fig5" not in by_figure
+    hours = [re.search(r"~([\d.]+) h of job time", outputs[name]).group(1) for name in ("fig2", "alone")]
+    assert hours[0] == hours[1]

@@ -97,7 +97,7 @@ def test_no_module_imports_one_that_imports_it():
 def test_planning_modules_import_no_torch():
     """The workflow plans thousands of runs with these; torch would cost seconds per planning."""
     code = ("import sys; import sublearn.sheets, sublearn.grouping, sublearn.cost, sublearn.plan, "
-            "sublearn.dataid, sublearn.outputs, sublearn.noise; print('torch' in sys.modules)")
+            "sublearn.dataid, sublearn.outputs, sublearn.noise, sublearn.status; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -205,6 +205,37 @@ def test_fig4_plots_noise_samples_per_epoch_on_log_axes(config):
     for ax in (heatmap, m1_axis):
         assert ax.get_xscale() == "log" and "noise samples per student epoch" in ax.get_xlabel()
     assert heatmap.get_yscale() == "log" and n1_axis.get_xscale() == "log"
+    # the heatmap's cells show their means; its N ticks read as the powers of ten of the sweep beside it
+    heat_acc = heat[heat["metric"] == "acc"]
+    shown = sorted(f"{v:.2f}" for v in heat_acc["mean"]) if len(heat_acc) <= 64 else []  # the paper's 20 x 20: none
+    assert sorted(t.get_text() for t in heatmap.texts) == shown
+    assert [plotting.tick_text(v) for v in (16, 1000, 8000, 64000, 1e5)] == [
+        "16", "$10^{3}$", "$8{\\times}10^{3}$", "$6.4{\\times}10^{4}$", "$10^{5}$"]
+
+
+def legend_texts(fig) -> list[str]:
+    return [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+@pytest.mark.parametrize("seeds, says", [((0, 1, 2), "mean of n = 3 seeds, 95% bootstrap interval"),
+                                         ((0,), "n = 1 seed per point: no interval")])
+def test_a_figure_names_itself_and_says_over_how_many_seeds(seeds, says):
+    cfg = load_config("quick.yaml")
+    cfg["seeds"] = list(seeds)
+    spec = grids.figure_spec(cfg, "fig3")
+    fig = plotting.draw(spec, plotting.summarise(spec, table_for(cfg, spec)))
+    assert fig.legends[0].get_title().get_text() == f"fig3: {cfg['figures']['fig3']['title']}\n{says}"
+    assert "student" not in legend_texts(fig)  # every fig3 condition is named by its m
+
+
+def test_teacher_lines_in_their_conditions_colours_say_so_in_the_legend():
+    spec = tiny_spec([{"name": "a", "grid": {"x": [1, 2]}, "plot": {"label": "A", "axis": "one"}},
+                      {"name": "b", "grid": {"x": [1, 2]}, "plot": {"label": "B", "axis": "one"}}])
+    table = tiny_table(spec, {(p, x): [0.5, 0.6] for p in ("a", "b") for x in (1, 2)})
+    assert "teacher" in legend_texts(plotting.draw(spec, plotting.summarise(spec, table)))
+    table.loc[table["panel"] == "b", "teacher_final_acc"] = 0.7  # the two conditions' teachers differ
+    texts = legend_texts(plotting.draw(spec, plotting.summarise(spec, table)))
+    assert "teacher (in its condition's colour where they differ)" in texts
 
 
 # --------------------------------------------------------------------------------------------------

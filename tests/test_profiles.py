@@ -108,6 +108,11 @@ def test_default_profile_runs_locally():
     assert data["cores"] in ("all",) or int(data["cores"]) >= 1
     for key in ("keep-going", "rerun-incomplete", "printshellcmds", "latency-wait"):
         assert key in data
+    # a quiet terminal by default: no rule blocks, shell commands or reasons; the README names the flag
+    # that shows them (a --quiet on the command line replaces the profile's)
+    args = snakemake_parse(PROFILES["default"])
+    assert {"rules", "reason"} <= {q.name.lower() for q in args.quiet}, args.quiet
+    assert "--quiet host" in (REPO / "README.md").read_text()
 
 
 def test_switching_profiles_never_reruns_finished_jobs():

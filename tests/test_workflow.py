@@ -314,6 +314,15 @@ def test_bad_config_is_refused_before_anything_runs(workdir, change, message):
     assert not (workdir / "results").exists() and not (workdir / "resources").exists()
 
 
+def test_zero_cores_stop_with_one_line_instead_of_waiting_forever(workdir):
+    write_config(workdir, base_config(Path("data"), {"fig2": fig2_block()}))
+    result = smk(workdir, "all", "--cores", "0", timeout=120)  # the last --cores wins
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    assert "--cores 0: no job can start without a core; give --cores N with N >= 1" in out, out[-3000:]
+    assert not (workdir / "results").exists()
+
+
 def test_missing_data_stops_with_the_runners_message(workdir):
     cfg = base_config(workdir / "nowhere", {"fig2": fig2_block(m=(3,))}, seeds=(0,))
     write_config(workdir, cfg)
@@ -432,9 +441,14 @@ def test_changed_data_recomputes_everything_made_from_it(workdir):
     assert new != old
     assert planned(workdir) == {"prepare_data": 1, "teachers": 1, "trained": 1, "batch": 1, "runs": 1,
                                 "merge_runs": 1, "plot_fig2": 1, "evaluate_claims": 1, "all": 1}
+    # the figure of the old data is replaced: planning says so, naming it, the old data and the way out
+    warning = [line for line in ok(smk(workdir, "--dry-run", "all")).splitlines() if "data changed" in line]
+    assert len(warning) == 1 and f"fig2 in results/figures (and their tables and claims) were made from other " \
+        f"data ({old})" in warning[0] and "own results_dir" in warning[0], warning
     ok(smk(workdir, "all"))
     assert set(pd.read_csv(tidy)["data_identity"]) == {new}
     assert planned(workdir) == {}
+    assert "data changed" not in ok(smk(workdir, "--dry-run", "all"))
 
 
 def test_merge_refuses_runs_of_different_data():
@@ -644,6 +658,21 @@ def test_offline_synthetic_mnist_builds_end_to_end(workdir):
     assert "SYNTHETIC MNIST" in (results / "figures" / "fig2_summary.html").read_text()
     assert set(pd.read_csv(results / "tables" / "fig2.csv")["data"]) == {"synthetic MNIST"}  # the table's rows too
     assert (results / "figures" / "fig2.pdf").stat().st_size > 1000
+    # the end of the build says where everything is (and what the claims say)
+    end = out[out.index("Done. Results in results/:"):]
+    assert "figures   results/figures/fig2.png" in end and "claims    results/claims.html" in end, end
+    assert "snakemake --report results/report.html" in end, end
+    # progress: each teacher and batch job says when it starts what it computes and where its progress is
+    assert re.search(r"\[start\] batch_[0-9a-f]{16}: \d+ runs of fig2, ~.* by the cost model; progress in "
+                     r"logs/batches/[0-9a-f]{16}\.log \(or: sublearn status results\)", out), out[-3000:]
+    assert re.search(r"\[start\] teachers_[0-9a-f]{16}: 2 teachers of fig2", out), out[-3000:]
+    # each batch job's log counts its runs; `sublearn status` reads the results folder alone
+    from sublearn.status import status_text
+
+    for log in (workdir / "logs" / "batches").glob("*.log"):
+        assert re.search(r"\[progress\] (\d+)/\1 runs done, .* elapsed \(finished\)", log.read_text()), log
+    fig2 = next(line for line in status_text(results).splitlines() if line.startswith("fig2"))
+    assert fig2.split()[1:] == ["4/4", "2/2", "done"], fig2
 
 
 def test_a_failing_script_leaves_its_traceback_in_the_rule_log(tmp_path):

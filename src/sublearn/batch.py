@@ -12,6 +12,7 @@ run. A member leaves the stack when its steps are done and its folder is written
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,13 @@ from .teacher import check_trained_teacher, finish_teacher, load_checkpoint, pre
 
 
 def train_teacher_sheet(teachers: list[SheetTeacher], device, caches: dict[tuple, tuple[Path, str]], data_dir: str,
-                        cache_dir: str, stack_layers: bool | None = None) -> None:
+                        cache_dir: str, stack_layers: bool | None = None,
+                        advance: Callable[[SheetTeacher], None] | None = None) -> None:
     """Train teachers in lockstep (``teacher.train_teachers``), each written as soon as it is done, exactly
-    as `sublearn teacher --teacher-out` writes it. caches: (dataset, split) -> (prepared cache, identity)."""
+    as `sublearn teacher --teacher-out` writes it. caches: (dataset, split) -> (prepared cache, identity);
+    advance: called with each teacher when it is done (written or diverged)."""
     loaded: dict[tuple, Any] = {}
-    runs, out_of = [], {}
+    runs, out_of, sheet_of = [], {}, {}
     for teacher in teachers:
         c = teacher.rc.config
         c.data_dir, c.cache_dir = str(data_dir), str(cache_dir)
@@ -42,6 +45,7 @@ def train_teacher_sheet(teachers: list[SheetTeacher], device, caches: dict[tuple
             loaded[data_key] = datasets.load(caches[(c.dataset, c.emnist_split)][0], *data_key, device)
         run = prepare_teacher(teacher.rc, loaded[data_key], device)
         out_of[id(run)] = teacher.out
+        sheet_of[id(run)] = teacher
         runs.append(run)
     failures: list[str] = []
 
@@ -52,10 +56,14 @@ def train_teacher_sheet(teachers: list[SheetTeacher], device, caches: dict[tuple
         print(f"[done] teacher {checkpoint['teacher_key']} seed {run.rc.config.seed} acc {run.init_acc:.4f}->"
               f"{checkpoint['metrics']['teacher_final_acc']:.4f} -> {out}", flush=True)
         run.model = None  # free its weights now
+        if advance:
+            advance(sheet_of[id(run)])
 
     def failed(run, error: Diverged) -> None:  # the others go on; the job fails at the end, naming it
         print(f"[failed] teacher {run.rc.teacher_key()}: {error}", flush=True)
         failures.append(f"teacher {run.rc.teacher_key()}: {error}")
+        if advance:
+            advance(sheet_of[id(run)])
 
     train_teachers(runs, device, done, failed, stack_layers)
     if failures:
@@ -64,11 +72,12 @@ def train_teacher_sheet(teachers: list[SheetTeacher], device, caches: dict[tuple
 
 def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, caches: dict[tuple, tuple[Path, str]],
                data_dir: str, cache_dir: str, stack_layers: bool | None = None,
-               max_memory_mb: float | None = None) -> list[list[list[SheetRun]]]:
+               max_memory_mb: float | None = None,
+               advance: Callable[[SheetRun], None] | None = None) -> list[list[list[SheetRun]]]:
     """Train every stack; write each run's folder as soon as the run is done. caches: (dataset, split) ->
     (prepared cache, data identity); stack_layers (default: on CUDA): see ``student.distill_stack``;
-    with it, stacks train together in lockstep sets within max_memory_mb, else one after another.
-    Returns the lockstep sets."""
+    with it, stacks train together in lockstep sets within max_memory_mb, else one after another;
+    advance: called with each run when it is done (written or diverged). Returns the lockstep sets."""
     for run in (run for stack in plan for run in stack):  # the job's paths, named in messages and records
         run.rc.config.data_dir, run.rc.config.cache_dir = str(data_dir), str(cache_dir)
         run.rc.config.outdir = str(run.run_dir)
@@ -96,7 +105,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
         which = f"stack {done_stacks + 1}" if len(lockstep) == 1 else \
             f"stacks {done_stacks + 1}-{done_stacks + len(lockstep)}"
         print(f"[batch] {which}/{len(plan)}: {sum(map(len, lockstep))} students in lockstep", flush=True)
-        run_lockstep(lockstep, checkpoints, data_of, device, batch_started, failures, stack_layers, shared)
+        run_lockstep(lockstep, checkpoints, data_of, device, batch_started, failures, stack_layers, shared, advance)
         done_stacks += len(lockstep)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -108,9 +117,10 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
 
 def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], data_of: dict[int, Any], device,
                  batch_started: float, failures: list[str],
-                 stack_layers: bool | None = None, shared=None) -> None:
+                 stack_layers: bool | None = None, shared=None,
+                 advance: Callable[[SheetRun], None] | None = None) -> None:
     """Prepare, distil (in lockstep) and finish the runs of some stacks; data_of: id(stack) -> its data;
-    shared: the job's ``evaluation.SharedEvaluations``."""
+    shared: the job's ``evaluation.SharedEvaluations``; advance: see ``run_stacks``."""
     run_of, stack_size, members = {}, {}, []
     for stack in lockstep:
         for run in stack:
@@ -132,6 +142,8 @@ def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], d
             print(f"[failed] {run.id}: {exc}", flush=True)
             failures.append(f"run {run.id}: {exc}")
             member.student = member.teacher = None
+            if advance:
+                advance(run)
             return
         try:
             write_run_dir(run.run_dir, result)
@@ -141,5 +153,7 @@ def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], d
         print(f"[done] {run.id} m {row['m']} N {row['noise_steps']} student acc "
               f"{row['student_init_acc']:.4f}->{row['student_final_acc']:.4f} -> {run.run_dir}", flush=True)
         member.student = member.teacher = None  # free its weights now (a stream keeps its body)
+        if advance:
+            advance(run)
 
     distill_stack(members, device, done, stack_layers)

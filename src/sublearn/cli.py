@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+from . import progress, status
 from .architecture import MODEL_TYPES
 from .catalog import DATASETS, EMNIST_SPLITS, dataset_key
 from .config import FLAG_SETTINGS, ExperimentConfig, config_from_flags
-from .device import select_device
+from .device import peak_memory, select_device
 from .errors import Fault, UsageError, bad_value
 from .noise import DISTRIBUTIONS
 from .outputs import check_writable
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "auto: fused on CUDA, off on a CPU: per-run arithmetic) (default: %(default)s)")
     batch.add_argument("--plan", action="store_true", help="print the stacks and their estimated cost; compute nothing")
     batch.add_argument("--gflops", type=_number, default=100.0,
-                       help="sustained GFLOP/s of the device for --plan's time estimate (default: %(default)s)")
+                       help="sustained GFLOP/s for --plan and the time left before a run is done (%(default)s)")
     teachers = sub.add_parser("teachers", help="train the teachers of a teacher sheet in lockstep",
                               description="Train every untrained teacher of a teacher sheet (JSON Lines: id = "
                                           "teacher key, out = checkpoint .pt, settings) in one process, side by "
@@ -195,9 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "done, exactly as `sublearn teacher --teacher-out` writes it.")
     teachers.add_argument("--sheet", required=True, help="the teacher sheet (.jsonl)")
     add_job_flags(teachers)
+    teachers.add_argument("--gflops", type=_number, default=100.0, help="GFLOP/s for the time left (%(default)s)")
     teachers.add_argument("--stack-layers", default="auto", choices=("auto", "on", "off", "fused"),
                           help="train MLP teachers of equal shape, learning rate, batch size, epochs (any seed) in "
                                "batched matmuls, one per layer and step (auto: on CUDA; fused: as on; default auto)")
+    status.add_parser(sub)
     prep = sub.add_parser("prepare-data", help="download/parse a dataset once and cache its tensors",
                           description="Read a dataset with torchvision (downloading it when absent) and cache it.")
     prep.add_argument("--dataset", type=_lower, default=DEFAULTS.dataset, choices=DATASETS)
@@ -357,21 +360,12 @@ def cmd_batch(args) -> None:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
     stack_layers = {"auto": None, "on": True, "off": False, "fused": "fused"}[args.stack_layers]
-    sets = batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers,
-                            args.max_memory_mb)
+    with progress.of_runs(plan, args.sheet, args.gflops) as watch:
+        sets = batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers,
+                                args.max_memory_mb, advance=watch.advance)
     largest = max(sum(cost.memory_mb(r.rc) for stack in lockstep for r in stack) for lockstep in sets)
-    print(f"[batch] {_peak_memory(device)}; largest lockstep set estimated at {largest:.0f} MB of students",
+    print(f"[batch] {peak_memory(device)}; largest lockstep set estimated at {largest:.0f} MB of students",
           flush=True)
-
-
-def _peak_memory(device) -> str:
-    import resource
-
-    import torch
-
-    cuda = f", CUDA max allocated {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB" \
-        if device.type == "cuda" else ""
-    return f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB{cuda}"
 
 
 def cmd_teachers(args) -> None:
@@ -407,9 +401,11 @@ def cmd_teachers(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
-    batch.train_teacher_sheet(todo, device, caches, args.data_dir, args.cache_dir,
-                              {"auto": None, "on": True, "off": False, "fused": True}[args.stack_layers])
-    print(f"[teachers] {_peak_memory(device)}", flush=True)
+    with progress.of_teachers(todo, args.sheet, args.gflops) as watch:
+        batch.train_teacher_sheet(todo, device, caches, args.data_dir, args.cache_dir,
+                                  {"auto": None, "on": True, "off": False, "fused": True}[args.stack_layers],
+                                  watch.advance)
+    print(f"[teachers] {peak_memory(device)}", flush=True)
 
 
 def physical_memory_mb() -> float:
@@ -422,7 +418,7 @@ def _require_positive(value, flag: str) -> None:
 
 
 COMMANDS = {"run": cmd_run, "batch": cmd_batch, "teacher": cmd_teacher, "teachers": cmd_teachers,
-            "student": cmd_student,
+            "student": cmd_student, "status": status.cmd_status,
             "prepare-data": cmd_prepare_data}
 
 
@@ -441,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"sublearn {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
-    print(f"[time] {args.command} {time.time() - started:.2f} s", flush=True)
+    if args.command != "status":  # its output is the status alone
+        print(f"[time] {args.command} {time.time() - started:.2f} s", flush=True)
     return 0
 
 

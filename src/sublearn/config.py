@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import UsageError, bad_value
-from .syntax import load_json_or_path, parse_int_list, parse_perturb_shorthand
+from .syntax import load_json_or_path, parse_bool, parse_int_list, parse_perturb_shorthand
 
 NOISE = {"noise": True}  # metadata of the settings that shape the noise stream (see plan.noise_settings)
 
@@ -113,7 +113,28 @@ def config_from_flags(flags: dict[str, Any]) -> ExperimentConfig:
         arch = values.get(f"{role}_arch_spec")
         if isinstance(arch, str):
             values[f"{role}_arch_spec"] = load_json_or_path(arch, f"--{role}-arch-spec")
-    return ExperimentConfig(**_float_rates(values), perturb_specs=specs)
+    values = _float_rates(values)
+    types = _setting_types()
+    for key, value in values.items():
+        values[key] = _from_text(key, types[key], value) if isinstance(value, str) else value
+    _check_types(values, "")
+    return ExperimentConfig(**values, perturb_specs=specs)
+
+
+def _from_text(key: str, annotation: str, text: str) -> Any:
+    """A number or boolean setting spelt as text (a filled-in config template, `--config` text) read as
+    the command line reads it; other settings keep their text."""
+    kind = annotation.split(" ")[0].split("|")[0]
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise UsageError(f"setting {key}: invalid value {text!r}; expected {_expected(annotation)}") from None
+    if kind == "bool":
+        return parse_bool(text, f"setting {key}")
+    return text
 
 
 def _float_rates(values: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +148,28 @@ def _float_rates(values: dict[str, Any]) -> dict[str, Any]:
 def sheet_settings(config: ExperimentConfig) -> dict[str, Any]:
     """A config's run settings as a run sheet holds them (typed JSON values)."""
     return {k: v for k, v in config.to_dict().items() if k in RUN_SETTINGS}
+
+
+def _setting_types() -> dict[str, str]:
+    return {f.name: str(f.type) for f in fields(ExperimentConfig)}
+
+
+def _expected(annotation: str) -> str:
+    """What a setting's type allows, in words: 'an integer or null'."""
+    words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+             "list[int]": "a list of positive integers", "None": "null"}
+    kinds = [k.strip() for k in annotation.split("|")]
+    return " or ".join(words.get(k, "a list" if k.startswith("list") else k) for k in kinds)
+
+
+def _check_types(settings: dict[str, Any], where: str) -> None:
+    """Every value of the type its setting declares, else a UsageError naming where, the key, the value
+    and what is allowed: the one check of run sheets (the runner's jobs) and of the workflow's config."""
+    types = _setting_types()
+    for key, value in settings.items():
+        if not _type_ok(types[key], value):
+            raise UsageError(f"{where}{': ' if where else ''}setting {key}: invalid value {value!r}; "
+                             f"expected {_expected(types[key])}")
 
 
 def _type_ok(annotation: str, value: Any) -> bool:
@@ -152,10 +195,8 @@ def config_from_settings(settings: dict[str, Any], where: str) -> ExperimentConf
     is refused with a message naming where it is, the key and what is allowed."""
     if not isinstance(settings, dict):
         raise UsageError(f"{where}: settings must be an object of {{setting: value}}")
-    types = {f.name: str(f.type) for f in fields(ExperimentConfig)}
-    for key, value in settings.items():
+    for key in settings:
         if key not in RUN_SETTINGS:
             raise UsageError(f"{where}: unknown setting {key!r}; allowed: {', '.join(RUN_SETTINGS)}")
-        if not _type_ok(types[key], value):
-            raise UsageError(f"{where}: setting {key}: invalid value {value!r}; expected {types[key]}")
+    _check_types(settings, where)
     return ExperimentConfig(**_float_rates(dict(settings)))

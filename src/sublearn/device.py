@@ -61,3 +61,14 @@ def cuda_unusable_reason() -> str:
             caught.append(exc)
     said = " ".join(" ".join(str(getattr(w, "message", w)).split()) for w in caught)
     return f"torch {torch.__version__} for CUDA {torch.version.cuda}: {said or 'no CUDA device found'}"
+
+
+def peak_memory(device) -> str:
+    """This process's peak memory: RSS, and on CUDA the most torch allocated."""
+    import resource
+
+    import torch
+
+    cuda = f", CUDA max allocated {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB" \
+        if device.type == "cuda" else ""
+    return f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB{cuda}"

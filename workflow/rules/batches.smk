@@ -39,6 +39,9 @@ for _batch in BATCHES.values():
         params:
             data_dir=DATA_DIRS[_batch["dataset"]],
             memory_mb=config["batch"]["memory_mb"],
+            gflops=config["batch"]["gflops"],  # the time left before a first run is done
+            start=job_start_line(f"batch_{_batch['id']}", _batch["runs"], "runs", _batch["seconds"],
+                                 f"{LOGS}/batches/{_batch['id']}.log"),
             stack_layers=stack_layers_flag(config["batch"]["stack_layers"]),
             teacher_dir=lambda w, input: os.path.dirname(input.teachers[0]),
         threads: config["threads"]["student"]
@@ -52,8 +55,10 @@ for _batch in BATCHES.values():
         conda:
             TORCH_ENV
         shell:
+            "echo {params.start:q}; "
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} python -m sublearn.cli batch "
             "--sheet {input.sheet:q} --teacher-dir {params.teacher_dir:q} --threads {threads} "
             "--device \"$SUBLEARN_DEVICE\" --data-dir {params.data_dir:q} --cache-dir \"$(dirname {input.cache:q})\" "
             "--cache-only "
-            "--max-memory-mb {params.memory_mb} --stack-layers {params.stack_layers} > {log:q} 2>&1"
+            "--max-memory-mb {params.memory_mb} --gflops {params.gflops} --stack-layers {params.stack_layers} "
+            "> {log:q} 2>&1"

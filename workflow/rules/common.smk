@@ -17,10 +17,13 @@ for _path in (SRC, REPO / "workflow" / "scripts"):  # the runner (torch-free par
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import build_summary  # noqa: E402
 import grids  # noqa: E402  (numpy only)
 import jobs  # noqa: E402
 import runs_table as table  # noqa: E402
+from sublearn import status as build_status  # noqa: E402  (torch-free)
 from sublearn.catalog import CATALOG, DATASET_KEYS  # noqa: E402
+from sublearn.progress import duration  # noqa: E402
 
 R = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
@@ -42,6 +45,12 @@ shell.prefix("".join(f"export {k}={shlex.quote(str(v)).replace('{', '{{').replac
 
 class ConfigError(WorkflowError):
     pass
+
+
+# `--cores 0` (or `--jobs 0` run locally) leaves Snakemake's scheduler waiting forever for a free core
+if workflow.local_exec and workflow.is_main_process and workflow.resource_settings.cores == 0:
+    raise WorkflowError("--cores 0: no job can start without a core; give --cores N with N >= 1, "
+                        "or --cores all (every core of this machine)")
 
 
 wildcard_constraints:
@@ -77,6 +86,12 @@ if config.get("synthetic_mnist") == "auto" and "mnist" in SYNTHETIC and (RUNS["d
 FIGURES = [name for name, fig in config["figures"].items() if fig is not None]
 UNIQUE_RUNS = table.unique_runs(RUNS) if len(RUNS) else []
 _IDENTITIES = {d: data_identity(d) for d in {r["dataset"] for r in UNIQUE_RUNS}}
+_OTHER_DATA = data_locations.tables_of_other_data(R, FIGURES, _IDENTITIES)
+if _OTHER_DATA:
+    _ids = sorted({i for ids in _OTHER_DATA.values() for i in ids})
+    logger.warning(f"data changed: {', '.join(_OTHER_DATA)} in {R}/figures (and their tables and claims) were made "
+                   f"from other data ({', '.join(_ids)}) than data_dir holds now; this build replaces them. To keep "
+                   f"both, give each data its own results_dir (--config results_dir={R}-other)")
 # a local run knows its cores (--cores): with batch.fill_cores, each target's work is cut to keep them busy
 _CORES = workflow.resource_settings.cores if workflow.local_exec and workflow.is_main_process else 1
 BATCHES = jobs.plan_batches(UNIQUE_RUNS, config, _IDENTITIES, teacher_path, _CORES or 1)
@@ -95,13 +110,85 @@ for _r in RUNS[["figure", "panel", "point", "seed", "coords", "run_key", "run_di
     FIG_POINTS[_r.figure].setdefault(_r.panel, {})[_r.point] = _r.coords
 FIG_RUNS = {f: list(dict.fromkeys(files)) for f, files in FIG_RUNS.items()}
 
-if BATCHES:
-    logger.info(jobs.plan_summary(RUNS, UNIQUE_RUNS, BATCHES, TEACHER_SETS, FIGURES, config["batch"]["gflops"]))
+
+
+def requested_targets():
+    """The targets on Snakemake's command line ([] for none, None when unknown: not Snakemake's command
+    line, or one it cannot read). Snakemake hands its targets to the workflow only after reading it."""
+    from snakemake.cli import get_argument_parser
+
+    program = Path(sys.argv[0])
+    if not workflow.is_main_process or "snakemake" not in (program.name, program.parent.name):
+        return None
+    try:
+        args, _ = get_argument_parser().parse_known_args(sys.argv[1:])
+    except (SystemExit, Exception):  # argparse exits on what it cannot read: Snakemake itself says what
+        return None
+    return list(args.targets or ())
+
+
+def requested_figures():
+    """The figures that the targets name when they name figures only (`snakemake fig2`), else None (`all`,
+    `claims`, a file, no target: every figure)."""
+    targets = set(requested_targets() or ())
+    return [f for f in FIGURES if f in targets] if targets and targets <= set(FIGURES) else None
+
+
+def check_targets():
+    """A target that names no rule and no path (a typo, e.g. `fgi2`) stops with the valid targets and the
+    closest one; Snakemake alone says only "No rule to produce fgi2". Called once the rules are defined."""
+    import difflib
+
+    names = [rule.name for rule in workflow.rules]
+    shown = ["all", "claims", *FIGURES]
+    for target in requested_targets() or ():
+        if target in names or Path(target).name != target or "." in target:  # a file
+            continue
+        close = difflib.get_close_matches(target, shown, n=1) or difflib.get_close_matches(target, names, n=1)
+        raise WorkflowError(f"unknown target {target!r}" + (f" (did you mean {close[0]}?)" if close else "")
+                            + f"; targets: {', '.join(shown)}, or a file under {R}/")
+
+
+def write_status_plan():
+    """The plan that `sublearn status RESULTS_DIR` reads: per figure its runs and teachers, per job its
+    figures, size, estimated seconds and log (written when jobs start: onstart). With figure targets
+    (`snakemake fig2`), only theirs."""
+    targets = requested_figures()
+    shown = targets or FIGURES
+    figures = {f: {"runs": [os.path.dirname(r) for r in FIG_RUNS[f]],
+                   "teachers": sorted({f"{teacher_path(r.dataset, r.teacher_key)}.pt"
+                                       for r in RUNS[RUNS.figure == f].itertuples()})} for f in shown}
+    planned = [("batch", "batches", b, b["runs"]) for b in BATCHES.values()]
+    planned += [("teachers", "teachers", t, t["teachers"]) for t in TEACHER_SETS.values()]
+    jobs = {}
+    for kind, folder, job, items in planned:
+        served = sorted({f for item in items for f in item["figures"]} & set(shown))
+        if served:
+            jobs[job["id"]] = {"kind": kind, "rule": f"batch_{job['id']}" if kind == "batch" else job["id"].replace("-", "_"),
+                               "figures": served, "count": len(items), "seconds": job["seconds"],
+                               "log": f"{LOGS}/{folder}/{job['id']}.log"}
+    build_status.write_plan(R, figures, jobs, _CORES, targets)
+
+
+def log_plan():
+    """What the targets will compute: runs, jobs, time (read from the Snakefile's end, after the targets
+    are checked)."""
+    if BATCHES:
+        logger.info(jobs.plan_summary(RUNS, UNIQUE_RUNS, BATCHES, TEACHER_SETS, FIGURES, config["batch"]["gflops"],
+                                      requested_figures()))
 
 # torch_env gpu (the GPU profile): every teacher and batch job asks for one GPU (sbatch --gpus=1)
 TORCH_CLUSTER_RESOURCES = {"gpu": 1} if config["torch_env"] == "gpu" else {}
 if config["batch"].get("slurm_partition"):
     TORCH_CLUSTER_RESOURCES["slurm_partition"] = config["batch"]["slurm_partition"]
+
+
+def job_start_line(rule, items, what, seconds, log):
+    """The line a teacher or batch job prints when it starts (the terminal shows no rule blocks by
+    default): what it computes, for which figures, how long the cost model says, where its progress is."""
+    figures = sorted({f for item in items for f in item["figures"]})
+    return (f"[start] {rule}: {len(items)} {what} of {', '.join(figures)}, ~{duration(seconds)} by the cost model; "
+            f"progress in {log} (or: sublearn status {R})")
 
 
 def stack_layers_flag(value):

@@ -20,6 +20,9 @@ for _set in TEACHER_SETS.values():
         params:
             data_dir=DATA_DIRS[_set["dataset"]],
             stack_layers=stack_layers_flag(config["batch"]["stack_layers"]),
+            gflops=config["batch"]["gflops"],  # the time left before a first run is done
+            start=job_start_line(_set["id"].replace("-", "_"), _set["teachers"], "teachers", _set["seconds"],
+                                 f"{LOGS}/teachers/{_set['id']}.log"),
         threads: config["threads"]["teacher"]
         priority: TEACHER_PRIORITY
         resources:
@@ -29,7 +32,8 @@ for _set in TEACHER_SETS.values():
         conda:
             TORCH_ENV
         shell:
+            "echo {params.start:q}; "
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} python -m sublearn.cli teachers "
             "--sheet {input.sheet:q} --threads {threads} --device \"$SUBLEARN_DEVICE\" "
             "--data-dir {params.data_dir:q} --cache-dir \"$(dirname {input.cache:q})\" --cache-only "
-            "--stack-layers {params.stack_layers} > {log:q} 2>&1"
+            "--gflops {params.gflops} --stack-layers {params.stack_layers} > {log:q} 2>&1"

@@ -4,6 +4,7 @@
 # and every figure has its plot script.
 
 import copy
+import difflib
 import math
 from pathlib import Path
 
@@ -127,6 +128,21 @@ def non_finite_numbers(value, schema, root, where="config"):
             yield from non_finite_numbers(item, _within(schema, i, value, root), root, f"{where}[{i}]")
 
 
+def _unknown_keys(error):
+    """An unknown key's error as 'unknown key 'seed' (did you mean 'seeds'?); allowed: ...', or None."""
+    if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
+        return None
+    allowed = list(error.schema.get("properties", {}))
+    unknown = [key for key in error.instance if key not in allowed]
+    if not allowed or not unknown:
+        return None
+    guesses = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        guesses.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(guesses)}; allowed: {', '.join(allowed)}"
+
+
 def explain_invalid_config(cfg, schema_file):
     schema = yaml.safe_load(open(schema_file))
     coerce_strings(cfg, schema, schema)
@@ -140,7 +156,10 @@ def explain_invalid_config(cfg, schema_file):
         for error in errors[:5]:
             best = best_match([error])  # the most specific failure inside oneOf alternatives
             hint = best.schema.get("description", "") if "any of the given schemas" in best.message else ""
-            lines.append(f"{_config_path(best)}: {best.message}" + (f" ({' '.join(hint.split())})" if hint else ""))
+            message = _unknown_keys(best) or best.message
+            if hint:  # none of the alternatives: say what they are
+                message = f"{best.instance!r} is not allowed here; expected {' '.join(hint.split())}"
+            lines.append(f"{_config_path(best)}: {message}")
         more = f"\n({len(errors) - 5} more)" if len(errors) > 5 else ""
         raise WorkflowError("invalid config (see config/README.md):\n" + "\n".join(lines) + more)
 

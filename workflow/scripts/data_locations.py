@@ -83,3 +83,26 @@ class DataLocations:
         """Where a dataset's runs and teachers live: runs on synthetic data apart (R/synthetic), so that the
         same run key on the real data later is computed, not taken from the synthetic one."""
         return f"{self.results_dir}/synthetic" if dskey in self.synthetic else self.results_dir
+
+
+def tables_of_other_data(results_dir, figures, identities):
+    """{figure: identities}: the figures whose merged table (so whose figure and claims) was made from data
+    that no dataset of this config holds now (data_dir switched, the data replaced): this build replaces
+    them. ``identities``: the data identity of each dataset the config's runs use now (None: not there yet)."""
+    import pandas as pd
+
+    now = {identity for identity in identities.values() if identity is not None}
+    other = {}
+    for figure in figures:
+        table = Path(results_dir) / "tables" / f"{figure}.csv"
+        if not table.is_file():
+            continue
+        try:
+            made = pd.read_csv(table, usecols=lambda column: column == "data_identity")
+        except (OSError, ValueError, pd.errors.ParserError):
+            continue
+        if "data_identity" in made.columns:
+            old = set(made["data_identity"].dropna().astype(str)) - now - {"unknown"}
+            if old:
+                other[figure] = sorted(old)
+    return other

@@ -131,7 +131,16 @@ def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path):
     return out
 
 
-def plan_summary(runs_table, unique_runs, batches, teacher_sets, figures, gflops):
+def plan_summary(runs_table, unique_runs, batches, teacher_sets, figures, gflops, targets=None):
+    """What planning prints: runs, batch jobs and their time, teachers and their jobs, by figure. With
+    ``targets`` (figure names: `snakemake fig2`) it counts only the work those targets run, and says so."""
+    if targets:
+        batches = {i: b for i, b in batches.items() if any(set(targets) & set(r["figures"]) for r in b["runs"])}
+        teacher_sets = {i: t for i, t in teacher_sets.items()
+                        if any(set(targets) & t_["figures"] for t_ in t["teachers"])}
+        runs_table = runs_table[runs_table["figure"].isin(targets)]
+        unique_runs = [r for r in unique_runs if set(targets) & set(r["figures"])]
+        figures = [f for f in figures if f in targets]
     runs, todo = len(unique_runs), sum(len(b["runs"]) for b in batches.values())
     flops = sum(b["flops"] for b in batches.values())
     seconds = sum(b["seconds"] for b in batches.values())
@@ -142,9 +151,11 @@ def plan_summary(runs_table, unique_runs, batches, teacher_sets, figures, gflops
         per_figure.append(f"{figure} {count} to compute in {len(jobs)} jobs "
                           f"({sum(b['flops'] for b in jobs) / 1e12:.1f} TFLOP)")
     steps = sum(b["lockstep_steps"] for b in batches.values())
-    return (f"plan: {len(runs_table)} requested runs, {runs} distinct, {todo} to compute in {len(batches)} batch "
-            f"jobs; {flops / 1e12:.1f} TFLOP of students, ~{seconds / 3600:.2f} h of job time at {gflops:g} GFLOP/s "
-            f"per job (config batch.gflops; `sublearn batch --plan` prints a sheet's stacks)\n"
+    scope = (f"plan for {', '.join(targets)} (only {'this target' if len(targets) == 1 else 'these targets'}; "
+             "`snakemake all` plans every figure):\n") if targets else ""
+    return (f"{scope}plan: {len(runs_table)} requested runs, {runs} distinct, {todo} to compute in {len(batches)} "
+            f"batch jobs; {flops / 1e12:.1f} TFLOP of students, ~{seconds / 3600:.2f} h of job time at {gflops:g} "
+            f"GFLOP/s per job (config batch.gflops; `sublearn batch --plan` prints a sheet's stacks)\n"
             f"plan: {sum(len(t['teachers']) for t in teacher_sets.values())} teachers to train in "
             f"{len(teacher_sets)} teacher jobs, {sum(t['flops'] for t in teacher_sets.values()) / 1e12:.1f} TFLOP, "
             f"~{sum(t['seconds'] for t in teacher_sets.values()) / 3600:.2f} h of job time\n"

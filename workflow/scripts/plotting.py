@@ -220,18 +220,23 @@ def is_log(values, setting="auto") -> bool:
     return bool(spread(np.diff(np.log(v))) < spread(np.diff(v)))
 
 
+def tick_text(value: float) -> str:
+    """A tick's text: plain below 1000, else in powers of ten ($10^3$, $8{\\times}10^3$), so that an axis of a
+    few values and one of powers of ten beside it read alike."""
+    if value < 1000:
+        return f"{value:g}"
+    exponent = int(math.floor(math.log10(value) + 1e-9))
+    mantissa = value / 10**exponent
+    head = "" if abs(mantissa - 1) < 1e-9 else f"{mantissa:.2g}{{\\times}}"
+    return f"${head}10^{{{exponent}}}$"
+
+
 def log_ticks(axis, values) -> None:
     """Log-axis ticks: the values themselves when few, powers of ten otherwise."""
     values = sorted(set(float(v) for v in values))
-    if max(values) >= 1e5:
-        axis.set_major_locator(mticker.LogLocator(base=10))
-        axis.set_major_formatter(mticker.LogFormatterSciNotation())
-    elif len(values) <= 7:
-        axis.set_major_locator(mticker.FixedLocator(values))
-        axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    else:
-        axis.set_major_locator(mticker.LogLocator(base=10))
-        axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    few = len(values) <= 7 and max(values) < 1e5
+    axis.set_major_locator(mticker.FixedLocator(values) if few else mticker.LogLocator(base=10))
+    axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: tick_text(v)))
     axis.set_minor_formatter(mticker.NullFormatter())
 
 
@@ -243,9 +248,10 @@ def _numeric(values) -> bool:
     return True
 
 
-def _references(ax, part: pd.DataFrame, positions: dict, styles: dict, segment: float | None) -> None:
+def _references(ax, part: pd.DataFrame, positions: dict, styles: dict, segment: float | None) -> bool:
     """Teacher accuracy (dashed) and chance (dotted): one curve when every condition has the same, else
-    one per distinct curve (teacher curves then in their conditions' colours)."""
+    one per distinct curve (teacher curves then in their conditions' colours: returns True)."""
+    coloured = False
     for column, style in (("teacher_acc", TEACHER), ("chance", CHANCE)):
         curves = {}
         for condition, s in part.groupby("condition", sort=False):
@@ -254,14 +260,17 @@ def _references(ax, part: pd.DataFrame, positions: dict, styles: dict, segment: 
             curves.setdefault(curve, condition)
         for curve, condition in curves.items():
             colour = styles[condition]["color"] if column == "teacher_acc" and len(curves) > 1 else style["color"]
+            coloured |= colour != style["color"]
             xs, ys = zip(*sorted(curve), strict=True)
             if segment is None:
                 ax.plot(xs, ys, **{**style, "color": colour}, zorder=1)
             else:
                 ax.hlines(ys, np.subtract(xs, segment), np.add(xs, segment), **{**style, "color": colour}, zorder=1)
+    return coloured
 
 
-def draw_lines(ax, part: pd.DataFrame, panels: list[dict], metric: str, styles: dict) -> None:
+def draw_lines(ax, part: pd.DataFrame, panels: list[dict], metric: str, styles: dict) -> bool:
+    """Mean and interval per condition; returns whether teacher curves took their conditions' colours."""
     panel, x = panels[0], part["x_name"].iloc[0]
     xs = list(dict.fromkeys(part["x"].map(norm)))
     numeric = _numeric(xs) and not (x in panel["grid"] and panel["grid"][x]["labels"])
@@ -276,16 +285,18 @@ def draw_lines(ax, part: pd.DataFrame, panels: list[dict], metric: str, styles: 
             ax.fill_between(pos, s["ci_low"], s["ci_high"], color=styles[condition]["color"], alpha=0.18, lw=0,
                             zorder=2)
     log = numeric and is_log(list(positions.values()), panel["plot"].get("logx", "auto"))
+    coloured = False
     if metric == "acc":
         single = len(positions) == 1 or not numeric
         width = 0.35 if not numeric else (0.3 * max(positions.values()) if log else 0.5)
-        _references(ax, part, positions, styles, width if single else None)
+        coloured = _references(ax, part, positions, styles, width if single else None)
     if log:
         ax.set_xscale("log")
         log_ticks(ax.xaxis, positions.values())
     if not numeric:
         ax.set_xticks(list(positions.values()), [names.get(v, v) for v in positions])
         ax.set_xlim(-0.5, len(positions) - 0.5)
+    return coloured
 
 
 def draw_points(ax, part: pd.DataFrame, panels: list[dict], metric: str, styles: dict) -> None:
@@ -346,12 +357,30 @@ def draw_heatmap(ax, part: pd.DataFrame, panels: list[dict], metric: str, fig) -
         image = ax.imshow(values, origin="lower", aspect="auto", cmap=cmap, vmin=lo, vmax=1, interpolation="nearest")
         ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=90)
         ax.set_yticks(range(len(ys)), [str(v) for v in ys])
+    if values.size <= 64:  # few cells: each shows its value (dark text on the light end of the scale)
+        xc = np.asarray(xs, float) if _numeric(xs) and _numeric(ys) else np.arange(len(xs))
+        yc = np.asarray(ys, float) if _numeric(xs) and _numeric(ys) else np.arange(len(ys))
+        for (i, j), value in np.ndenumerate(values.filled(np.nan)):
+            if np.isfinite(value):
+                light = (value - lo) / (1 - lo) > 0.6
+                ax.text(xc[j], yc[i], f"{value:.2f}", ha="center", va="center", fontsize=6.5,
+                        color="black" if light else "white")
     bar = fig.colorbar(image, ax=ax, shrink=0.95, pad=0.02, aspect=25)
     bar.set_label(METRICS[metric][1] + " (mean)")
     if metric == "acc":  # the references on the colour scale, dark on its light end and light on its dark end
         for value, style in ((part["teacher_acc"].mean(), TEACHER), (part["chance"].mean(), CHANCE)):
             bar.ax.axhline(value, **{**style, "color": "black" if value > 0.5 else "white", "lw": 1.3})
     bar.ax.tick_params(labelsize=7)
+
+
+def seeds_text(summary: pd.DataFrame, spec: dict) -> str:
+    """How many seeds each point's mean is over, and what its band is (none with one seed)."""
+    low, high = int(summary["n_seeds"].min()), int(summary["n_seeds"].max())
+    n = f"n = {low}" if low == high else f"n = {low}-{high}"
+    if high < 2:
+        return f"{n} seed per point: no interval"
+    return f"mean of {n} seeds, {float(spec['bootstrap']['ci']):.0%} bootstrap interval" + (
+        " (n = 1: none)" if low < 2 else "")
 
 
 def draw(spec: dict, summary: pd.DataFrame):
@@ -366,6 +395,7 @@ def draw(spec: dict, summary: pd.DataFrame):
     fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, ROW_HEIGHT * nrows + 0.4), squeeze=False,
                              layout="constrained")
     styles = condition_styles(summary, spec)
+    coloured_teachers = False
     for k, ((axis, metric), ax) in enumerate(zip(cells, axes.flat, strict=False)):
         panels = groups[axis]
         part = summary[(summary["axis"] == axis) & (summary["metric"] == metric)]
@@ -383,7 +413,10 @@ def draw(spec: dict, summary: pd.DataFrame):
             draw_heatmap(ax, part, panels, metric, fig)
             ax.set_ylabel(panels[0]["plot"].get("ylabel", panels[0]["plot"]["y"]))
         else:
-            (draw_points if kind == "points" else draw_lines)(ax, part, panels, metric, styles)
+            if kind == "points":
+                draw_points(ax, part, panels, metric, styles)
+            else:
+                coloured_teachers |= draw_lines(ax, part, panels, metric, styles)
             ax.set_ylabel(METRICS[metric][1])
             if metric == "acc":
                 ax.set_ylim(0, 1.02)
@@ -398,11 +431,16 @@ def draw(spec: dict, summary: pd.DataFrame):
     drawn = set(summary.loc[summary["axis"].isin(line_axes), "condition"])
     handles = [Line2D([], [], color=s["color"], marker=s["marker"], label=c) for c, s in styles.items() if c in drawn]
     if (summary["metric"] == "acc").any():
-        handles += [Line2D([], [], **TEACHER, label="teacher"), Line2D([], [], **CHANCE, label="chance")]
+        teacher = "teacher (in its condition's colour where they differ)" if coloured_teachers else "teacher"
+        handles += [Line2D([], [], **TEACHER, label=teacher), Line2D([], [], **CHANCE, label="chance")]
+    # the figure's title and what its points are, above its legend (one layout box)
+    title = f"{spec['figure']}: {spec['title']}" + (f"\n{seeds_text(summary, spec)}" if len(summary) else "")
     if handles:
         ncol = len(handles) if len(handles) <= 6 else math.ceil(len(handles) / 2)
         fig.legend(handles=handles, loc="outside upper center", ncol=ncol, frameon=False,
-                   handlelength=2.2, columnspacing=1.2)
+                   handlelength=2.2, columnspacing=1.2, title=title, title_fontproperties={"size": 9})
+    else:
+        fig.suptitle(title, fontsize=9.5, fontweight="bold")
     if spec["synthetic"]:
         fig.supxlabel(f"* synthetic {' and '.join(spec['synthetic'])}: generated stand-in data, not the real "
                       "dataset; these numbers say nothing about the paper's results", fontsize=7, color=VERMILLION)
