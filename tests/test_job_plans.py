@@ -63,9 +63,18 @@ def test_longest_first_puts_the_longest_trajectories_in_one_lockstep_set():
         assert grouping.lockstep_steps(sets) == steps, longest_first
 
 
+def write_own_claims(workdir):
+    """A claim that the test's fig2 grid has (the paper's name grid points it lacks): the workflow reads a
+    working directory's config/claims.yaml before its own."""
+    (workdir / "config" / "claims.yaml").write_text(
+        "claims:\n  - {id: t1, source: test, statement: test, figure: fig2, panel: init,\n"
+        "     condition: {student_init: rand_hidden}, x: m, test: above_chance, require: any}\n")
+
+
 def test_the_gpu_profile_plans_few_long_jobs_and_prints_its_lockstep_steps(tmp_path):
     workdir = tmp_path / "wf"
     write_config(workdir, base_config(Path("nowhere"), {"fig2": fig2_block(m=(3, 10, 25))}, seeds=(0, 1, 2, 3)))
+    write_own_claims(workdir)
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--workflow-profile",
            str(REPO / "profiles" / "gpu"), "--dry-run", "all"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -75,3 +84,32 @@ def test_the_gpu_profile_plans_few_long_jobs_and_prints_its_lockstep_steps(tmp_p
     steps = int(re.search(r"lockstep steps: (\d+)", text).group(1))
     assert steps == 5  # the 24 runs of 4 seeds in one lockstep set, whose trajectories take N 5 x E 1 steps
     assert "--stack-layers auto" in text and "--device cuda" not in text  # the device reaches jobs by the env
+
+
+def test_the_gpu_profile_survives_a_command_line_config_or_says_what_to_add(tmp_path):
+    """`--config` adds to the GPU profile's settings (a config file, profiles/gpu/gpu.yaml); a `--configfile`
+    replaces the profile's, and then the workflow stops before planning, naming the profile, the settings
+    it lost and what to add; named last, the profile's file gives the GPU plan again."""
+    workdir = tmp_path / "wf"
+    write_config(workdir, base_config(Path("nowhere"), {"fig2": fig2_block()}, seeds=(0, 1, 2)))
+    write_own_claims(workdir)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("batch: {max_tflop: 5, memory_mb: 4000}\n")
+
+    def plan(*args):
+        cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--workflow-profile",
+               str(REPO / "profiles" / "gpu"), "--dry-run", "fig2", *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        return out.returncode, out.stdout + out.stderr
+
+    def gpu_plan(text):  # the profile's budgets, one job, its runs in one lockstep set of N 5 x E 1 steps
+        return ("at 20000 GFLOP/s" in text and "to compute in 1 batch jobs" in text and "lockstep steps: 5 " in text)
+
+    code, text = plan("--config", "seeds=[0,1]")
+    assert code == 0 and gpu_plan(text) and "8 distinct" in text, text[-3000:]  # 2 seeds x 2 m x 2 inits
+    code, text = plan("--configfile", str(workdir / "config" / "config.yaml"), str(mine))
+    assert code != 0 and not gpu_plan(text)
+    assert "GPU profile (profiles/gpu)" in text and "profiles/gpu/gpu.yaml" in text, text[-3000:]
+    assert "device: 'cpu' (the profile: 'cuda')" in text and "batch.memory_mb: 4000 (the profile: 60000)" in text
+    code, text = plan("--configfile", str(mine), str(REPO / "profiles" / "gpu" / "gpu.yaml"))
+    assert code == 0 and gpu_plan(text), text[-3000:]

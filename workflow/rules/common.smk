@@ -22,6 +22,21 @@ import jobs  # noqa: E402
 import runs_table as table  # noqa: E402
 from sublearn.catalog import CATALOG, DATASET_KEYS  # noqa: E402
 
+# profiles/gpu keeps its workflow settings in a config file (so that `--config` adds to them); a
+# --configfile on the command line replaces it: then stop before planning, saying what to add.
+GPU_SETTINGS = REPO / "profiles" / "gpu" / "gpu.yaml"
+if workflow.is_main_process and ("gpu" in workflow.resource_settings.resources
+                                 or GPU_SETTINGS in map(Path, workflow.config_settings.configfiles)):
+    import yaml
+
+    _lost = jobs.overridden_settings(yaml.safe_load(GPU_SETTINGS.read_text()), config,
+                                     dict(workflow.config_settings.config))
+    if _lost:
+        raise WorkflowError(
+            f"the GPU profile (profiles/gpu) is in use but its settings ({GPU_SETTINGS.relative_to(REPO)}) are "
+            f"not: {'; '.join(_lost)}. A --configfile on the command line replaces the profile's config file: "
+            f"name it last (--configfile YOUR.yaml {GPU_SETTINGS.relative_to(REPO)}), or set these with --config")
+
 R = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
 # conda env of the torch rules: the CPU or the CUDA build (not a rerun trigger in our profiles)

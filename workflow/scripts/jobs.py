@@ -36,6 +36,24 @@ def stacked_layers(cfg):
     return value not in (False, "off")
 
 
+def overridden_settings(settings, config, command_line, where=""):
+    """A profile's workflow settings (its config file, as a dict) that ``config`` no longer holds, except those
+    the command line's --config set (``command_line``): ["key: now (the profile: value)", ...]. A profile's
+    config file is dropped, or overridden key by key, by a --configfile given after it on the command line."""
+    out = []
+    for key, value in settings.items():
+        name = f"{where}{key}"
+        if key in command_line and not isinstance(value, dict):
+            continue
+        now = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, dict):
+            below = command_line.get(key, {}) if isinstance(command_line.get(key), dict) else {}
+            out += overridden_settings(value, now if isinstance(now, dict) else {}, below, f"{name}.")
+        elif now != value:
+            out.append(f"{name}: {now!r} (the profile: {value!r})")
+    return out
+
+
 def batch_group(run):
     """The runs one job may hold: those requested by the same figures, of one dataset (so `snakemake fig5`
     computes no other figure's runs)."""
