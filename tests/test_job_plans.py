@@ -12,6 +12,7 @@ from test_workflow import REPO, SNAKEMAKE, base_config, fig2_block, write_config
 
 from sublearn import cost, grouping
 from sublearn.config import config_from_flags
+from sublearn.device import STACK_LAYERS, planned_device, training_path
 from sublearn.plan import resolve
 
 
@@ -113,3 +114,36 @@ def test_the_gpu_profile_survives_a_command_line_config_or_says_what_to_add(tmp_
     assert "device: 'cpu' (the profile: 'cuda')" in text and "batch.memory_mb: 4000 (the profile: 60000)" in text
     code, text = plan("--configfile", str(mine), str(REPO / "profiles" / "gpu" / "gpu.yaml"))
     assert code == 0 and gpu_plan(text), text[-3000:]
+
+
+def test_the_planner_and_the_runner_take_one_training_path_and_the_merge_names_a_mix(capsys):
+    """jobs.py plans with the runner's own rule (device.training_path) on the device it expects; device auto
+    is the GPU under a GPU plan; a figure's table that mixes paths is named in a warning."""
+    import importlib.util
+    import sys
+
+    import pandas as pd
+    import torch
+
+    sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+    import jobs
+
+    for setting in (*STACK_LAYERS, True, False):
+        for device in ("cpu", "cuda", "cuda:1"):
+            cfg = {"device": device, "batch": {"stack_layers": setting, "plan": "cpu"}}
+            assert jobs.job_training_path(cfg) == (training_path(setting, torch.device(device)), device[:4]), cfg
+    assert [training_path("auto", d) for d in ("cpu", "cuda")] == ["alone", "fused"]
+    assert [training_path(s, "cuda") for s in ("on", True, "off", False, "fused")] == \
+        ["stacked", "stacked", "alone", "alone", "fused"]
+    assert planned_device("auto", gpu_plan=True) == "cuda"
+    assert jobs.job_training_path({"device": "auto", "batch": {"plan": "gpu"}}) == ("fused", "cuda")
+    spec = importlib.util.spec_from_file_location("merge", REPO / "workflow" / "scripts" / "merge.py")
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    runs = pd.DataFrame({"dataset": ["mnist"] * 3, "emnist_split": ["balanced"] * 3, "data_identity": ["sha256:1"] * 3,
+                         "device": ["cuda"] * 3, "threads": [1] * 3, "torch_version": ["2"] * 3,
+                         "training_path": ["fused", "fused", "stacked"], "outdir": ["r/a", "r/b", "r/c"]})
+    merge.check_provenance(runs, "fig9", False)
+    out = capsys.readouterr().out
+    assert "fig9: runs mix training_path values" in out and "stacked (1 runs, e.g. r/c)" in out
+    assert "device" not in out.replace("training_path", "")

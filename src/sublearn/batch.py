@@ -29,7 +29,7 @@ from .teacher import check_checkpoint, finish_teacher, load_checkpoint, prepare_
 
 
 def train_teacher_sheet(teachers: list[SheetTeacher], device, caches: dict[tuple, tuple[Path, str]], data_dir: str,
-                        cache_dir: str, stack_layers: bool | None = None) -> None:
+                        cache_dir: str, stack_layers: bool | str | None = None) -> None:
     """Train teachers in lockstep (``teacher.train_teachers``), each written as soon as it is done, exactly
     as `sublearn teacher --teacher-out` writes it. caches: (dataset, split) -> (prepared cache, identity)."""
     loaded: dict[tuple, Any] = {}
@@ -63,7 +63,7 @@ def train_teacher_sheet(teachers: list[SheetTeacher], device, caches: dict[tuple
 
 
 def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, caches: dict[tuple, tuple[Path, str]],
-               data_dir: str, cache_dir: str, stack_layers: bool | None = None,
+               data_dir: str, cache_dir: str, stack_layers: bool | str | None = None,
                max_memory_mb: float | None = None) -> list[list[list[SheetRun]]]:
     """Train every stack; write each run's folder as soon as the run is done. caches: (dataset, split) ->
     (prepared cache, data identity); stack_layers (default: on CUDA): see ``student.distill_stack``;
@@ -109,7 +109,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
 
 def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], data_of: dict[int, Any], device,
                  batch_started: float, failures: list[str],
-                 stack_layers: bool | None = None, shared=None) -> None:
+                 stack_layers: bool | str | None = None, shared=None) -> None:
     """Prepare, distil (in lockstep) and finish the runs of some stacks; data_of: id(stack) -> its data;
     shared: the job's ``evaluation.SharedEvaluations``."""
     run_of, stack_size, members = {}, {}, []

@@ -39,7 +39,7 @@ for _batch in BATCHES.values():
         params:
             data_dir=DATA_DIRS[_batch["dataset"]],
             memory_mb=config["batch"]["memory_mb"],
-            stack_layers=stack_layers_flag(config["batch"]["stack_layers"]),
+            stack_layers=stack_layers_setting(config["batch"]["stack_layers"]),
             teacher_dir=lambda w, input: os.path.dirname(input.teachers[0]),
         threads: config["threads"]["student"]
         # longest first (after the teachers): the short jobs then fill the cores at the end instead of one

@@ -21,6 +21,7 @@ import grids  # noqa: E402  (numpy only)
 import jobs  # noqa: E402
 import runs_table as table  # noqa: E402
 from sublearn.catalog import CATALOG, DATASET_KEYS  # noqa: E402
+from sublearn.device import stack_layers_setting  # noqa: E402
 
 # profiles/gpu keeps its workflow settings in a config file (so that `--config` adds to them); a
 # --configfile on the command line replaces it: then stop before planning, saying what to add.
@@ -111,17 +112,12 @@ for _r in RUNS[["figure", "panel", "point", "seed", "coords", "run_key", "run_di
 FIG_RUNS = {f: list(dict.fromkeys(files)) for f, files in FIG_RUNS.items()}
 
 if BATCHES:
-    logger.info(jobs.plan_summary(RUNS, UNIQUE_RUNS, BATCHES, TEACHER_SETS, FIGURES, config["batch"]["gflops"]))
+    logger.info(jobs.plan_summary(RUNS, UNIQUE_RUNS, BATCHES, TEACHER_SETS, FIGURES, config))
 
 # torch_env gpu (the GPU profile): every teacher and batch job asks for one GPU (sbatch --gpus=1)
 TORCH_CLUSTER_RESOURCES = {"gpu": 1} if config["torch_env"] == "gpu" else {}
 if config["batch"].get("slurm_partition"):
     TORCH_CLUSTER_RESOURCES["slurm_partition"] = config["batch"]["slurm_partition"]
-
-
-def stack_layers_flag(value):
-    """config batch.stack_layers (YAML reads on/off as booleans) -> `sublearn batch --stack-layers`."""
-    return {True: "on", False: "off"}.get(value, value)
 
 
 # --------------------------------------------------------------------------------------------------

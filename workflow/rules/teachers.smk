@@ -19,7 +19,7 @@ for _set in TEACHER_SETS.values():
             f"{LOGS}/teachers/{_set['id']}.log",
         params:
             data_dir=DATA_DIRS[_set["dataset"]],
-            stack_layers=stack_layers_flag(config["batch"]["stack_layers"]),
+            stack_layers=stack_layers_setting(config["batch"]["stack_layers"]),
         threads: config["threads"]["teacher"]
         priority: TEACHER_PRIORITY
         resources:
