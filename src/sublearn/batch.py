@@ -96,7 +96,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
                        for key in dict.fromkeys(stack[0].rc.teacher_key() for stack in lockstep)}
         which = f"stack {done_stacks + 1}" if len(lockstep) == 1 else \
             f"stacks {done_stacks + 1}-{done_stacks + len(lockstep)}"
-        print(f"[batch] {which}/{len(plan)}: {sum(map(len, lockstep))} students in lockstep", flush=True)
+        print(f"[batch] {which}/{sum(map(len, sets))}: {sum(map(len, lockstep))} students in lockstep", flush=True)
         run_lockstep(lockstep, checkpoints, data_of, device, batch_started, failures, stack_layers, shared)
         done_stacks += len(lockstep)
         if device.type == "cuda":

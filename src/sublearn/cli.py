@@ -358,7 +358,7 @@ def cmd_batch(args) -> None:
     device = select_device(args.device)
     sets = batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, args.stack_layers,
                             args.max_memory_mb)
-    largest = max(sum(cost.memory_mb(r.rc) for stack in lockstep for r in stack) for lockstep in sets)
+    largest = max(grouping.set_memory_mb(lockstep) for lockstep in sets)
     print(f"[batch] {_peak_memory(device)}; largest lockstep set estimated at {largest:.0f} MB of students",
           flush=True)
 
