@@ -190,6 +190,9 @@ def test_stack_members_equal_lone_runs_bit_for_bit(stack_layers, tiny_data, tiny
                    for line in capsys.readouterr().out.splitlines() if line.startswith("[stack] ")]
         assert sorted(stacked) == [["base_N7", "m5_N7", "m9_N7_random", "s1_N7"], ["frozen", "frozen_m2"],
                                    ["frozen_aux", "perturbed", "s1_m3", "s1_perlin"]]
+        assert all(finished[name].run_row["training_path"] == "stacked" for group in stacked for name in group)
+    else:  # runs.csv says how each run was made
+        assert {result.run_row["training_path"] for result in finished.values()} == {"alone"}
 
 
 def test_shared_evaluations_stay_within_their_budget_and_tell_bodies_apart():

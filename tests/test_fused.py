@@ -222,6 +222,7 @@ def test_batch_cli_stack_layers_fused(tiny_data, tiny_cache, tmp_path, capsys):
                      "--stack-layers", mode]) == 0
         assert ("[fused] 3 students fused" in capsys.readouterr().out) == (mode == "fused")
         rows[mode] = _rows(dirs)
+        assert {row["training_path"] for row in rows[mode].values()} == {"fused" if mode == "fused" else "alone"}
     for name in rcs:
         for column in COMPARED:
             a, b = float(rows["fused"][name][column]), float(rows["off"][name][column])

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from test_workflow import REPO, SNAKEMAKE, base_config, fig2_block, write_config
 
-from sublearn import cost, grouping
+from sublearn import cost, grouping, sheets
 from sublearn.config import config_from_flags
+from sublearn.device import STACK_LAYERS, planned_device, training_path
 from sublearn.plan import resolve
 
 
@@ -45,6 +46,17 @@ def test_a_local_cut_gives_a_multiple_of_the_cores_in_jobs_of_near_equal_cost(co
     assert max(flops) <= 2.2 * stack
 
 
+@pytest.mark.parametrize(("budget", "cores"), [(1.1, 2), (0.45, 5)])
+def test_a_local_cut_gives_a_multiple_of_the_cores_where_the_budget_search_jumps_past_it(budget, cores):
+    """7 seeds of fig2: the smallest budget search alone gives 7 or 21 jobs here; the costliest job is then
+    halved until the count is a multiple of the cores (only jobs of one run cannot be)."""
+    runs = fig2_runs(range(7))
+    jobs = grouping.cut_into_jobs(runs, budget * job_flops(runs[:6]), 400, cores=cores)
+    assert len(jobs) % cores == 0, len(jobs)
+    assert sorted(r.id for job in jobs for r in job) == sorted(r.id for r in runs)
+    assert max(job_flops(job) for job in jobs) <= budget * job_flops(runs[:6])
+
+
 def test_longest_first_puts_the_longest_trajectories_in_one_lockstep_set():
     """Eight stacks of one run (their noise batch sizes differ), short (5 steps) and long (400) in turn,
     two stacks to a lockstep set: in the default order each set holds a long one; longest first, two sets
@@ -63,9 +75,18 @@ def test_longest_first_puts_the_longest_trajectories_in_one_lockstep_set():
         assert grouping.lockstep_steps(sets) == steps, longest_first
 
 
+def write_own_claims(workdir):
+    """A claim that the test's fig2 grid has (the paper's name grid points it lacks): the workflow reads a
+    working directory's config/claims.yaml before its own."""
+    (workdir / "config" / "claims.yaml").write_text(
+        "claims:\n  - {id: t1, source: test, statement: test, figure: fig2, panel: init,\n"
+        "     condition: {student_init: rand_hidden}, x: m, test: above_chance, require: any}\n")
+
+
 def test_the_gpu_profile_plans_few_long_jobs_and_prints_its_lockstep_steps(tmp_path):
     workdir = tmp_path / "wf"
     write_config(workdir, base_config(Path("nowhere"), {"fig2": fig2_block(m=(3, 10, 25))}, seeds=(0, 1, 2, 3)))
+    write_own_claims(workdir)
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--workflow-profile",
            str(REPO / "profiles" / "gpu"), "--dry-run", "all"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -97,3 +118,99 @@ def test_a_one_figure_plan_counts_only_that_figures_runs_and_time(tmp_path):
     assert by_figure.startswith("fig2 ") and "fig5" not in by_figure
     hours = [re.search(r"~([\d.]+) h of job time", outputs[name]).group(1) for name in ("fig2", "alone")]
     assert hours[0] == hours[1]
+
+
+def test_the_gpu_profile_survives_a_command_line_config_or_says_what_to_add(tmp_path):
+    """`--config` adds to the GPU profile's settings (a config file, profiles/gpu/gpu.yaml); a `--configfile`
+    replaces the profile's, and then the workflow stops before planning, naming the profile, the settings
+    it lost and what to add; named last, the profile's file gives the GPU plan again."""
+    workdir = tmp_path / "wf"
+    write_config(workdir, base_config(Path("nowhere"), {"fig2": fig2_block()}, seeds=(0, 1, 2)))
+    write_own_claims(workdir)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("batch: {max_tflop: 5, memory_mb: 4000}\n")
+
+    def plan(*args):
+        cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--workflow-profile",
+               str(REPO / "profiles" / "gpu"), "--dry-run", "fig2", *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        return out.returncode, out.stdout + out.stderr
+
+    def gpu_plan(text):  # the profile's budgets, one job, its runs in one lockstep set of N 5 x E 1 steps
+        return ("at 20000 GFLOP/s" in text and "to compute in 1 batch jobs" in text and "lockstep steps: 5 " in text)
+
+    code, text = plan("--config", "seeds=[0,1]")
+    assert code == 0 and gpu_plan(text) and "8 distinct" in text, text[-3000:]  # 2 seeds x 2 m x 2 inits
+    code, text = plan("--configfile", str(workdir / "config" / "config.yaml"), str(mine))
+    assert code != 0 and not gpu_plan(text)
+    assert "GPU profile (profiles/gpu)" in text and "profiles/gpu/gpu.yaml" in text, text[-3000:]
+    assert "device: 'cpu' (the profile: 'cuda')" in text and "batch.memory_mb: 4000 (the profile: 60000)" in text
+    code, text = plan("--configfile", str(mine), str(REPO / "profiles" / "gpu" / "gpu.yaml"))
+    assert code == 0 and gpu_plan(text), text[-3000:]
+
+
+def test_the_planner_and_the_runner_take_one_training_path_and_the_merge_names_a_mix(capsys):
+    """jobs.py plans with the runner's own rule (device.training_path) on the device it expects; device auto
+    is the GPU under a GPU plan; a figure's table that mixes paths is named in a warning."""
+    import importlib.util
+    import sys
+
+    import pandas as pd
+    import torch
+
+    sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+    import jobs
+
+    for setting in (*STACK_LAYERS, True, False):
+        for device in ("cpu", "cuda", "cuda:1"):
+            cfg = {"device": device, "batch": {"stack_layers": setting, "plan": "cpu"}}
+            assert jobs.job_training_path(cfg) == (training_path(setting, torch.device(device)), device[:4]), cfg
+    assert [training_path("auto", d) for d in ("cpu", "cuda")] == ["alone", "fused"]
+    assert [training_path(s, "cuda") for s in ("on", True, "off", False, "fused")] == \
+        ["stacked", "stacked", "alone", "alone", "fused"]
+    assert planned_device("auto", gpu_plan=True) == "cuda"
+    assert jobs.job_training_path({"device": "auto", "batch": {"plan": "gpu"}}) == ("fused", "cuda")
+    spec = importlib.util.spec_from_file_location("merge", REPO / "workflow" / "scripts" / "merge.py")
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    runs = pd.DataFrame({"dataset": ["mnist"] * 3, "emnist_split": ["balanced"] * 3, "data_identity": ["sha256:1"] * 3,
+                         "device": ["cuda"] * 3, "threads": [1] * 3, "torch_version": ["2"] * 3,
+                         "training_path": ["fused", "fused", "stacked"], "outdir": ["r/a", "r/b", "r/c"]})
+    merge.check_provenance(runs, "fig9", False)
+    out = capsys.readouterr().out
+    assert "fig9: runs mix training_path values" in out and "stacked (1 runs, e.g. r/c)" in out
+    assert "device" not in out.replace("training_path", "")
+
+
+def test_the_papers_gpu_plan_trains_fig4s_tail_in_one_lockstep_set():
+    """The paper (config/config.yaml) under the GPU profile's settings, planned as the workflow plans it:
+    fig4's m = 1 trajectories (8192 noise batches x 5 epochs) of all 20 seeds share one job and one
+    lockstep set, so the tail is 40,960 steps once; the whole plan keeps to the issue's targets (<= 20
+    teacher and batch jobs, <= 50,000 lockstep steps; 166,840 before the tail was one set)."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+    import jobs
+    import runs_table
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, value in yaml.safe_load((REPO / "profiles" / "gpu" / "gpu.yaml").read_text()).items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    runs = runs_table.unique_runs(runs_table.runs_table(cfg, lambda dataset: f"results/{dataset}"))
+    identities = dict.fromkeys({r["dataset"] for r in runs})
+    batches = jobs.plan_batches(runs, cfg, identities, lambda dataset, key: f"teachers/{key}")
+    teachers = jobs.plan_teacher_sets(runs, batches, cfg, identities, lambda dataset, key: f"teachers/{key}")
+    tail = [r for r in runs if r["rc"].config.m == 1 and r["rc"].config.noise_steps == 8192]
+    assert len(tail) == 20 and {r["rc"].config.student_epochs for r in tail} == {5}
+    tail_keys = {r["run_key"] for r in tail}
+    (job,) = [b for b in batches.values() if tail_keys & {r["run_key"] for r in b["runs"]}]
+    budget = cfg["batch"]["memory_mb"]
+    sheet_runs = [sheets.SheetRun(r["run_key"], Path(r["run_dir"]), r["rc"]) for r in job["runs"]]
+    sets = grouping.lockstep_sets(grouping.plan_stacks(sheet_runs, budget), budget)  # as the job's runner forms them
+    long_sets = [s for s in sets if {r.id for stack in s for r in stack} & tail_keys]
+    assert len(long_sets) == 1 and tail_keys <= {r.id for stack in long_sets[0] for r in stack}
+    assert job["lockstep_steps"] - 40960 < 40960  # the tail once
+    assert len(batches) + len(teachers) <= 20
+    assert sum(b["lockstep_steps"] for b in batches.values()) <= 50_000

@@ -30,7 +30,7 @@ from .teacher import check_trained_teacher, finish_teacher, load_checkpoint, pre
 
 
 def train_teacher_sheet(teachers: list[SheetTeacher], device, caches: dict[tuple, tuple[Path, str]], data_dir: str,
-                        cache_dir: str, stack_layers: bool | None = None,
+                        cache_dir: str, stack_layers: bool | str | None = None,
                         advance: Callable[[SheetTeacher], None] | None = None) -> None:
     """Train teachers in lockstep (``teacher.train_teachers``), each written as soon as it is done, exactly
     as `sublearn teacher --teacher-out` writes it. caches: (dataset, split) -> (prepared cache, identity);
@@ -71,7 +71,7 @@ def train_teacher_sheet(teachers: list[SheetTeacher], device, caches: dict[tuple
 
 
 def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, caches: dict[tuple, tuple[Path, str]],
-               data_dir: str, cache_dir: str, stack_layers: bool | None = None,
+               data_dir: str, cache_dir: str, stack_layers: bool | str | None = None,
                max_memory_mb: float | None = None,
                advance: Callable[[SheetRun], None] | None = None) -> list[list[list[SheetRun]]]:
     """Train every stack; write each run's folder as soon as the run is done. caches: (dataset, split) ->
@@ -104,7 +104,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
                        for key in dict.fromkeys(stack[0].rc.teacher_key() for stack in lockstep)}
         which = f"stack {done_stacks + 1}" if len(lockstep) == 1 else \
             f"stacks {done_stacks + 1}-{done_stacks + len(lockstep)}"
-        print(f"[batch] {which}/{len(plan)}: {sum(map(len, lockstep))} students in lockstep", flush=True)
+        print(f"[batch] {which}/{sum(map(len, sets))}: {sum(map(len, lockstep))} students in lockstep", flush=True)
         run_lockstep(lockstep, checkpoints, data_of, device, batch_started, failures, stack_layers, shared, advance)
         done_stacks += len(lockstep)
         if device.type == "cuda":
@@ -117,7 +117,7 @@ def run_stacks(plan: list[list[SheetRun]], teachers: dict[str, Path], device, ca
 
 def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], data_of: dict[int, Any], device,
                  batch_started: float, failures: list[str],
-                 stack_layers: bool | None = None, shared=None,
+                 stack_layers: bool | str | None = None, shared=None,
                  advance: Callable[[SheetRun], None] | None = None) -> None:
     """Prepare, distil (in lockstep) and finish the runs of some stacks; data_of: id(stack) -> its data;
     shared: the job's ``evaluation.SharedEvaluations``; advance: see ``run_stacks``."""

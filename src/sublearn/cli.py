@@ -17,7 +17,7 @@ from . import progress, status
 from .architecture import MODEL_TYPES
 from .catalog import DATASETS, EMNIST_SPLITS, dataset_key
 from .config import FLAG_SETTINGS, ExperimentConfig, config_from_flags
-from .device import peak_memory, select_device
+from .device import STACK_LAYERS, peak_memory, select_device
 from .errors import Fault, UsageError, bad_value
 from .noise import DISTRIBUTIONS
 from .outputs import check_writable
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--max-memory-mb", type=_number, default=None,
                        help="split stacks (and, with stacked layers, group stacks in lockstep) so that the "
                             "students distilled side by side fit this estimate")
-    batch.add_argument("--stack-layers", default="auto", choices=("auto", "on", "off", "fused"),
+    batch.add_argument("--stack-layers", default="auto", choices=STACK_LAYERS,
                        help="train stacks in lockstep, MLP students of equal shape (any seed) in batched matmuls (on: "
                             "bit for bit where they are; fused: teachers, heads, losses, Adam too, float tolerance; "
                             "auto: fused on CUDA, off on a CPU: per-run arithmetic) (default: %(default)s)")
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     teachers.add_argument("--sheet", required=True, help="the teacher sheet (.jsonl)")
     add_job_flags(teachers)
     teachers.add_argument("--gflops", type=_number, default=100.0, help="GFLOP/s for the time left (%(default)s)")
-    teachers.add_argument("--stack-layers", default="auto", choices=("auto", "on", "off", "fused"),
+    teachers.add_argument("--stack-layers", default="auto", choices=STACK_LAYERS,
                           help="train MLP teachers of equal shape, learning rate, batch size, epochs (any seed) in "
                                "batched matmuls, one per layer and step (auto: on CUDA; fused: as on; default auto)")
     status.add_parser(sub)
@@ -359,11 +359,10 @@ def cmd_batch(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
-    stack_layers = {"auto": None, "on": True, "off": False, "fused": "fused"}[args.stack_layers]
     with progress.of_runs(plan, args.sheet, args.gflops) as watch:
-        sets = batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, stack_layers,
+        sets = batch.run_stacks(plan, teachers, device, caches, args.data_dir, args.cache_dir, args.stack_layers,
                                 args.max_memory_mb, advance=watch.advance)
-    largest = max(sum(cost.memory_mb(r.rc) for stack in lockstep for r in stack) for lockstep in sets)
+    largest = max(grouping.set_memory_mb(lockstep) for lockstep in sets)
     print(f"[batch] {peak_memory(device)}; largest lockstep set estimated at {largest:.0f} MB of students",
           flush=True)
 
@@ -402,8 +401,7 @@ def cmd_teachers(args) -> None:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
     with progress.of_teachers(todo, args.sheet, args.gflops) as watch:
-        batch.train_teacher_sheet(todo, device, caches, args.data_dir, args.cache_dir,
-                                  {"auto": None, "on": True, "off": False, "fused": True}[args.stack_layers],
+        batch.train_teacher_sheet(todo, device, caches, args.data_dir, args.cache_dir, args.stack_layers,
                                   watch.advance)
     print(f"[teachers] {peak_memory(device)}", flush=True)
 

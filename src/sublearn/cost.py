@@ -124,6 +124,14 @@ def memory_mb(rc: ResolvedConfig) -> float:
     return 4 * (weights + activations) / 2**20
 
 
+def follower_memory_mb(rc: ResolvedConfig) -> float:
+    """Estimated memory of a run that follows a longer run of its trajectory (it trains nothing and takes
+    that run's weights when its own steps are done): its teacher's and student's weights (float32)."""
+    c = rc.config
+    return 4 * sum(layer.params for plan in (rc.student, rc.teacher) for layer in layers(plan, c.m, rc.num_classes)) \
+        / 2**20
+
+
 def peak_memory_mb(rc: ResolvedConfig) -> dict[str, float]:
     """Estimated memory (MB) of a run's largest moments, by what sets them: distilling (``memory_mb``), its
     evaluation noise (all batches and their features through teacher and student, as a job keeps them)

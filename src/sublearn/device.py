@@ -1,8 +1,61 @@
-"""The device a job computes on, set up for float32 arithmetic that can be reproduced."""
+"""The device a job computes on, set up for float32 arithmetic that can be reproduced, and the training path
+it takes there. Torch-free at import: the workflow's planner decides the path with the runner's rule."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
+from pathlib import Path
+
 from .errors import bad_value
+
+# How a job's students (and teachers) train, recorded per run in runs.csv (column training_path):
+# alone: each trajectory its own per-run arithmetic (the reference's, bit for bit);
+# stacked: MLPs of equal shape in one batched matmul per layer and step (stacked.StackedMLP; bit for bit
+#   where batched matmuls are);
+# fused: a lockstep set's teachers, aux heads, losses and Adam in few kernels as well (fused.FusedStudents;
+#   float tolerance); students that cannot fuse (a CNN, say) train stacked or alone.
+TRAINING_PATHS = ("alone", "stacked", "fused")
+STACK_LAYERS = ("auto", "on", "off", "fused")  # the setting: config batch.stack_layers, `--stack-layers`
+
+
+def stack_layers_setting(value) -> str:
+    """The stack_layers setting as the command line spells it: YAML's booleans (on/off) and None (the
+    default) to on/off/auto."""
+    if value is None or isinstance(value, bool):
+        value = {True: "on", False: "off", None: "auto"}[value]
+    if value not in STACK_LAYERS:
+        raise bad_value("--stack-layers", value, f"allowed: {', '.join(STACK_LAYERS)}")
+    return value
+
+
+def training_path(stack_layers, device) -> str:
+    """The one rule of how a job trains, for the runner (its torch.device) and the planner (the device
+    type it expects, ``planned_device``) alike: auto is fused on CUDA and alone on a CPU (where the per-run
+    matmuls already run at the core's matmul rate and give the same bits on any BLAS); on is stacked, off
+    alone, fused fused. Lockstep sets (stacks side by side) are formed on every path but alone."""
+    setting = stack_layers_setting(stack_layers)
+    if setting == "auto":
+        kind = getattr(device, "type", None) or str(device).split(":")[0]
+        return "fused" if kind == "cuda" else "alone"
+    return {"on": "stacked", "off": "alone", "fused": "fused"}[setting]
+
+
+def planned_device(name: str, gpu_plan: bool = False) -> str:
+    """The device type ("cuda" or "cpu") that a job given ``--device name`` computes on, told without
+    importing torch (the workflow plans with it): cpu and cuda[:N] are what they say; auto is cuda under
+    a GPU plan (batch.plan gpu) or where an NVIDIA driver is loaded and the installed torch is a CUDA build
+    (where ``select_device`` finds CUDA, unless the driver is too old for that build)."""
+    if name != "auto":
+        return "cuda" if str(name).startswith("cuda") else "cpu"
+    if gpu_plan:
+        return "cuda"
+    spec = importlib.util.find_spec("torch")
+    version = Path(spec.submodule_search_locations[0], "version.py") if spec and spec.submodule_search_locations \
+        else None
+    built_for_cuda = version is not None and version.is_file() and re.search(
+        r"^cuda\b.*=\s*['\"]\d", version.read_text(), re.M) is not None
+    return "cuda" if built_for_cuda and Path("/proc/driver/nvidia/version").exists() else "cpu"
 
 
 def reproducible(device) -> None:

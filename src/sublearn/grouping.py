@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import dataset_key
-from .cost import SECONDS_PER_RUN, JobCost, estimated_seconds, memory_mb, run_flops, stack_flops
+from .cost import SECONDS_PER_RUN, JobCost, estimated_seconds, follower_memory_mb, memory_mb, run_flops, stack_flops
 from .plan import ResolvedConfig
 
 
@@ -57,19 +57,39 @@ def plan_stacks(runs: list[Any], max_memory_mb: float | None = None) -> list[lis
 
 
 def lockstep_sets(plan: list[list[Any]], max_memory_mb: float | None = None) -> list[list[list[Any]]]:
-    """Consecutive stacks distilled together while their students' estimated memory fits the budget (all
-    of them without one): with stacked layers, students of equal shape from several stacks (seeds, say)
-    share one batched matmul per layer and step."""
+    """Consecutive stacks distilled together while their students' estimated memory (``set_memory_mb``) fits
+    the budget (all of them without one): with stacked layers, students of equal shape from several stacks
+    (seeds, say) share one batched matmul per layer and step. A GPU plan orders a job's runs by trajectory
+    length (``cut_into_jobs``), so that its sets hold trajectories of similar length."""
     sets: list[list[list[Any]]] = []
     used = 0.0
     for stack in plan:
-        need = sum(memory_mb(r.rc) for r in stack)
+        need = set_memory_mb([stack])
         if not sets or (max_memory_mb is not None and used + need > max_memory_mb):
             sets.append([])
             used = 0.0
         sets[-1].append(stack)
         used += need
     return sets
+
+
+def set_memory_mb(lockstep: list[list[Any]]) -> float:
+    """Estimated memory of a lockstep set's students (``lockstep_sets`` fills sets up to a budget of it)."""
+    return sum(trajectory_memory_mb(part) for stack in lockstep for part in trajectory_groups(stack))
+
+
+def trajectory_memory_mb(part: list[Any]) -> float:
+    """Estimated memory of a trajectory's runs distilling: its longest run trains, the others follow."""
+    leader = max(part, key=trajectory_steps)
+    return memory_mb(leader.rc) + sum(follower_memory_mb(r.rc) for r in part if r is not leader)
+
+
+def trajectory_groups(stack: list[Any]) -> list[list[Any]]:
+    """A stack's runs by trajectory key, in order of first appearance."""
+    groups: dict[str, list[Any]] = {}
+    for run in stack:
+        groups.setdefault(run.rc.trajectory_key(), []).append(run)
+    return list(groups.values())
 
 
 def trajectory_steps(run: Any) -> int:
@@ -95,21 +115,24 @@ def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int, cores
 
     ``cores`` > 1 (a local run's --cores): each group is cut into a multiple of ``cores`` jobs of
     near-equal cost (stacks split where that needs it), so that no core idles while the last job
-    finishes. ``longest_first`` (a GPU plan): the stacks with the longest trajectories first, so that a
-    job's lockstep sets hold trajectories of similar length and take fewer steps in all."""
+    finishes. ``longest_first`` (a GPU plan): the longest trajectories first, whatever their stacks, and
+    stacks cut where the budget falls (a stack's long and short trajectories may go to different jobs), so
+    that the long ones of every seed share a job and a lockstep set (fig4's m = 1 tail), and a job's sets
+    hold trajectories of similar length and take fewer steps in all."""
     stack_of = {r.id: r.rc.stack_key() for r in runs}
     trajectory_of = {r.id: r.rc.trajectory_key() for r in runs}
     cost_of = {r.id: run_flops(r.rc, r.dataset) for r in runs}
     shape_of: dict[str, str] = {}
-    longest: dict[str, int] = {}
+    longest: dict[tuple, int] = {}  # (stack, trajectory) -> its steps
     for r in runs:
         shape = json.dumps(r.rc.student.arch_description(), sort_keys=True)
         shape_of[stack_of[r.id]] = min(shape_of.get(stack_of[r.id], shape), shape)
-        longest[stack_of[r.id]] = max(longest.get(stack_of[r.id], 0), trajectory_steps(r))
+        where = (stack_of[r.id], trajectory_of[r.id])
+        longest[where] = max(longest.get(where, 0), trajectory_steps(r))
 
     def order(r: PlannedRun) -> tuple:
         stack = stack_of[r.id]
-        first = (-longest[stack],) if longest_first else ()
+        first = (-longest[(stack, trajectory_of[r.id])],) if longest_first else ()
         return (r.group, *first, shape_of[stack], stack, trajectory_of[r.id], -cost_of[r.id]["student"], r.id)
 
     ordered = sorted(runs, key=order)
@@ -137,10 +160,25 @@ def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int, cores
             tally.add(cost, stack, trajectory, head, extra)
         return [*jobs, current] if current else jobs
 
+    def tallied(job: list[PlannedRun]) -> list[float]:
+        """A job's estimated FLOPs after each of its runs."""
+        tally, out = JobCost(), []
+        for run in job:
+            where = (stack_of[run.id], trajectory_of[run.id], run.rc.teacher_head_key())
+            tally.add(cost_of[run.id], *where, tally.added(cost_of[run.id], *where))
+            out.append(tally.flops)
+        return out
+
+    def halved(job: list[PlannedRun]) -> list[list[PlannedRun]]:
+        """A job of two runs or more in two, cut where its estimated FLOPs are nearest half."""
+        flops = tallied(job)
+        at = min(range(1, len(job)), key=lambda i: abs(flops[i - 1] - flops[-1] / 2))
+        return [job[:at], job[at:]]
+
     out: list[list[PlannedRun]] = []
     for group in dict.fromkeys(run.group for run in ordered):
         group_runs = [run for run in ordered if run.group == group]
-        jobs = cut(group_runs, max_flops, keep_stacks=True)
+        jobs = cut(group_runs, max_flops, keep_stacks=not longest_first)
         if cores > 1:  # the smallest budget that cuts the group into a multiple of the cores in jobs
             count = math.ceil(max(len(jobs), cores) / cores) * cores
             low, high = sum(f for (g, _), f in whole.items() if g == group) / count, max_flops
@@ -150,6 +188,9 @@ def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int, cores
                     low, high = (low, middle) if len(cut(group_runs, middle, keep_stacks=False)) <= count \
                         else (middle, high)
                 jobs = cut(group_runs, high, keep_stacks=False)
+            while len(jobs) % cores and any(len(job) > 1 for job in jobs):  # the search can jump past it
+                index = max((i for i, job in enumerate(jobs) if len(job) > 1), key=lambda i: tallied(jobs[i])[-1])
+                jobs[index:index + 1] = halved(jobs[index])
         out.extend(jobs)
     return out
 

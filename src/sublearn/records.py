@@ -207,6 +207,7 @@ def run_row(run, data_identity: str, env: dict[str, Any], final: dict[str, float
         "sublearn_version": env["sublearn_version"], "cuda_version": env["cuda_version"],
         "device_name": env["device_name"], "threads": env["threads"], "hostname": env["hostname"],
         "teacher_device": checkpoint["environment"]["device"],
+        "training_path": run.training_path,  # alone, stacked or fused (device.TRAINING_PATHS)
         "teacher_runtime_seconds": checkpoint.get("runtime_seconds", float("nan")),
         "student_runtime_seconds": runtime,
         "teacher_train_seconds": checkpoint.get("train_seconds", float("nan")),

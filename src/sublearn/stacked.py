@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .device import training_path
 from .model import SplitHeadModel
 from .training import adam
 
@@ -71,17 +72,5 @@ def stacked_mlp_key(plan, lr: float, steps: int, batch_size: int) -> tuple | Non
 
 
 def uses_stacked_layers(stack_layers: bool | str | None, device: torch.device) -> bool:
-    """Whether ``stack_layers`` (see layers_mode) stacks anything: on CUDA by default; on a CPU the per-run
-    matmuls already run at the core's matmul rate and give the same bits on any BLAS."""
-    return layers_mode(stack_layers, device) != "off"
-
-
-def layers_mode(stack_layers: bool | str | None, device: torch.device) -> str:
-    """"off" (per-run arithmetic), "on" (StackedMLP: bit for bit where batched matmuls are) or "fused"
-    (fused.FusedStudents, float tolerance) for ``stack_layers`` False, True or "fused"; None: "fused" on
-    CUDA, "off" on a CPU."""
-    if stack_layers is None:
-        return "fused" if device.type == "cuda" else "off"
-    if stack_layers == "fused":
-        return "fused"
-    return "on" if stack_layers else "off"
+    """Whether ``stack_layers`` stacks anything on ``device`` (``device.training_path``: not alone)."""
+    return training_path(stack_layers, device) != "alone"

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Dataset
+from .device import training_path
 from .errors import Diverged, UsageError
 from .evaluation import SharedEvaluations, aux_mse_on_noise, evaluate_class, majority_rate
 from .fused import FusedStudents, NoiseBank, bank_noise, fused_key, noise_banks
@@ -24,7 +25,7 @@ from .perturb import apply_perturbations
 from .plan import ResolvedConfig
 from .records import RunResult, base_row, config_record, environment, layer_metrics, run_row, snapshot
 from .seeding import derived_seed, set_seed
-from .stacked import StackedMLP, layers_mode, stacked_mlp_key
+from .stacked import StackedMLP, stacked_mlp_key
 from .teacher import body_state, check_checkpoint
 from .training import adam, epoch_mean
 
@@ -58,6 +59,7 @@ class StudentRun:
     init_loss: float
     init_aux: float
     teacher_in_process: bool = False
+    training_path: str = "alone"  # how it was distilled (device.TRAINING_PATHS), set by distill_stack
 
 
 @dataclass
@@ -156,7 +158,7 @@ class _Stream:
 
 
 def distill_stack(runs: list[StudentRun], device: torch.device,
-                  on_done: Callable[[StudentRun, float, float], None], stack_layers: bool | None = None) -> None:
+                  on_done: Callable[[StudentRun, float, float], None], stack_layers: bool | str | None = None) -> None:
     """Distil prepared students in lockstep: one stack (runs that share a teacher body and a noise
     stream) or several (a stack per seed, say), one run alone being the smallest case.
 
@@ -165,7 +167,7 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
     serve every student of a stack, and each does exactly the arithmetic of a lone run. Runs that differ
     only in N and E, or in the student's class head (equal trajectory keys), are one computation: the
     longest trains, and another one's student takes its weights after that run's own N x E steps.
-    ``stack_layers`` (``stacked.layers_mode``): True trains trajectories of equal MLP shape as
+    ``stack_layers`` (``device.training_path``): True trains trajectories of equal MLP shape as
     StackedStudents, across stacks too (bit for bit where batched matmuls are); "fused" (the default on
     CUDA) trains those whose teachers are MLPs of equal shape as FusedStudents (float tolerance), the rest
     as with True, every stream's noise from a NoiseBank. ``on_done(run, last epoch's mean loss, seconds)``
@@ -194,13 +196,17 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
                         stream=streams[key])
         d.head = d.stream.head_of(leader.teacher)
         active.append(d)
-    mode = layers_mode(stack_layers, device)
+    path = training_path(stack_layers, device)
     banks: list[NoiseBank] = []
-    if mode == "fused":
+    if path == "fused":
         units, banks = fuse_students(active, list(streams.values()), device)
     else:
-        units = stack_students(active, device) if mode == "on" else [[d] for d in active]
+        units = stack_students(active, device) if path == "stacked" else [[d] for d in active]
     for unit in units:
+        taken = "fused" if isinstance(unit[0].stacked, FusedStudents) else "alone" if unit[0].stacked is None \
+            else "stacked"
+        for member in (member for d in unit for member in (d.run, *(f[0] for f in d.followers))):
+            member.training_path = taken
         if unit[0].stacked is None:  # a stack's members share its optimizer
             params = [p for p in unit[0].run.student.parameters() if p.requires_grad]
             unit[0].optimizer = adam(params, unit[0].run.rc.config.student_lr, device)

@@ -90,7 +90,7 @@ def prepare_teacher(rc: ResolvedConfig, data: Dataset, device: torch.device) -> 
 
 
 def train_teachers(runs: list[TeacherRun], device: torch.device, on_done: Callable[[TeacherRun], None],
-                   on_failed: Callable[[TeacherRun, Diverged], None], stack_layers: bool | None = None) -> None:
+                   on_failed: Callable[[TeacherRun, Diverged], None], stack_layers: bool | str | None = None) -> None:
     """Train prepared teachers in lockstep, each on its own data order, with exactly a lone teacher's
     arithmetic; ``stack_layers`` (default: on CUDA only) trains MLP teachers of equal shape, learning rate,
     batch size, steps per epoch and epochs as one StackedMLP. ``on_done(run)`` is called as soon as a

@@ -42,7 +42,7 @@ for _batch in BATCHES.values():
             gflops=config["batch"]["gflops"],  # the time left before a first run is done
             start=job_start_line(f"batch_{_batch['id']}", _batch["runs"], "runs", _batch["seconds"],
                                  f"{LOGS}/batches/{_batch['id']}.log"),
-            stack_layers=stack_layers_flag(config["batch"]["stack_layers"]),
+            stack_layers=stack_layers_setting(config["batch"]["stack_layers"]),
             teacher_dir=lambda w, input: os.path.dirname(input.teachers[0]),
         threads: config["threads"]["student"]
         # longest first (after the teachers): the short jobs then fill the cores at the end instead of one

@@ -24,6 +24,22 @@ import runs_table as table  # noqa: E402
 from sublearn import status as build_status  # noqa: E402  (torch-free)
 from sublearn.catalog import CATALOG, DATASET_KEYS  # noqa: E402
 from sublearn.progress import duration  # noqa: E402
+from sublearn.device import stack_layers_setting  # noqa: E402
+
+# profiles/gpu keeps its workflow settings in a config file (so that `--config` adds to them); a
+# --configfile on the command line replaces it: then stop before planning, saying what to add.
+GPU_SETTINGS = REPO / "profiles" / "gpu" / "gpu.yaml"
+if workflow.is_main_process and ("gpu" in workflow.resource_settings.resources
+                                 or GPU_SETTINGS in map(Path, workflow.config_settings.configfiles)):
+    import yaml
+
+    _lost = jobs.overridden_settings(yaml.safe_load(GPU_SETTINGS.read_text()), config,
+                                     dict(workflow.config_settings.config))
+    if _lost:
+        raise WorkflowError(
+            f"the GPU profile (profiles/gpu) is in use but its settings ({GPU_SETTINGS.relative_to(REPO)}) are "
+            f"not: {'; '.join(_lost)}. A --configfile on the command line replaces the profile's config file: "
+            f"name it last (--configfile YOUR.yaml {GPU_SETTINGS.relative_to(REPO)}), or set these with --config")
 
 R = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
@@ -174,7 +190,7 @@ def log_plan():
     """What the targets will compute: runs, jobs, time (read from the Snakefile's end, after the targets
     are checked)."""
     if BATCHES:
-        logger.info(jobs.plan_summary(RUNS, UNIQUE_RUNS, BATCHES, TEACHER_SETS, FIGURES, config["batch"]["gflops"],
+        logger.info(jobs.plan_summary(RUNS, UNIQUE_RUNS, BATCHES, TEACHER_SETS, FIGURES, config,
                                       requested_figures()))
 
 # torch_env gpu (the GPU profile): every teacher and batch job asks for one GPU (sbatch --gpus=1)
@@ -189,11 +205,6 @@ def job_start_line(rule, items, what, seconds, log):
     figures = sorted({f for item in items for f in item["figures"]})
     return (f"[start] {rule}: {len(items)} {what} of {', '.join(figures)}, ~{duration(seconds)} by the cost model; "
             f"progress in {log} (or: sublearn status {R})")
-
-
-def stack_layers_flag(value):
-    """config batch.stack_layers (YAML reads on/off as booleans) -> `sublearn batch --stack-layers`."""
-    return {True: "on", False: "off"}.get(value, value)
 
 
 # --------------------------------------------------------------------------------------------------

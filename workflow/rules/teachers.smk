@@ -19,7 +19,7 @@ for _set in TEACHER_SETS.values():
             f"{LOGS}/teachers/{_set['id']}.log",
         params:
             data_dir=DATA_DIRS[_set["dataset"]],
-            stack_layers=stack_layers_flag(config["batch"]["stack_layers"]),
+            stack_layers=stack_layers_setting(config["batch"]["stack_layers"]),
             gflops=config["batch"]["gflops"],  # the time left before a first run is done
             start=job_start_line(_set["id"].replace("-", "_"), _set["teachers"], "teachers", _set["seconds"],
                                  f"{LOGS}/teachers/{_set['id']}.log"),

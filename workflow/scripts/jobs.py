@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sublearn import cost, grouping, sheets
 from sublearn.config import sheet_settings
+from sublearn.device import planned_device, stack_layers_setting, training_path
 
 
 def job_runtime(seconds, resource, minimum, cfg):
@@ -28,12 +29,30 @@ def finished(run, identities):
     return identity is not None and sheets.recorded_result(run["run_dir"]) == (run["run_key"], identity)
 
 
-def stacked_layers(cfg):
-    """Whether batch jobs distil their stacks together in lockstep sets (`sublearn batch --stack-layers`)."""
-    value = cfg["batch"].get("stack_layers", "auto")
-    if value == "auto":
-        return cfg["batch"].get("plan", "cpu") == "gpu" or str(cfg.get("device", "auto")).startswith("cuda")
-    return value not in (False, "off")
+def job_training_path(cfg):
+    """How the batch jobs will train (``sublearn.device.training_path``, the runner's own rule) on the device
+    they are expected to compute on (``planned_device``: device auto is the GPU under batch.plan gpu or where
+    this machine has usable CUDA)."""
+    device = planned_device(str(cfg.get("device", "auto")), cfg["batch"].get("plan", "cpu") == "gpu")
+    return training_path(cfg["batch"].get("stack_layers", "auto"), device), device
+
+
+def overridden_settings(settings, config, command_line, where=""):
+    """A profile's workflow settings (its config file, as a dict) that ``config`` no longer holds, except those
+    the command line's --config set (``command_line``): ["key: now (the profile: value)", ...]. A profile's
+    config file is dropped, or overridden key by key, by a --configfile given after it on the command line."""
+    out = []
+    for key, value in settings.items():
+        name = f"{where}{key}"
+        if key in command_line and not isinstance(value, dict):
+            continue
+        now = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, dict):
+            below = command_line.get(key, {}) if isinstance(command_line.get(key), dict) else {}
+            out += overridden_settings(value, now if isinstance(now, dict) else {}, below, f"{name}.")
+        elif now != value:
+            out.append(f"{name}: {now!r} (the profile: {value!r})")
+    return out
 
 
 def batch_group(run):
@@ -54,6 +73,7 @@ def plan_batches(unique_runs, cfg, identities, teacher_path, cores=1):
     planned = [grouping.PlannedRun(r["run_key"], r["rc"], r["dataset"], batch_group(r)) for r in unique_runs]
     record_of = {r["run_key"]: r for r in unique_runs}
     out = {}
+    path, _ = job_training_path(cfg)
     cut = grouping.cut_into_jobs(planned, settings["max_tflop"] * 1e12, settings["max_runs"],
                                  cores if plan == "cpu" and settings.get("fill_cores") else 1, plan == "gpu")
     for job in cut:
@@ -66,7 +86,7 @@ def plan_batches(unique_runs, cfg, identities, teacher_path, cores=1):
         seconds = cost.estimated_seconds(flops, settings["gflops"], len(runs))
         memory = sum(cost.memory_mb(r["rc"]) for r in runs)
         stacks = grouping.plan_stacks(sheet_runs, settings["memory_mb"])  # as the job's runner will
-        sets = grouping.lockstep_sets(stacks, settings["memory_mb"]) if stacked_layers(cfg) else [[s] for s in stacks]
+        sets = grouping.lockstep_sets(stacks, settings["memory_mb"]) if path != "alone" else [[s] for s in stacks]
         out[batch_id] = {
             "id": batch_id, "runs": runs, "flops": flops, "seconds": seconds, "dataset": runs[0]["dataset"],
             "priority": 1 + int(seconds // 60),  # estimated minutes
@@ -131,9 +151,12 @@ def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path):
     return out
 
 
-def plan_summary(runs_table, unique_runs, batches, teacher_sets, figures, gflops, targets=None):
-    """What planning prints: runs, batch jobs and their time, teachers and their jobs, by figure. With
-    ``targets`` (figure names: `snakemake fig2`) it counts only the work those targets run, and says so."""
+def plan_summary(runs_table, unique_runs, batches, teacher_sets, figures, cfg, targets=None):
+    """What planning prints: runs, batch jobs and their time, teachers and their jobs, by figure, and the
+    training path. With ``targets`` (figure names: `snakemake fig2`) it counts only the work those targets
+    run, and says so."""
+    gflops = cfg["batch"]["gflops"]
+    path, device = job_training_path(cfg)
     if targets:
         batches = {i: b for i, b in batches.items() if any(set(targets) & set(r["figures"]) for r in b["runs"])}
         teacher_sets = {i: t for i, t in teacher_sets.items()
@@ -161,4 +184,6 @@ def plan_summary(runs_table, unique_runs, batches, teacher_sets, figures, gflops
             f"~{sum(t['seconds'] for t in teacher_sets.values()) / 3600:.2f} h of job time\n"
             f"plan by figure: {', '.join(per_figure)}\n"
             f"lockstep steps: {steps} (the batch jobs' lockstep sets one after another, each as long as its "
-            f"longest trajectory; {len(batches) + len(teacher_sets)} teacher and batch jobs)")
+            f"longest trajectory; {len(batches) + len(teacher_sets)} teacher and batch jobs)\n"
+            f"training path: {path} (device {cfg['device']}, planned as {device}; batch.stack_layers "
+            f"{stack_layers_setting(cfg['batch'].get('stack_layers', 'auto'))}; runs.csv records each run's)")

@@ -47,7 +47,7 @@ def warn(message):
 
 def check_provenance(runs, figure, allow_mixed_data):
     """Refuse runs of one dataset that come from different data (or mark them, when allowed); warn when
-    runs mix devices, torch versions or thread counts (their last digits differ)."""
+    runs mix devices, torch versions, thread counts or training paths (their last digits differ)."""
     if "data_identity" not in runs.columns:
         runs["data_identity"] = "unknown"
     runs["data_identity"] = runs["data_identity"].fillna("unknown")
@@ -61,7 +61,7 @@ def check_provenance(runs, figure, allow_mixed_data):
                                  "allow_mixed_data: true to merge them, marked in column mixed_data)")
             warn(f"{text}; merged because allow_mixed_data is true (column mixed_data)")
             runs.loc[rows.index, "mixed_data"] = True
-    for column in ("device", "torch_version", "threads"):
+    for column in ("device", "torch_version", "threads", "training_path"):
         if column in runs.columns and runs[column].nunique(dropna=False) > 1:
             warn(f"{figure}: runs mix {column} values, so per-run numbers differ in their last digits: "
                  f"{groups_text(runs, column)}")
