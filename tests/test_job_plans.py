@@ -88,7 +88,7 @@ def test_the_gpu_profile_plans_few_long_jobs_and_prints_its_lockstep_steps(tmp_p
     write_config(workdir, base_config(Path("nowhere"), {"fig2": fig2_block(m=(3, 10, 25))}, seeds=(0, 1, 2, 3)))
     write_own_claims(workdir)
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--workflow-profile",
-           str(REPO / "profiles" / "gpu"), "--dry-run", "all"]
+           str(REPO / "profiles" / "gpu"), "--dry-run", "all", "--quiet", "host"]  # the job blocks shown
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
