@@ -23,8 +23,18 @@ import numpy as np
 import pandas as pd
 
 ACCURACY = "student_final_acc"
+TRENDS = ("increasing", "decreasing")  # the tests made along x, per series
 TEACHER = "teacher_final_acc"
 MAJORITY = "test_majority_acc"
+
+
+def rows_at(rows: pd.DataFrame, point: dict) -> pd.DataFrame:
+    """The rows at a grid point (coordinate -> value, compared in the grid's one spelling per value)."""
+    from grids import norm
+
+    for coord, value in point.items():
+        rows = rows[rows[coord].map(norm) == norm(value)]
+    return rows
 
 
 def chance_floor(rows: pd.DataFrame) -> pd.Series:

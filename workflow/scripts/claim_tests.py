@@ -8,22 +8,16 @@ into passing. Under `require: any` each unit is tested at the Bonferroni-correct
 
 import numpy as np
 import pandas as pd
-from claim_stats import TEACHER, chance_floor, metric_values, per_seed, point_summary, rank_correlation
+from claim_stats import TEACHER, TRENDS, chance_floor, metric_values, per_seed, point_summary, rank_correlation
+from claim_stats import rows_at as _rows_at
 from grids import norm
 
 HOLDS, FAILS = "holds", "fails"
-TRENDS = ("increasing", "decreasing")
 NAMES = {"accuracy": "student accuracy", "transfer": "transfer fraction"}
 
 
 def _name(metric: str) -> str:
     return NAMES.get(metric, metric)
-
-
-def _rows_at(rows: pd.DataFrame, point: dict) -> pd.DataFrame:
-    for coord, value in point.items():
-        rows = rows[rows[coord].map(norm) == norm(value)]
-    return rows
 
 
 def _scalar(rows: pd.DataFrame, values: pd.Series) -> float:

@@ -34,14 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from claim_stats import ACCURACY, TEACHER, per_seed
+from claim_stats import ACCURACY, TEACHER, TRENDS, per_seed, rows_at
 from grids import DERIVED, norm, plot_axes
 
 HERE = Path(__file__).resolve().parent
 SCHEMA = HERE.parent / "schemas" / "claims.schema.yaml"
 HOLDS, FAILS, PARTIAL, FEW_SEEDS, NOT_EVALUATED = "holds", "fails", "partial", "not enough seeds", "not evaluated"
 VERDICTS = (HOLDS, FAILS, PARTIAL, FEW_SEEDS, NOT_EVALUATED)
-TRENDS = ("increasing", "decreasing")
 METRIC_OF_TEST = {"above_chance": "accuracy", "at_chance": "accuracy", "near_teacher": "transfer",
                   "transfer_below": "transfer"}
 COLUMNS = ["claim", "verdict", "figure", "panel", "test", "check", "statement", "source", "why", "condition",
@@ -246,13 +245,6 @@ def series_of(claim: dict, panel: dict) -> list[list[dict]]:
     if claim["test"] in TRENDS:
         return series
     return [[p] for s in series for p in s]
-
-
-def rows_at(table: pd.DataFrame, point: dict) -> pd.DataFrame:
-    rows = table
-    for coord, value in point.items():
-        rows = rows[rows[coord].map(norm) == norm(value)]
-    return rows
 
 
 def point_text(point: dict, varying: list[str]) -> str:
