@@ -16,7 +16,7 @@ from pathlib import Path
 from . import progress, status
 from .architecture import MODEL_TYPES
 from .catalog import DATASETS, EMNIST_SPLITS, dataset_key
-from .config import FLAG_SETTINGS, ExperimentConfig, config_from_flags
+from .config import FLAG_SETTINGS, ExperimentConfig, config_from_flags, lower_text
 from .device import STACK_LAYERS, peak_memory, select_device
 from .errors import Fault, UsageError, bad_value
 from .noise import DISTRIBUTIONS
@@ -52,10 +52,6 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a number") from None
 
 
-def _lower(text: str) -> str:
-    return text.lower()
-
-
 def add_experiment_flags(p: argparse.ArgumentParser) -> None:
     io = p.add_argument_group("I/O and reproducibility")
     io.add_argument("--outdir", default=DEFAULTS.outdir,
@@ -80,7 +76,8 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
                     help="also append to OUTDIR/{runs,layer_metrics,perturbations}_all_seeds.csv")
 
     ds = p.add_argument_group("dataset")
-    ds.add_argument("--dataset", type=_lower, default=DEFAULTS.dataset, choices=DATASETS, help="default: %(default)s")
+    ds.add_argument("--dataset", type=lower_text, default=DEFAULTS.dataset, choices=DATASETS,
+                    help="default: %(default)s")
     ds.add_argument("--emnist-split", default=DEFAULTS.emnist_split, choices=EMNIST_SPLITS,
                     help="EMNIST split (balanced: 47 classes, letters: 26); ignored for MNIST")
     ds.add_argument("--class-count", type=_integer, default=DEFAULTS.class_count,
@@ -90,8 +87,8 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
 
     arch = p.add_argument_group("architecture")
     for role in ("teacher", "student"):
-        arch.add_argument(f"--{role}-type", type=_lower, default=getattr(DEFAULTS, f"{role}_type"), choices=MODEL_TYPES,
-                          help=f"{role} feature extractor (default: %(default)s)")
+        arch.add_argument(f"--{role}-type", type=lower_text, default=getattr(DEFAULTS, f"{role}_type"),
+                          choices=MODEL_TYPES, help=f"{role} feature extractor (default: %(default)s)")
         arch.add_argument(f"--{role}-hidden-dims", default=",".join(map(str, getattr(DEFAULTS, f"{role}_hidden_dims"))),
                           help="comma-separated MLP widths; for the default CNN the last one is the fc1 width")
         arch.add_argument(f"--{role}-arch-spec", default=getattr(DEFAULTS, f"{role}_arch_spec"),
@@ -123,7 +120,7 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
                        help="Adam learning rate (default: %(default)s)")
 
     noise = p.add_argument_group("noise")
-    noise.add_argument("--noise-dist", type=_lower, default=DEFAULTS.noise_dist, choices=tuple(DISTRIBUTIONS),
+    noise.add_argument("--noise-dist", type=lower_text, default=DEFAULTS.noise_dist, choices=tuple(DISTRIBUTIONS),
                        help="uniform in [-1,1], standard normal, or Perlin (default: %(default)s)")
     noise.add_argument("--perlin-res", type=_integer, default=DEFAULTS.perlin_res,
                        help="Perlin grid resolution (default: %(default)s)")
@@ -203,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parser(sub)
     prep = sub.add_parser("prepare-data", help="download/parse a dataset once and cache its tensors",
                           description="Read a dataset with torchvision (downloading it when absent) and cache it.")
-    prep.add_argument("--dataset", type=_lower, default=DEFAULTS.dataset, choices=DATASETS)
+    prep.add_argument("--dataset", type=lower_text, default=DEFAULTS.dataset, choices=DATASETS)
     prep.add_argument("--emnist-split", default=DEFAULTS.emnist_split, choices=EMNIST_SPLITS)
     prep.add_argument("--data-dir", default=DEFAULTS.data_dir)
     prep.add_argument("--cache-dir", default=DEFAULT_CACHE)

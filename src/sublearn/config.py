@@ -82,6 +82,9 @@ _PLANNED_SETTINGS = ("teacher_type", "student_type", "teacher_hidden_dims", "stu
 RUN_SETTINGS = tuple(f.name for f in fields(ExperimentConfig) if f.name not in JOB_SETTINGS)
 # the settings that shape the noise stream: every key of a noise stream is derived from this list
 NOISE_SETTINGS = tuple(f.name for f in fields(ExperimentConfig) if f.metadata.get("noise"))
+# settings whose text is read case-insensitively (lower-cased by ``lower_text``): the command line's flags as
+# their argparse type, the workflow's config in ``config_from_flags``
+CASE_INSENSITIVE_SETTINGS = ("dataset", "teacher_type", "student_type", "noise_dist")
 # the settings as the command line (and the workflow's config) spell them
 FLAG_SETTINGS = tuple(f.name for f in fields(ExperimentConfig) if f.name != "perturb_specs") + ("perturb",
                                                                                                    "perturb_spec")
@@ -113,12 +116,21 @@ def config_from_flags(flags: dict[str, Any]) -> ExperimentConfig:
         arch = values.get(f"{role}_arch_spec")
         if isinstance(arch, str):
             values[f"{role}_arch_spec"] = load_json_or_path(arch, f"--{role}-arch-spec")
+    for key in CASE_INSENSITIVE_SETTINGS:
+        if key in values:
+            values[key] = lower_text(values[key])
     values = _float_rates(values)
     types = _setting_types()
     for key, value in values.items():
         values[key] = _from_text(key, types[key], value) if isinstance(value, str) else value
     _check_types(values, "")
     return ExperimentConfig(**values, perturb_specs=specs)
+
+
+def lower_text(value: Any) -> Any:
+    """A case-insensitive setting's text in lower case (the one place: the CLI's flags and the workflow's
+    config both come here); other values unchanged, for the type check to name."""
+    return value.lower() if isinstance(value, str) else value
 
 
 def _from_text(key: str, annotation: str, text: str) -> Any:

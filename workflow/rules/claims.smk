@@ -48,8 +48,7 @@ rule evaluate_claims:
         specs=[figure_spec(figure) for figure in FIGURES],
     threads: 1
     resources:
-        mem_mb=config["resources"]["plot"].get("mem_mb", 4000),
-        runtime=config["resources"]["plot"].get("runtime", 15),
+        **jobs.rule_resources(config, "plot"),
     conda:
         "../../envs/plot.yaml"
     script:

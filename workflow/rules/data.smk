@@ -26,8 +26,7 @@ rule synthetic_emnist:
         seed=config["synthetic"]["seed"],
     threads: 1
     resources:
-        mem_mb=config["resources"]["data"].get("mem_mb", 4000),
-        runtime=config["resources"]["data"].get("runtime", 30),
+        **jobs.rule_resources(config, "data"),
     localrule: True
     conda:
         TORCH_ENV
@@ -50,8 +49,7 @@ rule synthetic_mnist:
         seed=config["synthetic"]["seed"],
     threads: 1
     resources:
-        mem_mb=config["resources"]["data"].get("mem_mb", 4000),
-        runtime=config["resources"]["data"].get("runtime", 30),
+        **jobs.rule_resources(config, "data"),
     localrule: True
     conda:
         TORCH_ENV
@@ -78,8 +76,7 @@ rule prepare_data:
         cache_dir=lambda w, output: os.path.dirname(output.cache),
     threads: 1
     resources:
-        mem_mb=config["resources"]["data"].get("mem_mb", 4000),
-        runtime=config["resources"]["data"].get("runtime", 30),
+        **jobs.rule_resources(config, "data"),
     localrule: True
     conda:
         TORCH_ENV

@@ -41,8 +41,7 @@ for _figure in FIGURES:
             script=config["figures"][_figure].get("script", f"{_figure}.py"),
         threads: 1
         resources:
-            mem_mb=config["resources"]["plot"].get("mem_mb", 4000),
-            runtime=config["resources"]["plot"].get("runtime", 15),
+            **jobs.rule_resources(config, "plot"),
         conda:
             "../../envs/plot.yaml"
         script:

@@ -20,8 +20,7 @@ rule merge_runs:
         synthetic=sorted(SYNTHETIC),
     threads: 1
     resources:
-        mem_mb=config["resources"]["merge"].get("mem_mb", 8000),
-        runtime=config["resources"]["merge"].get("runtime", 30),
+        **jobs.rule_resources(config, "merge"),
     conda:
         "../../envs/plot.yaml"
     script:

@@ -26,7 +26,7 @@ for _set in TEACHER_SETS.values():
         threads: config["threads"]["teacher"]
         priority: TEACHER_PRIORITY
         resources:
-            mem_mb=config["resources"]["teacher"].get("mem_mb", 4000),
+            mem_mb=jobs.rule_resources(config, "teacher")["mem_mb"],
             runtime=_set["runtime"],
             **TORCH_CLUSTER_RESOURCES,
         conda:

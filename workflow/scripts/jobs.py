@@ -16,10 +16,16 @@ from sublearn.config import sheet_settings
 from sublearn.device import planned_device, stack_layers_setting, training_path
 
 
-def job_runtime(seconds, resource, minimum, cfg):
+def rule_resources(cfg, resource):
+    """A rule's configured `resources` (mem_mb, runtime in minutes): config `resources.<resource>`, whose
+    defaults are the schema's (workflow/schemas/config.schema.yaml; Snakemake's validation fills them in)."""
+    return {key: cfg["resources"][resource][key] for key in ("mem_mb", "runtime")}
+
+
+def job_runtime(seconds, resource, cfg):
     """A job's wall-time request in minutes: its estimated seconds plus a minute, times batch.runtime_margin,
     at least the rule's configured `resources` runtime."""
-    return max(cfg["resources"][resource].get("runtime", minimum),
+    return max(rule_resources(cfg, resource)["runtime"],
                int(math.ceil((seconds + 60) * cfg["batch"]["runtime_margin"] / 60)))
 
 
@@ -93,9 +99,9 @@ def plan_batches(unique_runs, cfg, identities, teacher_path, cores=1):
             "teachers": sorted({f"{teacher_path(r['dataset'], r['teacher_key'])}.pt" for r in runs}),
             "outputs": [f"{r['run_dir']}/runs.csv" for r in runs],
             "stale": [r["run_key"] for r in runs if Path(r["run_dir"], "runs.csv").exists()],
-            "runtime": job_runtime(seconds, "student", 15, cfg),
+            "runtime": job_runtime(seconds, "student", cfg),
             "lockstep_steps": grouping.lockstep_steps(sets),
-            "mem_mb": int(cfg["resources"]["student"].get("mem_mb", 4000) + min(memory, settings["memory_mb"])),
+            "mem_mb": int(rule_resources(cfg, "student")["mem_mb"] + min(memory, settings["memory_mb"])),
             "sheet": "".join(sheets.sheet_record(r["run_key"], r["run_dir"], sheet_settings(r["rc"].config)) + "\n"
                              for r in runs),
         }
@@ -143,7 +149,7 @@ def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path):
         out[set_id] = {
             "id": set_id, "teachers": todo, "flops": flops, "seconds": seconds, "dataset": todo[0]["dataset"],
             "outputs": [f"{path}{ext}" for path in paths for ext in (".pt", ".json")],
-            "runtime": job_runtime(seconds, "teacher", 30, cfg),
+            "runtime": job_runtime(seconds, "teacher", cfg),
             "stale": [],
             "sheet": "".join(sheets.teacher_record(t["key"], f"{path}.pt", sheet_settings(t["rc"].config)) + "\n"
                              for t, path in zip(todo, paths, strict=True)),
