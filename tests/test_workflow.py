@@ -223,7 +223,7 @@ def test_quick_preset_replaces_the_paper_grids(workdir):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:", 1)[1], flags=re.M))
     assert plan_line(out)[0] == 2 * (12 + 9 + 15 + 8 + 15)
     assert all(int(counts[f"plot_fig{i}"]) == 1 for i in range(2, 7))
-    assert int(counts["synthetic_emnist"]) == 1  # synthetic EMNIST, never a download
+    assert int(counts["synthetic_emnist_balanced"]) == 1  # synthetic EMNIST, never a download
     assert int(counts["synthetic_mnist"]) == 1 and "prepare_data" not in counts  # no MNIST here: synthetic
     assert "SYNTHETIC MNIST" in out
 

@@ -1,6 +1,7 @@
 """Every fact about a dataset, in one place: where torchvision keeps its files, its classes and labels,
 its split sizes and its normalisation. Data loading, the synthetic data, the cost model, the merge and
-the workflow all read this table; a new 28x28 IDX dataset is one entry.
+the workflow all read this table; a new 28x28 IDX dataset is one entry (and, for the workflow, nothing
+else: its data rules are made from the entry).
 
 Torch-free: the workflow plans thousands of runs without importing torch.
 """
@@ -32,18 +33,30 @@ class DatasetInfo:
     test_size: int
     mean: float = MNIST_MEAN
     std: float = MNIST_STD
+    # the workflow's config key that replaces it with generated data (true; "auto" where the schema allows it:
+    # when no data_dir folder holds its files); None: never generated
+    synthetic_setting: str | None = None
+    # torchvision downloads it as this one archive (in its folder) and extracts it; a failed download then
+    # says where to put a copy fetched by other means
+    archive: str | None = None
 
 
 def _idx(prefix: str, parts: tuple[str, ...]) -> tuple[str, str, str, str]:
     return tuple(f"{prefix}{part}-ubyte" for part in parts)  # type: ignore[return-value]
 
 
+def _emnist(split: str, classes: int, label_offset: int, train_size: int, test_size: int) -> DatasetInfo:
+    """An EMNIST split: torchvision's EMNIST reads it from the one archive of every split."""
+    return DatasetInfo(f"emnist-{split}", "emnist", split, "EMNIST", "EMNIST", "EMNIST/raw",
+                       _idx(f"emnist-{split}-", EMNIST_PARTS), classes, label_offset, train_size, test_size,
+                       synthetic_setting="synthetic_emnist", archive="gzip.zip")
+
+
 CATALOG: dict[str, DatasetInfo] = {info.key: info for info in (
-    DatasetInfo("mnist", "mnist", None, "MNIST", "MNIST", "MNIST/raw", _idx("", IDX_PARTS), 10, 0, 60_000, 10_000),
-    DatasetInfo("emnist-balanced", "emnist", "balanced", "EMNIST", "EMNIST", "EMNIST/raw",
-                _idx("emnist-balanced-", EMNIST_PARTS), 47, 0, 112_800, 18_800),
-    DatasetInfo("emnist-letters", "emnist", "letters", "EMNIST", "EMNIST", "EMNIST/raw",
-                _idx("emnist-letters-", EMNIST_PARTS), 26, 1, 124_800, 20_800),
+    DatasetInfo("mnist", "mnist", None, "MNIST", "MNIST", "MNIST/raw", _idx("", IDX_PARTS), 10, 0, 60_000, 10_000,
+                synthetic_setting="synthetic_mnist"),
+    _emnist("balanced", 47, 0, 112_800, 18_800),
+    _emnist("letters", 26, 1, 124_800, 20_800),
     DatasetInfo("fashion_mnist", "fashion_mnist", None, "Fashion-MNIST", "FashionMNIST", "FashionMNIST/raw",
                 _idx("", IDX_PARTS), 10, 0, 60_000, 10_000),
     DatasetInfo("kmnist", "kmnist", None, "KMNIST", "KMNIST", "KMNIST/raw", _idx("", IDX_PARTS), 10, 0, 60_000, 10_000),
@@ -58,9 +71,30 @@ def dataset_info(dataset: str, emnist_split: str | None = None) -> DatasetInfo:
     return CATALOG[dataset_key(dataset, emnist_split)]
 
 
+def datasets() -> tuple[str, ...]:
+    """The --dataset values, read from the catalog when asked (so an entry added at run time counts)."""
+    return tuple(dict.fromkeys(info.dataset for info in CATALOG.values()))
+
+
+def splits() -> tuple[str, ...]:
+    """The --emnist-split values: every split of a dataset that has splits."""
+    return tuple(dict.fromkeys(info.split for info in CATALOG.values() if info.split))
+
+
+def has_splits(dataset: str) -> bool:
+    """Whether --emnist-split chooses among the dataset's entries (EMNIST); other datasets ignore it."""
+    return any(info.split for info in CATALOG.values() if info.dataset == dataset)
+
+
+def split_of(dataset: str, emnist_split: str | None) -> str | None:
+    """The split a run of the dataset uses: --emnist-split for a dataset with splits, else None (so a run's
+    identity does not depend on a setting its dataset ignores)."""
+    return emnist_split if has_splits(dataset) else None
+
+
 def dataset_key(dataset: str, emnist_split: str | None = None) -> str:
     """Name of a dataset's prepared tensor cache (``<cache-dir>/<key>-...pt``) and of its store."""
-    return f"{dataset}-{emnist_split}" if dataset == "emnist" else dataset
+    return f"{dataset}-{emnist_split}" if has_splits(dataset) else dataset
 
 
 def raw_files(dataset: str, emnist_split: str | None = None) -> tuple[str, list[str]]:

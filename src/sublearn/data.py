@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import dataid
-from .catalog import dataset_info, dataset_key, raw_files
+from .catalog import IMAGE_SHAPE, dataset_info, dataset_key, raw_files
 from .errors import Fault, UsageError
 from .outputs import atomic_torch_save, atomic_write_text
 
@@ -29,7 +29,7 @@ class CacheWriteError(Fault):
 
 @dataclass
 class Dataset:
-    train_x: torch.Tensor  # float32 (N, 1, 28, 28), normalised
+    train_x: torch.Tensor  # float32 (N, *IMAGE_SHAPE), normalised
     train_y: torch.Tensor  # int64 (N,)
     test_x: torch.Tensor
     test_y: torch.Tensor
@@ -69,9 +69,9 @@ def prepare(dataset: str, emnist_split: str, data_dir: str | Path, cache_file: s
                     if path.is_dir() and not any(path.iterdir()):
                         path.rmdir()
                 reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-                if dataset == "emnist":  # its host has long served an HTML page instead of the archive at times
-                    reason += (f"; or fetch {datasets.EMNIST.url} by other means and put it, unchanged, at "
-                               f"{folder / 'gzip.zip'} (MD5 {datasets.EMNIST.md5}): torchvision extracts it")
+                if info.archive:  # EMNIST's host has long served an HTML page instead of the archive at times
+                    reason += (f"; or fetch {reader.url} by other means and put it, unchanged, at "
+                               f"{folder / info.archive} (MD5 {reader.md5}): torchvision extracts it")
                 raise UsageError(_missing_message(data_dir, dataset, emnist_split,
                                                   f"the download failed ({reason})")) from None
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
@@ -116,13 +116,14 @@ def _check_shapes(tv_datasets: dict, data_dir: Path, dataset: str, emnist_split:
     classes, low = info.classes, info.label_offset
     for tv in tv_datasets.values():
         images, labels = tv.data, tv.targets
-        ok = (images.dtype == torch.uint8 and images.ndim == 3 and tuple(images.shape[1:]) == (28, 28)
+        ok = (images.dtype == torch.uint8 and images.ndim == 3 and tuple(images.shape[1:]) == IMAGE_SHAPE[1:]
               and labels.shape[0] == images.shape[0] and images.shape[0] > 0
               and int(labels.min()) >= low and int(labels.max()) < classes + low)
         if not ok:
             folder, _ = raw_files(dataset, emnist_split)
             raise UsageError(f"--data-dir: invalid value {str(data_dir)!r}; the IDX files in {data_dir / folder} do "
-                             f"not hold 28x28 uint8 images with labels in {low}..{classes + low - 1}")
+                             f"not hold {'x'.join(map(str, IMAGE_SHAPE[1:]))} uint8 images with labels in "
+                             f"{low}..{classes + low - 1}")
 
 
 def stored_record(cache_file: Path) -> dict | None:
@@ -195,7 +196,8 @@ def load(cache_file: str | Path, dataset: str, emnist_split: str, class_count: i
     tensors = {}
     for name, (images, labels) in splits.items():
         if name == "train" and not with_train:
-            tensors[name] = (torch.empty(0, 1, 28, 28, device=device), torch.empty(0, dtype=torch.int64, device=device))
+            tensors[name] = (torch.empty(0, *IMAGE_SHAPE, device=device),
+                             torch.empty(0, dtype=torch.int64, device=device))
             continue
         if info.label_offset:  # e.g. EMNIST letters: labels 1..26 -> 0..25
             labels = labels - info.label_offset

@@ -1,7 +1,7 @@
 """Small synthetic datasets in torchvision's IDX layout, for tests and the quick preset.
 
 EMNIST is a 560 MB download and exists nowhere offline; these files let the EMNIST code path (split
-names, label shift, class truncation) run end to end. Each class is a fixed random 28x28 template plus
+names, label shift, class truncation) run end to end. Each class is a fixed random image-sized template plus
 pixel noise, so a teacher learns it quickly and accuracies are meaningful, if easy.
 """
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import dataset_info
+from .catalog import IMAGE_SHAPE, dataset_info
+from .config import ExperimentConfig
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -29,18 +30,19 @@ def synthetic_split(n: int, classes: int, label_offset: int, rng: np.random.Gene
                     templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labels = np.arange(n) % classes
     rng.shuffle(labels)
-    noise = rng.normal(0, 40, size=(n, 28, 28))
+    noise = rng.normal(0, 40, size=(n, *IMAGE_SHAPE[1:]))
     images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
     return images, (labels + label_offset).astype(np.uint8)
 
 
-def write_synthetic_dataset(root: str | Path, dataset: str, emnist_split: str = "balanced",
+def write_synthetic_dataset(root: str | Path, dataset: str, emnist_split: str = ExperimentConfig.emnist_split,
                             n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Path:
     """Write train/test IDX files where torchvision's dataset classes look for them (see catalog)."""
     info = dataset_info(dataset, emnist_split)
     classes, offset = info.classes, info.label_offset
     rng = np.random.default_rng(seed)
-    templates = rng.uniform(0, 255, size=(classes, 28, 28)) * (rng.uniform(size=(classes, 28, 28)) > 0.6)
+    shape = (classes, *IMAGE_SHAPE[1:])
+    templates = rng.uniform(0, 255, size=shape) * (rng.uniform(size=shape) > 0.6)
     folder, names = info.folder, info.files
     root = Path(root)
     for (images_name, labels_name), n in zip((names[0:2], names[2:4]), (n_train, n_test), strict=True):

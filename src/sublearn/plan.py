@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .architecture import ModelPlan, plan_model
-from .catalog import DATASETS, EMNIST_SPLITS, dataset_key, num_classes_of
+from .catalog import dataset_key, datasets, num_classes_of, split_of, splits
 from .config import _PLANNED_SETTINGS, JOB_SETTINGS, LABEL_SETTINGS, NOISE_SETTINGS, ExperimentConfig
 from .errors import bad_value
 from .noise import DISTRIBUTIONS
@@ -40,7 +40,7 @@ class ResolvedConfig:
         return {
             "seed": c.seed,
             "dataset": c.dataset,
-            "emnist_split": c.emnist_split if c.dataset == "emnist" else None,
+            "emnist_split": split_of(c.dataset, c.emnist_split),
             "class_count": c.class_count,
             "model": self.teacher.arch_description(),
             "init": {n: self.teacher.init[n] for n in body},
@@ -65,7 +65,7 @@ class ResolvedConfig:
         c = self.config
         scalars = {k: v for k, v in c.to_dict().items()
                    if k not in JOB_SETTINGS + LABEL_SETTINGS + _PLANNED_SETTINGS}
-        scalars["emnist_split"] = c.emnist_split if c.dataset == "emnist" else None
+        scalars["emnist_split"] = split_of(c.dataset, c.emnist_split)
         plans = {role: {"model": plan.arch_description(), "init": plan.init, "trainable": plan.trainable}
                  for role, plan in (("teacher", self.teacher), ("student", self.student))}
         return {**scalars, **plans, "num_classes": self.num_classes, "perturbations": self.perturbations}
@@ -177,9 +177,8 @@ def resolve(config: ExperimentConfig) -> ResolvedConfig:
     """Validate every setting; raise UsageError naming the first bad one."""
     c = config
     c.dataset = str(c.dataset).lower()
-    _require("--dataset", c.dataset, c.dataset in DATASETS, f"allowed: {', '.join(DATASETS)}")
-    _require("--emnist-split", c.emnist_split, c.emnist_split in EMNIST_SPLITS,
-             f"allowed: {', '.join(EMNIST_SPLITS)}")
+    _require("--dataset", c.dataset, c.dataset in datasets(), f"allowed: {', '.join(datasets())}")
+    _require("--emnist-split", c.emnist_split, c.emnist_split in splits(), f"allowed: {', '.join(splits())}")
     classes = num_classes_of(c.dataset, c.emnist_split)
     if c.class_count is not None:
         _require("--class-count", c.class_count, 2 <= c.class_count <= classes,

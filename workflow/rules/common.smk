@@ -77,7 +77,6 @@ wildcard_constraints:
     key=r"[0-9a-f]{16}",
     dskey="|".join(DATASET_KEYS),
     cache=rf"({'|'.join(DATASET_KEYS)})-[0-9a-f]{{10}}",
-    split="|".join(info.split for info in CATALOG.values() if info.split),
 
 
 include: "data.smk"
@@ -96,9 +95,12 @@ try:
     RUNS = table.runs_table(config, store, logger.warning)
 except table.ConfigError as exc:
     raise ConfigError(str(exc)) from None
-if config.get("synthetic_mnist") == "auto" and "mnist" in SYNTHETIC and (RUNS["dataset"] == "mnist").any():
-    logger.warning(f"synthetic_mnist auto: no MNIST raw files in {', '.join(DATA.candidates())}: the MNIST "
-                   f"panels use SYNTHETIC MNIST (generated, not the real dataset; runs in {R}/synthetic/)")
+for _key in sorted(SYNTHETIC):
+    if DATA.synthetic_mode(_key) == "auto" and (RUNS["dataset"] == _key).any():
+        _name = CATALOG[_key].display
+        logger.warning(f"{CATALOG[_key].synthetic_setting} auto: no {_name} raw files in "
+                       f"{', '.join(DATA.candidates())}: the {_name} panels use SYNTHETIC {_name} (generated, not "
+                       f"the real dataset; runs in {R}/synthetic/)")
 FIGURES = [name for name, fig in config["figures"].items() if fig is not None]
 UNIQUE_RUNS = table.unique_runs(RUNS) if len(RUNS) else []
 _IDENTITIES = {d: data_identity(d) for d in {r["dataset"] for r in UNIQUE_RUNS}}

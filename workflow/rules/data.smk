@@ -1,7 +1,7 @@
 # Datasets: where each dataset's files are (or are generated), its prepared tensor cache, and the rules
 # that make them. Every job reads a prepared cache; only prepare_data writes one.
 
-import data_locations  # workflow/scripts: where each dataset is, its cache and identity
+import data_locations  # workflow/scripts: where each dataset is, its cache and identity (from the catalog)
 
 DATA = data_locations.DataLocations(config, R)
 SYNTHETIC, SYNTHETIC_DIR = DATA.synthetic, DATA.synthetic_dir
@@ -10,51 +10,34 @@ DATASET_OF_CACHE, DATASET_OF_CACHE_NAME = DATA.dataset_of_cache, DATA.dataset_of
 dataset_and_split, data_identity, store = data_locations.dataset_and_split, DATA.identity, DATA.store
 
 
-rule synthetic_emnist:
-    """Tiny generated EMNIST IDX files (quick preset, tests): config synthetic_emnist: true."""
-    output:
-        expand(
-            "{dir}/data/EMNIST/raw/emnist-{{split}}-{part}-ubyte",
-            dir=SYNTHETIC_DIR,
-            part=["train-images-idx3", "train-labels-idx1", "test-images-idx3", "test-labels-idx1"],
-        ),
-    log:
-        f"{LOGS}/data/synthetic-emnist-{{split}}.log",
-    params:
-        n_train=config["synthetic"]["n_train"],
-        n_test=config["synthetic"]["n_test"],
-        seed=config["synthetic"]["seed"],
-    threads: 1
-    resources:
-        **jobs.rule_resources(config, "data"),
-    localrule: True
-    conda:
-        TORCH_ENV
-    script:
-        "../scripts/synthetic_emnist.py"
+# one rule per catalog entry (synthetic_mnist, synthetic_emnist_balanced, ...): only the generated datasets
+# (DATA.synthetic) are ever asked for
+for _key, _info in CATALOG.items():
 
-
-rule synthetic_mnist:
-    """Tiny generated MNIST IDX files in torchvision's layout (same generator as synthetic EMNIST), for
-    machines without the real files (config synthetic_mnist: true, or auto when no data_dir folder holds
-    them)."""
-    output:
-        DATA.synthetic_raw_files("mnist"),
-    log:
-        f"{LOGS}/data/synthetic-mnist.log",
-    params:
-        dataset="mnist",
-        n_train=config["synthetic"]["n_train"],
-        n_test=config["synthetic"]["n_test"],
-        seed=config["synthetic"]["seed"],
-    threads: 1
-    resources:
-        **jobs.rule_resources(config, "data"),
-    localrule: True
-    conda:
-        TORCH_ENV
-    script:
-        "../scripts/synthetic_emnist.py"
+    rule:
+        """Tiny generated IDX files of one dataset in torchvision's layout (quick preset, tests; config
+        synthetic_emnist: true, synthetic_mnist: true or auto), for machines without the real files."""
+        name:
+            DATA.synthetic_rule_name(_key)
+        output:
+            DATA.synthetic_raw_files(_key),
+        log:
+            f"{LOGS}/data/synthetic-{_key}.log",
+        params:
+            dataset=_info.dataset,
+            split=dataset_and_split(_key)[1],
+            name=_key,
+            n_train=config["synthetic"]["n_train"],
+            n_test=config["synthetic"]["n_test"],
+            seed=config["synthetic"]["seed"],
+        threads: 1
+        resources:
+            **jobs.rule_resources(config, "data"),
+        localrule: True
+        conda:
+            TORCH_ENV
+        script:
+            "../scripts/synthetic_data.py"
 
 
 rule prepare_data:

@@ -8,12 +8,15 @@ import glob
 from pathlib import Path
 
 from sublearn import dataid  # torch-free: data identities and cache names
-from sublearn.catalog import CATALOG, DATASET_KEYS
+from sublearn.catalog import CATALOG
+from sublearn.config import ExperimentConfig
 
 
 def dataset_and_split(dskey):
+    """A dataset key's --dataset and --emnist-split values (a dataset without splits: the default split,
+    which it ignores)."""
     info = CATALOG[dskey]
-    return info.dataset, info.split or "balanced"
+    return info.dataset, info.split or ExperimentConfig.emnist_split
 
 
 class DataLocations:
@@ -22,11 +25,11 @@ class DataLocations:
         self.synthetic_dir = cfg["synthetic"]["dir"].rstrip("/")
         self.synthetic = self._synthetic_keys()
         self.data_dirs = {k: f"{self.synthetic_dir}/data" if k in self.synthetic
-                          else self.folder_holding(k) or self.candidates()[-1].rstrip("/") for k in DATASET_KEYS}
+                          else self.folder_holding(k) or self.candidates()[-1].rstrip("/") for k in CATALOG}
         self.cache_files = {
             k: str(dataid.cache_file(f"{self.synthetic_dir}/cache" if k in self.synthetic
                                      else cfg["cache_dir"].rstrip("/"), *dataset_and_split(k), self.data_dirs[k]))
-            for k in DATASET_KEYS}
+            for k in CATALOG}
         self.dataset_of_cache = {v: k for k, v in self.cache_files.items()}
         self.dataset_of_cache_name = {Path(v).stem: k for k, v in self.cache_files.items()}
 
@@ -41,13 +44,20 @@ class DataLocations:
                      if all((Path(c) / info.folder / name).is_file() for name in info.files)), None)
 
     def _synthetic_keys(self):
-        """Dataset keys replaced by generated data: EMNIST with synthetic_emnist, MNIST with synthetic_mnist
-        (true, or auto when no data_dir folder holds the MNIST raw files, e.g. offline)."""
-        keys = {k for k, info in CATALOG.items() if info.dataset == "emnist"} if self.cfg["synthetic_emnist"] else set()
-        mode = self.cfg.get("synthetic_mnist", False)
-        if mode is True or (mode == "auto" and self.folder_holding("mnist") is None):
-            keys.add("mnist")
-        return keys
+        """Dataset keys replaced by generated data: those whose catalog entry names a config key
+        (``synthetic_setting``: synthetic_mnist, synthetic_emnist) that is true, or auto when no data_dir
+        folder holds the dataset's raw files (e.g. offline)."""
+        return {k for k in CATALOG if self.synthetic_mode(k) is True
+                or (self.synthetic_mode(k) == "auto" and self.folder_holding(k) is None)}
+
+    def synthetic_mode(self, dskey):
+        """The config's setting that replaces the dataset by generated data (False where it has none)."""
+        setting = CATALOG[dskey].synthetic_setting
+        return self.cfg.get(setting, False) if setting else False
+
+    def synthetic_rule_name(self, dskey):
+        """The rule that writes a dataset's generated raw files: synthetic_mnist, synthetic_emnist_balanced."""
+        return "synthetic_" + dskey.replace("-", "_")
 
     def synthetic_raw_files(self, dskey):
         info = CATALOG[dskey]
