@@ -11,57 +11,78 @@ from typing import Any
 from .errors import UsageError, bad_value
 from .syntax import load_json_or_path, parse_bool, parse_int_list, parse_perturb_shorthand
 
-NOISE = {"noise": True}  # metadata of the settings that shape the noise stream (see plan.noise_settings)
+# Which stage reads a setting (its roles, on the dataclass below): the teacher stage (``teacher``: it shapes
+# the trained teacher body, so it is in the teacher key), the student stage (``student``: distillation),
+# ``evaluation`` (the accuracies and MSEs reported), the noise stream (``noise``: in every noise key); a
+# ``job`` setting says where and how a run is computed, never what it gives; a ``label`` only names it.
+# ``teacher_aux``: the teacher stage reads it to build its aux head, which never receives a gradient, so it
+# is left out of the teacher key on purpose. tests/test_setting_roles.py records what teacher training reads.
+ROLES = ("teacher", "teacher_aux", "student", "evaluation", "noise", "job", "label")
+
+
+def setting(default: Any = None, *roles: str, factory: Any = None, teacher_name: str | None = None) -> Any:
+    """A dataclass field that declares its roles (and, for the teacher key, its name there when it differs)."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; known: {ROLES}")
+    metadata = {"roles": frozenset(roles), "noise": "noise" in roles, "teacher_name": teacher_name}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+DATA = ("teacher", "student", "evaluation")  # the data every stage reads
+TEACHER_MODEL = ("teacher", "student", "evaluation")  # the student stage runs the trained teacher too
 
 
 @dataclass
 class ExperimentConfig:
-    """Every setting of one run, with the reference's names and defaults."""
+    """Every setting of one run, with the reference's names and defaults, and the roles it plays."""
 
-    dataset: str = "mnist"
-    data_dir: str = "./data"
-    outdir: str = "./outputs"
-    emnist_split: str = "balanced"
-    class_count: int | None = None
-    class_selection: str = "first"
-    num_workers: int = 0
-    seed: int = 42
-    device: str = "auto"
+    dataset: str = setting("mnist", *DATA)
+    data_dir: str = setting("./data", "job")
+    outdir: str = setting("./outputs", "job")
+    emnist_split: str = setting("balanced", *DATA)
+    class_count: int | None = setting(None, *DATA)
+    class_selection: str = setting("first", "student")  # only "first" is allowed: the labels class_count keeps
+    num_workers: int = setting(0, "job")
+    seed: int = setting(42, "teacher", "student", "evaluation")
+    device: str = setting("auto", "job")
 
-    teacher_type: str = "mlp"
-    student_type: str = "mlp"
-    teacher_hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
-    student_hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
-    teacher_arch_spec: list[dict[str, Any]] | None = None
-    student_arch_spec: list[dict[str, Any]] | None = None
-    m: int = 10
+    teacher_type: str = setting("mlp", *TEACHER_MODEL)
+    student_type: str = setting("mlp", "student", "evaluation")
+    teacher_hidden_dims: list[int] = setting(None, *TEACHER_MODEL, factory=lambda: [256, 256])
+    student_hidden_dims: list[int] = setting(None, "student", "evaluation", factory=lambda: [256, 256])
+    teacher_arch_spec: list[dict[str, Any]] | None = setting(None, *TEACHER_MODEL)
+    student_arch_spec: list[dict[str, Any]] | None = setting(None, "student", "evaluation")
+    m: int = setting(10, "teacher_aux", "student", "evaluation")
 
-    teacher_init: str | None = None
-    student_init: str | None = None
-    teacher_trainable: str | None = None
-    student_trainable: str | None = None
+    teacher_init: str | None = setting(None, *TEACHER_MODEL)
+    student_init: str | None = setting(None, "student", "evaluation")
+    teacher_trainable: str | None = setting(None, *TEACHER_MODEL)
+    student_trainable: str | None = setting(None, "student", "evaluation")
 
-    teacher_epochs: int = 5
-    student_epochs: int = 5
-    data_bsize: int = 1024
-    noise_bsize: int = 1000
-    noise_steps: int = 60
-    teacher_lr: float = 1e-3
-    student_lr: float = 1e-3
+    teacher_epochs: int = setting(5, "teacher", teacher_name="epochs")
+    student_epochs: int = setting(5, "student")
+    data_bsize: int = setting(1024, "teacher", "evaluation")
+    noise_bsize: int = setting(1000, "student")
+    noise_steps: int = setting(60, "student")
+    teacher_lr: float = setting(1e-3, "teacher", teacher_name="lr")
+    student_lr: float = setting(1e-3, "student")
 
-    noise_dist: str = field(default="uniform", metadata=NOISE)
-    perlin_res: int = field(default=8, metadata=NOISE)
-    normalize_noise: bool = field(default=False, metadata=NOISE)
-    eval_noise_batches: int = 10
-    eval_noise_bsize: int = 1000
+    noise_dist: str = setting("uniform", "noise", "student", "evaluation")
+    perlin_res: int = setting(8, "noise", "student", "evaluation")
+    normalize_noise: bool = setting(False, "noise", "student", "evaluation")
+    eval_noise_batches: int = setting(10, "evaluation")
+    eval_noise_bsize: int = setting(1000, "evaluation")
 
-    perturb_specs: list[dict[str, Any]] = field(default_factory=list)
-    sweep_name: str = "default"
-    run_label: str = ""
-    append_global: bool = False
+    perturb_specs: list[dict[str, Any]] = setting(None, "teacher", "student", "evaluation", factory=list)
+    sweep_name: str = setting("default", "label")
+    run_label: str = setting("", "label")
+    append_global: bool = setting(False, "job")
 
-    threads: int | None = None
-    cache_dir: str | None = None
+    threads: int | None = setting(None, "job")
+    cache_dir: str | None = setting(None, "job")
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -70,10 +91,19 @@ class ExperimentConfig:
         return record
 
 
+
+
+def settings_with(role: str) -> tuple[str, ...]:
+    """The settings that declare ``role``, in the dataclass's order."""
+    return tuple(f.name for f in fields(ExperimentConfig) if role in f.metadata["roles"])
+
+
 # Settings of the job that runs an experiment, not of the experiment: the same run gives the same numbers
 # wherever its data live or its files go (threads and device are recorded with every result).
-JOB_SETTINGS = ("data_dir", "outdir", "cache_dir", "threads", "device", "num_workers", "append_global")
-LABEL_SETTINGS = ("sweep_name", "run_label")
+JOB_SETTINGS = settings_with("job")
+LABEL_SETTINGS = settings_with("label")
+# the settings the teacher stage reads for what it trains: every one is in the teacher key (plan.teacher_settings)
+TEACHER_SETTINGS = settings_with("teacher")
 # raw spellings that the resolved model plans and perturbations replace in a run's identity
 _PLANNED_SETTINGS = ("teacher_type", "student_type", "teacher_hidden_dims", "student_hidden_dims",
                      "teacher_arch_spec", "student_arch_spec", "teacher_init", "student_init",
@@ -81,7 +111,7 @@ _PLANNED_SETTINGS = ("teacher_type", "student_type", "teacher_hidden_dims", "stu
 # what a run sheet may set for one run (the rest comes from the job)
 RUN_SETTINGS = tuple(f.name for f in fields(ExperimentConfig) if f.name not in JOB_SETTINGS)
 # the settings that shape the noise stream: every key of a noise stream is derived from this list
-NOISE_SETTINGS = tuple(f.name for f in fields(ExperimentConfig) if f.metadata.get("noise"))
+NOISE_SETTINGS = settings_with("noise")
 # settings whose text is read case-insensitively (lower-cased by ``lower_text``): the command line's flags as
 # their argparse type, the workflow's config in ``config_from_flags``
 CASE_INSENSITIVE_SETTINGS = ("dataset", "teacher_type", "student_type", "noise_dist")

@@ -8,12 +8,19 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .architecture import ModelPlan, plan_model
 from .catalog import dataset_key, datasets, num_classes_of, split_of, splits
-from .config import _PLANNED_SETTINGS, JOB_SETTINGS, LABEL_SETTINGS, NOISE_SETTINGS, ExperimentConfig
+from .config import (
+    _PLANNED_SETTINGS,
+    JOB_SETTINGS,
+    LABEL_SETTINGS,
+    NOISE_SETTINGS,
+    TEACHER_SETTINGS,
+    ExperimentConfig,
+)
 from .errors import bad_value
 from .noise import DISTRIBUTIONS
 from .syntax import canonical_perturbations
@@ -30,24 +37,21 @@ class ResolvedConfig:
     perturbations: list[dict[str, Any]]
 
     def teacher_settings(self) -> dict[str, Any]:
-        """Everything the trained teacher body depends on.
+        """Everything the trained teacher body depends on: every setting whose role is ``teacher``
+        (``config.TEACHER_SETTINGS``), the planned ones (model, layers, perturbations) in canonical form.
 
         The teacher's aux_head never receives a gradient, so its trained layers do not depend on m, on
         the aux head's source/trainability or on anything of the student: one teacher serves them all.
         """
         c = self.config
         body = [n for n in self.teacher.layer_names if n != "aux_head"]
+        scalars = {TEACHER_NAMES[name]: value for name, value in teacher_scalars(c).items()}
         return {
-            "seed": c.seed,
-            "dataset": c.dataset,
+            **scalars,
             "emnist_split": split_of(c.dataset, c.emnist_split),
-            "class_count": c.class_count,
             "model": self.teacher.arch_description(),
             "init": {n: self.teacher.init[n] for n in body},
             "trainable": {n: self.teacher.trainable[n] for n in body},
-            "epochs": c.teacher_epochs,
-            "data_bsize": c.data_bsize,
-            "lr": c.teacher_lr,
             "perturbations": [
                 {**p, "layers": [n for n in p["layers"] if n != "aux_head"]}
                 for p in self.perturbations
@@ -117,6 +121,17 @@ class ResolvedConfig:
         return json.dumps([self.config.m, perturbations], sort_keys=True)
 
 
+# the teacher settings the teacher key holds as they are (the planned ones enter through the model plan), and
+# their names there
+TEACHER_NAMES = {f.name: f.metadata["teacher_name"] or f.name for f in fields(ExperimentConfig)
+                 if f.name in TEACHER_SETTINGS and f.name not in _PLANNED_SETTINGS}
+
+
+def teacher_scalars(c: ExperimentConfig) -> dict[str, Any]:
+    """The teacher settings that are not planned (seed, data, epochs, batch size, rate), by setting name."""
+    return {name: getattr(c, name) for name in TEACHER_NAMES}
+
+
 def teacher_config(rc: ResolvedConfig) -> ExperimentConfig:
     """The canonical settings of a run's teacher: its teacher settings, everything else at the defaults, so
     that every run with the same teacher key gives the same config (a teacher job's identity, which adding
@@ -134,13 +149,14 @@ def teacher_config(rc: ResolvedConfig) -> ExperimentConfig:
                           "include_weight": p["include_weight"], "include_bias": p["include_bias"]})
         else:
             specs.append({"target": "student", "layers": "all", "std": 0.0})
+    scalars = teacher_scalars(c)
+    scalars["teacher_lr"] = float(scalars["teacher_lr"])
     return ExperimentConfig(
-        dataset=c.dataset, emnist_split=c.emnist_split, class_count=c.class_count, seed=c.seed,
+        **scalars,
         teacher_type=plan.model_type, teacher_hidden_dims=list(plan.hidden_dims),
         teacher_arch_spec=plan.feature_spec if plan.model_type == "cnn" else None,
         teacher_init=",".join(f"{n}:{plan.init[n]}" for n in body),
         teacher_trainable=",".join(f"{n}:{str(plan.trainable[n]).lower()}" for n in body),
-        teacher_epochs=c.teacher_epochs, data_bsize=c.data_bsize, teacher_lr=float(c.teacher_lr),
         perturb_specs=specs)
 
 
