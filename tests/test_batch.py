@@ -136,6 +136,7 @@ def test_stack_members_equal_lone_runs_bit_for_bit(stack_layers, tiny_data, tiny
     batched matmuls are, else to tolerance."""
     from sublearn.data import ensure_cache, load
     from sublearn.evaluation import SharedEvaluations
+    from sublearn.records import VALUE_NAMES
     from sublearn.student import distill_stack, finish_student, prepare_student
     from sublearn.teacher import train_teacher_stage
 
@@ -180,7 +181,7 @@ def test_stack_members_equal_lone_runs_bit_for_bit(stack_layers, tiny_data, tiny
         for ra, rb in zip(finished[name].layer_rows, lone[name].layer_rows, strict=True):
             assert ra["status"] == rb["status"], (name, ra["comparison"], ra["layer_name"])
             if ra["status"] == "comparable":
-                for column in ("diff_norm", "other_norm"):
+                for column in VALUE_NAMES:  # comparisons shared between runs (by identity) included
                     assert same_value(ra[column], rb[column], exact), (name, ra["comparison"], ra["layer_name"])
         assert a["run_key"] == rcs[name].run_key()
     if stack_layers:  # the stacks this test means to exercise did form (other m, inits, seeds, frozen layers,

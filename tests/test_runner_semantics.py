@@ -69,21 +69,68 @@ def test_a_layers_identical_across_models_and_b_random_differ():
     assert not torch.equal(teacher.class_head.weight, student.class_head.weight)  # random vs A
 
 
-def test_reset_uses_layer_seed_and_restores_global_stream():
+def test_reset_uses_layer_seed_and_leaves_global_streams_alone():
     rc = _plan()
+    torch.manual_seed(0)
+    expected_next = torch.rand(1)
     torch.manual_seed(0)
     model = build_model(rc.teacher, 10, 10, 11, torch.device("cpu"))
     layer = torch.nn.Linear(256, 256)
     torch.manual_seed(derived_seed(11, "init_source", "A", "fc2"))
     layer.reset_parameters()
     assert torch.equal(model.fc2.weight, layer.weight)
-    # after construction the global stream continues from the construction seed, untouched by resets
-    set_seed(derived_seed(11, "teacher", "model_random_init"))
-    for shape in [(784, 256), (256, 256), (256, 10), (256, 10)]:
-        torch.nn.Linear(*shape)
-    expected_next = torch.rand(1)
+    # every draw has a generator of its own; each later step of the reference seeds before it draws
+    torch.manual_seed(0)
     build_model(rc.teacher, 10, 10, 11, torch.device("cpu"))
     assert torch.equal(torch.rand(1), expected_next)
+
+
+def reference_build(plan, m: int, num_classes: int, seed: int):
+    """The reference's construction, literally: the role's global stream, then each A/B layer reset
+    inside a forked global stream seeded from its source."""
+    from sublearn.model import SplitHeadModel
+
+    set_seed(derived_seed(seed, plan.role, "model_random_init"))
+    model = SplitHeadModel(plan, m, num_classes)
+    for name in model.layer_names:
+        if plan.init[name] in ("A", "B"):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derived_seed(seed, "init_source", plan.init[name], name))
+                getattr(model, name).reset_parameters()
+    return model
+
+
+CNN = [{"name": "conv1", "type": "conv2d", "out_channels": 4, "kernel_size": 3,
+        "pool": {"type": "max", "kernel_size": 2}},
+       {"name": "conv2", "type": "conv2d", "out_channels": 3, "kernel_size": 3, "bias": False},
+       {"name": "fc1", "type": "linear", "out_features": 16}]
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"student_init": "random,A,random,A"},
+    {"student_init": "A,random,A,A"},
+    {"student_init": "B,B,A,random", "teacher_init": "random,random,random,random"},
+    {"student_init": "random,random,random,random,random", "student_hidden_dims": [32, 8, 16]},
+    {"teacher_type": "cnn", "student_type": "cnn", "teacher_arch_spec": CNN, "student_arch_spec": CNN,
+     "student_init": "A,random,B,A,random"},
+])
+def test_built_models_equal_the_reference_construction(overrides):
+    """Generators of their own, layers drawn once and shared (InitialWeights), draws stopped after the last
+    layer that keeps them: every model equals the reference's construction, for any order of builds."""
+    from sublearn.model import InitialWeights
+
+    rc = _plan(**overrides)
+    inits = InitialWeights()
+    for seed, m in [(3, 10), (3, 4), (5, 10), (3, 10)]:
+        for plan in (rc.student, rc.teacher):
+            expected = reference_build(plan, m, 10, seed).state_dict()
+            for shared in (inits, None):
+                got = build_model(plan, m, 10, seed, torch.device("cpu"), shared).state_dict()
+                assert list(got) == list(expected)
+                assert repr(build_model(plan, m, 10, seed, torch.device("cpu"), shared)) == \
+                    repr(reference_build(plan, m, 10, seed))
+                assert all(torch.equal(got[k], expected[k]) for k in expected), (plan.role, seed, m)
 
 
 def test_random_layer_keeps_construction_weights():

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import SplitHeadModel
+from .model import InitialWeights, SplitHeadModel
 from .noise import sample_noise
 from .plan import ResolvedConfig
 from .seeding import derived_seed, forked_rng, set_seed
@@ -23,12 +23,28 @@ class SharedEvaluations:
     batches, a model body's features on an input (the test split, or those batches) keyed by the body's
     weights, and a teacher's aux logits on the noise. In fig2, say, the 36 runs of a seed start from 4
     distinct student bodies and share one teacher. Equal weights and inputs through the same operations
-    give equal outputs, so every run's numbers are those of its lone run. The least recently used entries
+    give equal outputs, so every run's numbers are those of its lone run. Bodies are keyed by what fixed
+    their weights (layer_key) rather than by hashing the weights of every run; the job's layers' initial
+    weights are drawn once (``inits``). The least recently used entries
     go beyond ``max_bytes``."""
 
     def __init__(self, max_bytes: int = 256 * 2**20):
         self.max_bytes, self.bytes = max_bytes, 0
         self.entries: OrderedDict[tuple, tuple[Any, list[torch.Tensor], int]] = OrderedDict()
+        self.inits = InitialWeights()  # the layers' initial weights, drawn once for every run that builds them
+        self.trained: dict[int, tuple[dict, dict[str, tuple]]] = {}  # id(trained body) -> (it, layer identities)
+        self.comparisons: dict[tuple, dict[str, float]] = {}  # records.pair_values's values by the pair's key
+
+    def trained_identities(self, trained_body: dict[str, torch.Tensor]) -> dict[str, tuple]:
+        """A teacher checkpoint's layers by a digest of their trained weights, computed once per checkpoint."""
+        if id(trained_body) not in self.trained:
+            layers: dict[str, list[str]] = {}
+            for key in trained_body:
+                layers.setdefault(key.rsplit(".", 1)[0], []).append(key)
+            identities = {layer: ("trained", tensors_digest([(key, trained_body[key]) for key in keys]))
+                          for layer, keys in layers.items()}
+            self.trained[id(trained_body)] = (trained_body, identities)
+        return self.trained[id(trained_body)][1]
 
     def get(self, key: tuple, compute: Callable[[], list[torch.Tensor]], keep: Any = None) -> list[torch.Tensor]:
         """The cached value of ``key``, else ``compute()`` (cached when it fits). ``keep``: an object the
@@ -49,18 +65,28 @@ class SharedEvaluations:
         return self.get(("features", body_key(model), name), lambda: [model.features(x) for x in inputs], keep)
 
 
-def weights_digest(modules: list[nn.Module]) -> str:
+def tensors_digest(named: list[tuple[str, torch.Tensor]]) -> str:
     digest = hashlib.blake2b(digest_size=16)
-    for module in modules:
-        for name, tensor in module.state_dict().items():
-            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    for name, tensor in named:
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def weights_digest(modules: list[nn.Module]) -> str:
+    return tensors_digest([item for module in modules for item in module.state_dict().items()])
+
+
+def layer_key(model: SplitHeadModel, name: str) -> tuple:
+    """Equal keys: equal weights. The layer's identity (what fixed its weights, see SplitHeadModel.stamp)
+    while it holds, else a digest of its weights."""
+    identity = model.identity(name)
+    return identity if identity is not None else ("digest", weights_digest([getattr(model, name)]))
 
 
 def body_key(model: SplitHeadModel) -> tuple:
     """Equal keys: the same feature layers (structure and weights), so equal features of any input."""
-    return repr(model.steps), weights_digest([getattr(model, name) for name, _, _ in model.steps])
+    return repr(model.steps), tuple(layer_key(model, name) for name, _, _ in model.steps)
 
 
 @torch.no_grad()
@@ -106,7 +132,7 @@ def aux_mse_on_noise(student: SplitHeadModel, teacher: SplitHeadModel, rc: Resol
     else:
         name = (*rc.eval_noise_key(moment), str(device))
         batches = shared.get(name, lambda: eval_noise(rc, device, moment))
-        targets = shared.get(("aux", body_key(teacher), weights_digest([teacher.aux_head]), name),
+        targets = shared.get(("aux", body_key(teacher), layer_key(teacher, "aux_head"), name),
                              lambda: [teacher.aux_head(h) for h in shared.features(teacher, name, batches)])
         pairs = zip((student.aux_head(h) for h in shared.features(student, name, batches)), targets, strict=True)
     losses = [float(F.mse_loss(output, target).item()) for output, target in pairs]

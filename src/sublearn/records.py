@@ -17,6 +17,8 @@ from .seeding import seed_bookkeeping
 
 SCHEMA_VERSION = "subliminal_unified_v1"
 EPS = 1e-12
+VALUE_NAMES = ("cosine", "diff_norm", "reference_norm", "other_norm", "relative_diff_reference",
+               "relative_diff_symmetric")
 
 
 def tensor_norm(x: torch.Tensor) -> float:
@@ -34,9 +36,42 @@ def tensor_kinds(layer: nn.Module) -> dict[str, torch.Tensor]:
     return {k: getattr(layer, k) for k in ("weight", "bias") if getattr(layer, k, None) is not None}
 
 
-def snapshot(model: SplitHeadModel) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: {k: t.detach().cpu().clone() for k, t in tensor_kinds(getattr(model, name)).items()}
+def snapshot(model: SplitHeadModel) -> dict[str, dict[str, Any]]:
+    """The layers' tensors as they are now, on the model's device (compared there, copied once), with each
+    layer's identity ("identity": SplitHeadModel.identity, or None)."""
+    return {name: {**{k: t.detach().clone() for k, t in tensor_kinds(getattr(model, name)).items()},
+                   "identity": model.identity(name)}
             for name in model.layer_names}
+
+
+def pair_values(pairs: list[tuple[torch.Tensor, torch.Tensor, tuple | None]],
+                known: dict[tuple, dict[str, float]] | None = None) -> list[dict[str, float]]:
+    """The comparison values of each (reference, other, key) of equal shapes, as tensor_norm and
+    cosine_or_nan give them, with one host copy for all. ``known``: values by key, of pairs compared before
+    (a key names what fixed both tensors, so equal keys have equal values); new keys are added to it."""
+    known = {} if known is None else known
+    todo = [i for i, (_, _, key) in enumerate(pairs) if key is None or key not in known]
+    parts = []
+    for i in todo:
+        ref, other, _ = pairs[i]
+        x, y = ref.detach().reshape(-1).float(), other.detach().reshape(-1).float()
+        parts += [torch.linalg.vector_norm(x, ord=2), torch.linalg.vector_norm(y, ord=2),
+                  torch.linalg.vector_norm((ref - other).detach().reshape(-1).float(), ord=2),
+                  F.cosine_similarity(x.unsqueeze(0), y.unsqueeze(0), dim=1)[0]]
+    numbers = torch.stack(parts).tolist() if parts else []
+    computed = {}
+    for n, i in enumerate(todo):
+        ref_norm, other_norm, diff, cosine = numbers[4 * n:4 * n + 4]
+        if pairs[i][0].numel() == 0 or ref_norm < EPS or other_norm < EPS:
+            cosine = float("nan")
+        computed[i] = {
+            "cosine": cosine, "diff_norm": diff, "reference_norm": ref_norm, "other_norm": other_norm,
+            "relative_diff_reference": diff / (ref_norm + EPS),
+            "relative_diff_symmetric": 2.0 * diff / (ref_norm + other_norm + EPS),
+        }
+        if pairs[i][2] is not None:
+            known[pairs[i][2]] = computed[i]
+    return [computed[i] if i in computed else known[key] for i, (_, _, key) in enumerate(pairs)]
 
 
 def _shape(x: torch.Tensor | None) -> str:
@@ -53,7 +88,10 @@ def _missing(prefix: str, ref: Any, other: Any, models: tuple[str, str]) -> str 
 
 
 def compare_snapshots(comparison: str, models: tuple[str, str], states: tuple[str, str],
-                      snaps: tuple[dict, dict], layer_order: list[str], base_row: dict) -> list[dict[str, Any]]:
+                      snaps: tuple[dict, dict], layer_order: list[str], base_row: dict,
+                      pairs: list[tuple[torch.Tensor, torch.Tensor, tuple | None]]) -> list[dict[str, Any]]:
+    """The comparison's rows; a comparable pair's values are left for pair_values (``pairs`` gets the
+    pair, the row its index there as ``pending``)."""
     ref_model, other_model = models
     rows = []
     for layer_name in layer_order:
@@ -63,43 +101,48 @@ def compare_snapshots(comparison: str, models: tuple[str, str], states: tuple[st
             ref = ref_layer.get(kind) if ref_layer is not None else None
             other = other_layer.get(kind) if other_layer is not None else None
             status = layer_status
-            values = dict.fromkeys(("cosine", "diff_norm", "reference_norm", "other_norm",
-                                    "relative_diff_reference", "relative_diff_symmetric"), float("nan"))
+            pending = None
             if status == "comparable":
                 if ref is None or other is None:
                     status = _missing("missing_tensor", ref, other, models)
                 elif tuple(ref.shape) != tuple(other.shape):
                     status = "shape_mismatch"
                 else:
-                    ref_norm, other_norm, diff = tensor_norm(ref), tensor_norm(other), tensor_norm(ref - other)
-                    values = {
-                        "cosine": cosine_or_nan(ref, other), "diff_norm": diff, "reference_norm": ref_norm,
-                        "other_norm": other_norm, "relative_diff_reference": diff / (ref_norm + EPS),
-                        "relative_diff_symmetric": 2.0 * diff / (ref_norm + other_norm + EPS),
-                    }
+                    pending = len(pairs)
+                    identities = (ref_layer["identity"], other_layer["identity"])
+                    pairs.append((ref, other, None if None in identities else (*identities, kind)))
             rows.append({
                 **base_row, "comparison": comparison, "reference_model": ref_model, "other_model": other_model,
                 "reference_state": states[0], "other_state": states[1], "layer_name": layer_name,
                 "tensor_kind": kind, "reference_shape": _shape(ref), "other_shape": _shape(other),
-                "status": status, **values,
+                "status": status, **dict.fromkeys(VALUE_NAMES, float("nan")), "pending": pending,
             })
     return rows
 
 
 def layer_metrics(teacher_layers: list[str], student_layers: list[str], snaps: dict[str, dict],
-                  base_row: dict) -> list[dict[str, Any]]:
+                  base_row: dict, known: dict[tuple, dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """The four comparisons' rows; ``known``: pair_values's values of pairs compared before (by the runs
+    of a job, which share many: every run of a seed compares the same teacher before and after training)."""
     both = list(dict.fromkeys(teacher_layers + student_layers))
     t, s = ("teacher", "student"), ("initial", "final")
-    return (
+    pairs: list[tuple[torch.Tensor, torch.Tensor, tuple | None]] = []
+    rows = (
         compare_snapshots("teacher_student_init", t, ("initial", "initial"),
-                          (snaps["teacher_initial"], snaps["student_initial"]), both, base_row)
+                          (snaps["teacher_initial"], snaps["student_initial"]), both, base_row, pairs)
         + compare_snapshots("teacher_student_final", t, ("final", "final"),
-                            (snaps["teacher_final"], snaps["student_final"]), both, base_row)
+                            (snaps["teacher_final"], snaps["student_final"]), both, base_row, pairs)
         + compare_snapshots("teacher_init_final", ("teacher", "teacher"), s,
-                            (snaps["teacher_initial"], snaps["teacher_final"]), teacher_layers, base_row)
+                            (snaps["teacher_initial"], snaps["teacher_final"]), teacher_layers, base_row, pairs)
         + compare_snapshots("student_init_final", ("student", "student"), s,
-                            (snaps["student_initial"], snaps["student_final"]), student_layers, base_row)
+                            (snaps["student_initial"], snaps["student_final"]), student_layers, base_row, pairs)
     )
+    values = pair_values(pairs, known)
+    for row in rows:
+        pending = row.pop("pending")
+        if pending is not None:
+            row.update(values[pending])
+    return rows
 
 
 _ALIAS_PREFIX = {

@@ -82,6 +82,12 @@ class _Distilling:
     index: int = 0  # its place in ``stacked``
     stream: _Stream | None = None  # its stack's noise stream and teacher body
     head: int = 0  # its teacher's aux head among the stream's distinct ones (``_Stream.heads``)
+    trajectory: object = field(default_factory=object)  # this training's identity, held by its students' stamps
+
+    def stamp(self, run: StudentRun, steps: int) -> None:
+        """The run's student is this trajectory after ``steps`` steps (all but its own class head)."""
+        run.student.stamp({name: ("distilled", self.trajectory, steps, name)
+                           for name in run.student.layer_names if name != "class_head"})
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = F.mse_loss(self.run.student.aux_logits(x), target)
@@ -244,6 +250,7 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
         if finished:
             for d in (d for unit in finished for d in unit):
                 d.sync()
+                d.stamp(d.run, step)
                 on_done(d.run, d.last, d.seconds)
             units = [unit for unit in units if step < unit[0].steps]
             heads_in_use = _heads_in_use(units)
@@ -311,6 +318,7 @@ def report_step(d: _Distilling, step: int, mean_of: Callable[[int], float],
         follower, _, per_epoch = d.followers.pop(0)
         d.sync()
         take_trajectory_weights(follower.student, d.run.student)
+        d.stamp(follower, step)
         last = mean_of(per_epoch)
         print(f"[student] {follower.run_id}: the first {step} steps of {d.run.run_id}, last epoch aux MSE "
               f"{last:.8f}", flush=True)
@@ -341,8 +349,9 @@ def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, che
     timestamp = datetime.now().isoformat(timespec="seconds")
     check_checkpoint(rc, checkpoint, data_identity=data.identity)
     set_seed(derived_seed(c.seed, "experiment_start"))
-    teacher = build_model(rc.teacher, c.m, rc.num_classes, c.seed, device)
-    student = build_model(rc.student, c.m, rc.num_classes, c.seed, device)
+    inits = shared.inits if shared is not None else None
+    teacher = build_model(rc.teacher, c.m, rc.num_classes, c.seed, device, inits)
+    student = build_model(rc.student, c.m, rc.num_classes, c.seed, device, inits)
     models = {"teacher": teacher, "student": student}
 
     perturb_rows = apply_perturbations("before_teacher_training", rc, models, device, run_id)
@@ -352,6 +361,8 @@ def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, che
         raise UsageError("--teacher-checkpoint: its initial weights differ from this run's teacher; "
                          "it was trained by another version or with other settings")
     teacher.load_state_dict({k: v.to(device) for k, v in checkpoint["trained_body"].items()}, strict=False)
+    if shared is not None:
+        teacher.stamp(shared.trained_identities(checkpoint["trained_body"]))
     metrics = dict(checkpoint["metrics"])
 
     perturb_rows += apply_perturbations("after_teacher_training", rc, models, device, run_id)
@@ -392,7 +403,8 @@ def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_a
     print(f"[eval] student final acc {final_acc:.6f} class CE {final_loss:.6f} aux MSE {final_aux:.8f}", flush=True)
     check_student_finite(rc, train_aux, final_aux)
 
-    layer_rows = layer_metrics(teacher.layer_names, student.layer_names, snaps, base_row(c, run.run_id))
+    layer_rows = layer_metrics(teacher.layer_names, student.layer_names, snaps, base_row(c, run.run_id),
+                               None if shared is None else shared.comparisons)
     for row in perturb_rows:
         row["run_id"] = run.run_id
     env = environment(device)
