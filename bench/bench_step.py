@@ -14,7 +14,9 @@ prints one line per measure:
     finish_ms_per_run X               finish_student per run (evaluations, records) of fig2's runs of 5 seeds
     prepare_ms_per_run_w256 X         prepare_student per run, fig2's runs of 5 seeds at hidden widths 256,256
     finish_ms_per_run_w256 X          finish_student per run, the same runs
-    finish_ops_per_run_w256 N         kernel ops of finish_student per run, the same runs
+    prepare_ops_per_run_w256 N        kernel ops of prepare_student per run, the same runs
+    finish_ops_per_run_w256 N         kernel ops of finish_student per run, the same runs (a GPU launches
+                                      each: at ~5 microseconds a launch, ops x 5 us is a run's device-side floor)
 
 The CUDA branches (``--branches cuda``, the default) are the code paths that a CUDA device takes and a CPU can
 run: each stream draws its noise once per step (noise_period 1; a CPU bank draws up to 64 steps at once) and
@@ -41,6 +43,7 @@ import math
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -130,24 +133,29 @@ class Bench:
                   **{k: v for k, v in sorted(names.items(), key=lambda kv: -kv[1]) if v}}
         return ops, host_ms, detail
 
-    def per_run_cost(self, specs, repeats: int) -> tuple[float, float, float]:
-        """(ms of prepare_student, ms of finish_student, kernel ops of finish_student) per run at width 256,
-        as a job does them (one SharedEvaluations for all its runs); the fastest of ``repeats`` jobs."""
+    def per_run_cost(self, specs, repeats: int) -> tuple[float, float, float, float]:
+        """(ms of prepare_student, ms of finish_student, kernel ops of each) per run at width 256, as a job
+        does them (one SharedEvaluations for all its runs); the fastest of ``repeats`` jobs, then one job
+        counted (the counter's own dispatch would count in the times)."""
         rcs = self.configs(specs, 4, wide=True)
-        prepare, finish = [], []
-        for _ in range(repeats):
+        prepare, finish, ops = [], [], []
+        for repeat in range(repeats + 1):
+            counting = repeat == repeats
             shared = SharedEvaluations()
-            started = time.perf_counter()
-            runs = self.prepare(rcs, shared)
-            prepare.append((time.perf_counter() - started) / len(runs))
+            with OpCounter() if counting else nullcontext() as counter:
+                started = time.perf_counter()
+                runs = self.prepare(rcs, shared)
+                prepare.append((time.perf_counter() - started) / len(runs))
+            ops += [counter.ops / len(runs)] if counting else []
             done: list = []
             self.distill(runs, lambda run, loss, seconds, done=done: done.append((run, loss, seconds)))
-            with OpCounter() as counter:
+            with OpCounter() if counting else nullcontext() as counter:
                 started = time.perf_counter()
                 for run, loss, seconds in done:
                     finish_student(run, self.test, self.device, loss, seconds, shared=shared)
                 finish.append((time.perf_counter() - started) / len(done))
-        return min(prepare) * 1e3, min(finish) * 1e3, counter.ops / len(done)
+            ops += [counter.ops / len(done)] if counting else []
+        return min(prepare[:-1]) * 1e3, min(finish[:-1]) * 1e3, ops[0], ops[1]
 
     def finish_cost(self, specs) -> float:
         """ms of finish_student per run, as a batch job finishes them (with the job's shared evaluations)."""
@@ -180,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
             ops_k64, host_k64, detail_k64 = bench.step_cost(SETS["k64_one_width"], args.repeats)
             ops_fig2, _, detail_fig2 = bench.step_cost(SETS["fig2_5seeds"], 1)
             finish = bench.finish_cost(SETS["fig2_5seeds"])
-            prepare_w256, finish_w256, finish_ops_w256 = bench.per_run_cost(SETS["fig2_5seeds"], args.repeats)
+            per_run = bench.per_run_cost(SETS["fig2_5seeds"], args.repeats)
+            prepare_w256, finish_w256, prepare_ops_w256, finish_ops_w256 = per_run
         finally:
             sys.stdout.close()
             sys.stdout = log
@@ -190,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"finish_ms_per_run {finish:.2f}")
     print(f"prepare_ms_per_run_w256 {prepare_w256:.2f}")
     print(f"finish_ms_per_run_w256 {finish_w256:.2f}")
+    print(f"prepare_ops_per_run_w256 {prepare_ops_w256:.0f}")
     print(f"finish_ops_per_run_w256 {finish_ops_w256:.0f}")
     if args.names:
         for label, detail in (("k64_one_width", detail_k64), ("fig2_5seeds", detail_fig2)):

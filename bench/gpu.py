@@ -159,7 +159,7 @@ class Bench:
         times, self.prepare_s = [], []
         for steps in (short, short + extra):
             started = self.sync()
-            runs = self.prepared(specs, steps)
+            runs = self.prepared(specs, steps, SharedEvaluations())  # as a job prepares them
             self.prepare_s.append((self.sync() - started) / len(runs))
             times.append(self.distill(runs))
         seconds = times[1] - times[0]
