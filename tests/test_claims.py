@@ -235,6 +235,20 @@ def test_missing_seeds_are_partial():
     assert record["verdict"] == "partial" and "seeds 6-19 at student_init = rand_hidden, m = 100" in record["reason"]
 
 
+def test_a_seed_whose_teacher_learned_nothing_is_named_as_such():
+    """Its runs are there, but no transfer fraction exists (the teacher is not above chance): partial, and the
+    reason says it ran rather than calling the seed missing."""
+    table, spec = fig2({("rand_aux_head", 3): transfer(0.1), ("rand_aux_head", 10): transfer(0.2)})
+    table.loc[(table["seed"] == 0) & (table["m"] == 10), "teacher_final_acc"] = MAJORITY
+    record = verdict("transfer_below", {}, condition="rand_aux_head", f=0.5, table_spec=(table, spec))
+    assert record["verdict"] == "partial"
+    assert "seeds 0 at student_init = rand_aux_head, m = 10: ran, but no finite transfer (the teacher is not " \
+           "above chance)" in record["reason"]
+    table = table[(table["seed"] != 1) | (table["m"] != 3)]
+    record = verdict("transfer_below", {}, condition="rand_aux_head", f=0.5, table_spec=(table, spec))
+    assert "seeds 1 at student_init = rand_aux_head, m = 3;" in record["reason"]
+
+
 def test_a_missing_compared_condition_is_partial():
     values = {("rand_aux_head", 3): 0.2, ("rand_aux_head", 10): 0.2, ("same", 10): 0.9}
     record = verdict("below", values, condition="rand_aux_head", than={"student_init": "same"})

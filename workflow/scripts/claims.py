@@ -385,9 +385,13 @@ def evaluate(claim: dict, table: pd.DataFrame | None, spec: dict | None, min_see
         surplus += extra
         found += int(not values.empty)
         lacking = sorted(set(seeds) - set(values.index.astype(int)))
-        if lacking:
-            what = "all seeds" if len(lacking) == len(seeds) else f"seeds {_seed_ranges(lacking)}"
-            missing.append(f"{what} at {point_text(point, list(point)) or 'the panel'}")
+        ran = set(pd.to_numeric(at["seed"], errors="coerce").dropna().astype(int)) if not at.empty else set()
+        for absent, why in ((sorted(set(lacking) - ran), ""),
+                            (sorted(set(lacking) & ran), f": ran, but no finite {metric_of(claim)}"
+                             + (" (the teacher is not above chance)" if metric_of(claim) == "transfer" else ""))):
+            if absent:
+                what = "all seeds" if len(absent) == len(seeds) else f"seeds {_seed_ranges(absent)}"
+                missing.append(f"{what} at {point_text(point, list(point)) or 'the panel'}{why}")
     if not found:
         more = f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""
         return not_evaluated(claim, f"{figure} panel {claim['panel']} has none of the runs the claim needs: "
