@@ -133,11 +133,11 @@ class Bench:
                   **{k: v for k, v in sorted(names.items(), key=lambda kv: -kv[1]) if v}}
         return ops, host_ms, detail
 
-    def per_run_cost(self, specs, repeats: int) -> tuple[float, float, float, float]:
+    def per_run_cost(self, specs, repeats: int, wide: bool = True) -> tuple[float, float, float, float]:
         """(ms of prepare_student, ms of finish_student, kernel ops of each) per run at width 256, as a job
         does them (one SharedEvaluations for all its runs); the fastest of ``repeats`` jobs, then one job
         counted (the counter's own dispatch would count in the times)."""
-        rcs = self.configs(specs, 4, wide=True)
+        rcs = self.configs(specs, 4, wide=wide)
         prepare, finish, ops = [], [], []
         for repeat in range(repeats + 1):
             counting = repeat == repeats

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 # the GPU machine's Python: torch, numpy, pandas, pyyaml, matplotlib; importing these fails
@@ -34,3 +36,30 @@ def test_the_gpu_script_runs_tiny_on_a_cpu_and_writes_every_line(tmp_path):
     estimate = float(lines[-1].split()[1])
     assert math.isfinite(estimate) and estimate > 0
     assert len(list((tmp_path / "out" / "work" / "fig2" / "results").rglob("runs.csv"))) == 10
+
+
+def test_the_gpu_model_sums_the_plans_sets_runs_and_teachers():
+    """bench/gpu_model.py on one figure and seed: a line per lockstep set of the GPU plan (each its FLOPs or its
+    counted launches, whichever is longer), and a total that is the sum of its parts."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_model.py"), "--seeds", "1", "--figures", "fig2",
+                             "--steps", "8"], capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    lines = result.stdout.splitlines()
+    planned = re.match(r"plan: (\d+) batch jobs, (\d+) lockstep sets, (\d+) runs; \d+ teacher jobs, (\d+) teachers",
+                       lines[0])
+    assert planned and int(planned[3]) == 36 and int(planned[4]) == 1, lines[0]
+    sets = [line for line in lines if line.startswith("set ")]
+    assert len(sets) == int(planned[2]) > 0
+    seconds = []
+    for line in sets:
+        flop_s, launches, launch_s = re.search(r"TFLOP \(([\d.]+) s\), (\d+) launches \(([\d.]+) s", line).groups()
+        assert int(launches) > 0
+        seconds.append(max(float(flop_s), float(launch_s)))
+    total = re.match(r"paper_model_min ([\d.]+) \(sets ([\d.]+) min.*= ([\d.]+) min; teachers .* = ([\d.]+) min",
+                     lines[-1])
+    assert total, lines[-1]
+    assert float(total[2]) == pytest.approx(sum(seconds) / 60, abs=0.02)
+    assert float(total[1]) == pytest.approx(sum(float(x) for x in total.groups()[1:]), abs=0.02)
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_model.py"), "--figures", "fig9"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--figures: unknown fig9; allowed: fig2" in bad.stderr
