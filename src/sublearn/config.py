@@ -5,10 +5,15 @@ them are the job's, a label or the noise's, and the two ways settings arrive: as
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .catalog import dataset_key, datasets, num_classes_of, splits
 from .errors import UsageError, bad_value
+from .noise import DISTRIBUTIONS
 from .syntax import load_json_or_path, parse_bool, parse_int_list, parse_perturb_shorthand
 
 # Which stage reads a setting (its roles, on the dataclass below): the teacher stage (``teacher``: it shapes
@@ -16,16 +21,80 @@ from .syntax import load_json_or_path, parse_bool, parse_int_list, parse_perturb
 # ``evaluation`` (the accuracies and MSEs reported), the noise stream (``noise``: in every noise key); a
 # ``job`` setting says where and how a run is computed, never what it gives; a ``label`` only names it.
 # ``teacher_aux``: the teacher stage reads it to build its aux head, which never receives a gradient, so it
-# is left out of the teacher key on purpose. tests/test_setting_roles.py records what teacher training reads.
+# is left out of the teacher key on purpose. tests/test_setting_roles.py records what teacher training and
+# the student stage read.
 ROLES = ("teacher", "teacher_aux", "student", "evaluation", "noise", "job", "label")
 
 
-def setting(default: Any = None, *roles: str, factory: Any = None, teacher_name: str | None = None) -> Any:
-    """A dataclass field that declares its roles (and, for the teacher key, its name there when it differs)."""
+@dataclass(frozen=True)
+class Range:
+    """The values a setting allows beyond its type (the dataclass annotation): plan.resolve checks every
+    setting that declares one, in the dataclass's order, and names the first bad one (None passes where the
+    type allows it). Numbers: ``minimum`` (inclusive), ``above`` and ``below`` (exclusive), ``maximum``
+    (inclusive; a function of the config where other settings fix it), ``finite``; text: ``choices`` (a
+    function where a registry holds them, read when checked) or a ``pattern``. ``words``: what the error says
+    is allowed, where the bounds do not say it (a function of the config where it depends on others)."""
+
+    minimum: int | None = None
+    above: float | None = None
+    below: int | None = None
+    maximum: Callable[[Any], int] | None = None
+    finite: bool = False
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
+    pattern: str | None = None
+    words: str | Callable[[Any], str] | None = None
+
+    def options(self) -> tuple[str, ...] | None:
+        """The allowed values of a setting that has a fixed set of them, else None."""
+        if self.choices is None:
+            return None
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+    def allows(self, value: Any, config: Any) -> bool:
+        if self.choices is not None:
+            return value in self.options()
+        if self.pattern is not None:
+            return bool(re.match(self.pattern, str(value)))
+        return ((self.minimum is None or value >= self.minimum) and (self.above is None or value > self.above)
+                and (self.below is None or value < self.below)
+                and (self.maximum is None or value <= self.maximum(config))
+                and (not self.finite or math.isfinite(value)))
+
+    def allowed(self, config: Any) -> str:
+        """What is allowed, in the words of the error."""
+        if self.words is not None:
+            return self.words(config) if callable(self.words) else self.words
+        if self.choices is not None:
+            return f"allowed: {', '.join(self.options())}"
+        if self.finite and self.above is not None and self.minimum is None:
+            return f"must be a finite number > {self.above:g}"
+        if self.minimum is not None and (self.above, self.below, self.maximum) == (None, None, None):
+            return f"must be an integer >= {self.minimum}"
+        raise ValueError(f"{self}: say in words what it allows")
+
+
+def _classes(c: Any) -> int:
+    return num_classes_of(c.dataset, c.emnist_split)
+
+
+AT_LEAST_0 = Range(minimum=0)
+AT_LEAST_1 = Range(minimum=1)
+RATE = Range(above=0, finite=True)
+CLASS_COUNT = Range(minimum=2, maximum=_classes,
+                    words=lambda c: f"allowed: 2..{_classes(c)} for {dataset_key(c.dataset, c.emnist_split)}")
+SEED = Range(minimum=0, below=2**40, words="must be an integer in 0..2^40")
+DEVICE = Range(pattern=r"^(auto|cpu|cuda(:\d+)?)$", words="allowed: auto, cpu, cuda, cuda:N")
+
+
+def setting(default: Any = None, *roles: str, factory: Any = None, teacher_name: str | None = None,
+            allowed: Range | None = None) -> Any:
+    """A dataclass field that declares its roles (and, for the teacher key, its name there when it differs)
+    and the values it allows beyond its type (``allowed``: checked by plan.resolve)."""
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; known: {ROLES}")
-    metadata = {"roles": frozenset(roles), "noise": "noise" in roles, "teacher_name": teacher_name}
+    metadata = {"roles": frozenset(roles), "noise": "noise" in roles, "teacher_name": teacher_name,
+                "range": allowed}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -39,15 +108,16 @@ TEACHER_MODEL = ("teacher", "student", "evaluation")  # the student stage runs t
 class ExperimentConfig:
     """Every setting of one run, with the reference's names and defaults, and the roles it plays."""
 
-    dataset: str = setting("mnist", *DATA)
+    dataset: str = setting("mnist", *DATA, allowed=Range(choices=datasets))
     data_dir: str = setting("./data", "job")
     outdir: str = setting("./outputs", "job")
-    emnist_split: str = setting("balanced", *DATA)
-    class_count: int | None = setting(None, *DATA)
-    class_selection: str = setting("first", "student")  # only "first" is allowed: the labels class_count keeps
-    num_workers: int = setting(0, "job")
-    seed: int = setting(42, "teacher", "student", "evaluation")
-    device: str = setting("auto", "job")
+    emnist_split: str = setting("balanced", *DATA, allowed=Range(choices=splits))
+    class_count: int | None = setting(None, *DATA, allowed=CLASS_COUNT)
+    # only "first" is allowed: the labels class_count keeps
+    class_selection: str = setting("first", "student", allowed=Range(choices=("first",)))
+    num_workers: int = setting(0, "job", allowed=AT_LEAST_0)
+    seed: int = setting(42, "teacher", "student", "evaluation", allowed=SEED)
+    device: str = setting("auto", "job", allowed=DEVICE)
 
     teacher_type: str = setting("mlp", *TEACHER_MODEL)
     student_type: str = setting("mlp", "student", "evaluation")
@@ -55,33 +125,34 @@ class ExperimentConfig:
     student_hidden_dims: list[int] = setting(None, "student", "evaluation", factory=lambda: [256, 256])
     teacher_arch_spec: list[dict[str, Any]] | None = setting(None, *TEACHER_MODEL)
     student_arch_spec: list[dict[str, Any]] | None = setting(None, "student", "evaluation")
-    m: int = setting(10, "teacher_aux", "student", "evaluation")
+    m: int = setting(10, "teacher_aux", "student", "evaluation", allowed=AT_LEAST_1)
 
     teacher_init: str | None = setting(None, *TEACHER_MODEL)
     student_init: str | None = setting(None, "student", "evaluation")
     teacher_trainable: str | None = setting(None, *TEACHER_MODEL)
     student_trainable: str | None = setting(None, "student", "evaluation")
 
-    teacher_epochs: int = setting(5, "teacher", teacher_name="epochs")
-    student_epochs: int = setting(5, "student")
-    data_bsize: int = setting(1024, "teacher", "evaluation")
-    noise_bsize: int = setting(1000, "student")
-    noise_steps: int = setting(60, "student")
-    teacher_lr: float = setting(1e-3, "teacher", teacher_name="lr")
-    student_lr: float = setting(1e-3, "student")
+    teacher_epochs: int = setting(5, "teacher", teacher_name="epochs", allowed=AT_LEAST_0)
+    student_epochs: int = setting(5, "student", allowed=AT_LEAST_0)
+    data_bsize: int = setting(1024, "teacher", "evaluation", allowed=AT_LEAST_1)
+    noise_bsize: int = setting(1000, "student", allowed=AT_LEAST_1)
+    noise_steps: int = setting(60, "student", allowed=AT_LEAST_0)
+    teacher_lr: float = setting(1e-3, "teacher", teacher_name="lr", allowed=RATE)
+    student_lr: float = setting(1e-3, "student", allowed=RATE)
 
-    noise_dist: str = setting("uniform", "noise", "student", "evaluation")
-    perlin_res: int = setting(8, "noise", "student", "evaluation")
+    noise_dist: str = setting("uniform", "noise", "student", "evaluation",
+                              allowed=Range(choices=lambda: tuple(DISTRIBUTIONS)))
+    perlin_res: int = setting(8, "noise", "student", "evaluation", allowed=AT_LEAST_1)
     normalize_noise: bool = setting(False, "noise", "student", "evaluation")
-    eval_noise_batches: int = setting(10, "evaluation")
-    eval_noise_bsize: int = setting(1000, "evaluation")
+    eval_noise_batches: int = setting(10, "evaluation", allowed=AT_LEAST_0)
+    eval_noise_bsize: int = setting(1000, "evaluation", allowed=AT_LEAST_1)
 
     perturb_specs: list[dict[str, Any]] = setting(None, "teacher", "student", "evaluation", factory=list)
     sweep_name: str = setting("default", "label")
     run_label: str = setting("", "label")
     append_global: bool = setting(False, "job")
 
-    threads: int | None = setting(None, "job")
+    threads: int | None = setting(None, "job", allowed=AT_LEAST_1)
     cache_dir: str | None = setting(None, "job")
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 from dataclasses import dataclass, fields
 from typing import Any
 
 from .architecture import ModelPlan, plan_model
-from .catalog import dataset_key, datasets, num_classes_of, split_of, splits
+from .catalog import num_classes_of, split_of
 from .config import (
     _PLANNED_SETTINGS,
     JOB_SETTINGS,
@@ -22,7 +20,6 @@ from .config import (
     ExperimentConfig,
 )
 from .errors import bad_value
-from .noise import DISTRIBUTIONS
 from .syntax import canonical_perturbations
 
 
@@ -181,41 +178,21 @@ def teacher_body_perturbations(rc: ResolvedConfig) -> list:
             and any(n != "aux_head" for n in p["layers"])]
 
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-def _require(flag: str, value: Any, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise bad_value(flag, value, allowed)
+def setting_flag(name: str) -> str:
+    """The command-line flag that sets a setting (the name its errors give)."""
+    return "--" + name.replace("_", "-")
 
 
 def resolve(config: ExperimentConfig) -> ResolvedConfig:
-    """Validate every setting; raise UsageError naming the first bad one."""
+    """Validate every setting (each against the range it declares, config.Range); raise UsageError naming
+    the first bad one."""
     c = config
     c.dataset = str(c.dataset).lower()
-    _require("--dataset", c.dataset, c.dataset in datasets(), f"allowed: {', '.join(datasets())}")
-    _require("--emnist-split", c.emnist_split, c.emnist_split in splits(), f"allowed: {', '.join(splits())}")
-    classes = num_classes_of(c.dataset, c.emnist_split)
-    if c.class_count is not None:
-        _require("--class-count", c.class_count, 2 <= c.class_count <= classes,
-                 f"allowed: 2..{classes} for {dataset_key(c.dataset, c.emnist_split)}")
-        classes = c.class_count
-    _require("--class-selection", c.class_selection, c.class_selection == "first", "allowed: first")
-    _require("--device", c.device, bool(_DEVICE_RE.match(str(c.device))), "allowed: auto, cpu, cuda, cuda:N")
-    for name in ("m", "data_bsize", "noise_bsize", "eval_noise_bsize", "perlin_res"):
-        value = getattr(c, name)
-        _require("--" + name.replace("_", "-"), value, value >= 1, "must be an integer >= 1")
-    for name in ("teacher_epochs", "student_epochs", "noise_steps", "eval_noise_batches", "num_workers"):
-        value = getattr(c, name)
-        _require("--" + name.replace("_", "-"), value, value >= 0, "must be an integer >= 0")
-    for name in ("teacher_lr", "student_lr"):
-        value = getattr(c, name)
-        _require("--" + name.replace("_", "-"), value, math.isfinite(value) and value > 0,
-                 "must be a finite number > 0")
-    _require("--noise-dist", c.noise_dist, c.noise_dist in DISTRIBUTIONS, f"allowed: {', '.join(DISTRIBUTIONS)}")
-    _require("--seed", c.seed, 0 <= c.seed < 2**40, "must be an integer in 0..2^40")
-    if c.threads is not None:
-        _require("--threads", c.threads, c.threads >= 1, "must be an integer >= 1")
+    for f in fields(ExperimentConfig):
+        allowed, value = f.metadata["range"], getattr(c, f.name)
+        if allowed is not None and not (value is None and "None" in str(f.type)) and not allowed.allows(value, c):
+            raise bad_value(setting_flag(f.name), value, allowed.allowed(c))
+    classes = c.class_count if c.class_count is not None else num_classes_of(c.dataset, c.emnist_split)
     teacher = plan_model(c, "teacher")
     student = plan_model(c, "student")
     perturbations = canonical_perturbations(
