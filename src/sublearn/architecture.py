@@ -24,14 +24,14 @@ MODEL_TYPES = ("mlp", "cnn")
 MODULE_ATTRIBUTES = frozenset({
     "T_destination", "add_module", "apply", "aux_logits", "bfloat16", "buffers", "call_super_init", "children",
     "class_logits", "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "features", "float",
-    "forward", "get_buffer", "get_extra_state", "get_parameter", "get_submodule", "half", "ipu", "layer_names",
-    "load_state_dict", "modules", "mtia", "named_buffers", "named_children", "named_modules", "named_parameters",
-    "parameters", "register_backward_hook", "register_buffer", "register_forward_hook",
+    "forward", "get_buffer", "get_extra_state", "get_parameter", "get_submodule", "half", "identities", "identity",
+    "ipu", "layer_names", "load_state_dict", "modules", "mtia", "named_buffers", "named_children", "named_modules",
+    "named_parameters", "parameters", "register_backward_hook", "register_buffer", "register_forward_hook",
     "register_forward_pre_hook", "register_full_backward_hook", "register_full_backward_pre_hook",
     "register_load_state_dict_post_hook", "register_load_state_dict_pre_hook", "register_module",
     "register_parameter", "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_",
-    "set_extra_state", "set_submodule", "share_memory", "state_dict", "steps", "to", "to_empty", "train",
-    "training", "type", "xpu", "zero_grad"})
+    "set_extra_state", "set_submodule", "share_memory", "stamp", "stamped", "state_dict", "steps", "to", "to_empty",
+    "train", "training", "type", "xpu", "zero_grad"})
 LAYER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "none", "identity", "linear")
 MAX_POOLS = ("max", "maxpool", "maxpool2d")
