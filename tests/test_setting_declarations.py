@@ -72,3 +72,41 @@ def test_a_range_declared_on_the_dataclass_is_checked(monkeypatch):
 def test_a_range_taken_away_is_not_checked(monkeypatch):
     with_range(monkeypatch, "m", None)
     assert resolve(ExperimentConfig(m=-3)).config.m == -3
+
+
+# --------------------------------------------------------------------------------------------------
+# runs.csv: each setting's column is the one it declares (config.RUNS_COLUMNS), where the reference has it
+# --------------------------------------------------------------------------------------------------
+
+# the settings' columns in runs.csv's order (the reference's, then ours)
+SETTING_COLUMNS = (
+    "sweep_name", "run_label", "seed", "dataset", "emnist_split", "data_dir", "outdir", "teacher_type",
+    "student_type", "teacher_hidden_dims", "student_hidden_dims", "m", "teacher_epochs", "student_epochs",
+    "data_bsize", "noise_bsize", "noise_steps", "teacher_lr", "student_lr", "noise_dist", "perlin_res",
+    "normalize_noise", "eval_noise_batches", "eval_noise_bsize", "teacher_init_config", "student_init_config",
+    "teacher_trainable_config", "student_trainable_config", "perturb_specs", "class_count", "class_selection",
+)
+
+
+def run_header(tiny_args, tmp_path, name: str) -> list[str]:
+    import csv
+
+    from sublearn.cli import main
+
+    assert main(["run", *tiny_args, "--run-dir", str(tmp_path / name)]) == 0
+    with (tmp_path / name / "runs.csv").open() as handle:
+        return next(csv.reader(handle))
+
+
+def test_every_declared_column_is_in_runs_csv_in_the_reference_order(tiny_args, tmp_path, monkeypatch):
+    from sublearn import config, records
+
+    assert tuple(sorted(config.RUNS_COLUMNS.values())) == tuple(sorted(SETTING_COLUMNS))
+    header = run_header(tiny_args, tmp_path, "a")
+    assert [column for column in header if column in SETTING_COLUMNS] == list(SETTING_COLUMNS)
+    # a setting that declares a column reaches the table: after our settings, with its value
+    monkeypatch.setattr(records, "RUNS_COLUMNS", {**config.RUNS_COLUMNS, "num_workers": "num_workers"})
+    with_more = run_header(tiny_args, tmp_path, "b")
+    at = header.index("class_selection") + 1
+    assert with_more == header[:at] + ["num_workers"] + header[at:]
+

@@ -87,14 +87,15 @@ DEVICE = Range(pattern=r"^(auto|cpu|cuda(:\d+)?)$", words="allowed: auto, cpu, c
 
 
 def setting(default: Any = None, *roles: str, factory: Any = None, teacher_name: str | None = None,
-            allowed: Range | None = None) -> Any:
-    """A dataclass field that declares its roles (and, for the teacher key, its name there when it differs)
-    and the values it allows beyond its type (``allowed``: checked by plan.resolve)."""
+            allowed: Range | None = None, column: str | bool = True) -> Any:
+    """A dataclass field that declares its roles (and, for the teacher key, its name there when it differs),
+    the values it allows beyond its type (``allowed``: checked by plan.resolve) and its runs.csv column
+    (``column``: True for its own name, another name, or False for none; records.setting_columns)."""
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; known: {ROLES}")
     metadata = {"roles": frozenset(roles), "noise": "noise" in roles, "teacher_name": teacher_name,
-                "range": allowed}
+                "range": allowed, "column": column}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -115,22 +116,24 @@ class ExperimentConfig:
     class_count: int | None = setting(None, *DATA, allowed=CLASS_COUNT)
     # only "first" is allowed: the labels class_count keeps
     class_selection: str = setting("first", "student", allowed=Range(choices=("first",)))
-    num_workers: int = setting(0, "job", allowed=AT_LEAST_0)
+    num_workers: int = setting(0, "job", allowed=AT_LEAST_0, column=False)
     seed: int = setting(42, "teacher", "student", "evaluation", allowed=SEED)
-    device: str = setting("auto", "job", allowed=DEVICE)
+    device: str = setting("auto", "job", allowed=DEVICE, column=False)  # the device column: where it ran
 
     teacher_type: str = setting("mlp", *TEACHER_MODEL)
     student_type: str = setting("mlp", "student", "evaluation")
     teacher_hidden_dims: list[int] = setting(None, *TEACHER_MODEL, factory=lambda: [256, 256])
     student_hidden_dims: list[int] = setting(None, "student", "evaluation", factory=lambda: [256, 256])
-    teacher_arch_spec: list[dict[str, Any]] | None = setting(None, *TEACHER_MODEL)
-    student_arch_spec: list[dict[str, Any]] | None = setting(None, "student", "evaluation")
+    # an arch spec has no column of its own: the arch description columns hold the model it gives
+    teacher_arch_spec: list[dict[str, Any]] | None = setting(None, *TEACHER_MODEL, column=False)
+    student_arch_spec: list[dict[str, Any]] | None = setting(None, "student", "evaluation", column=False)
     m: int = setting(10, "teacher_aux", "student", "evaluation", allowed=AT_LEAST_1)
 
-    teacher_init: str | None = setting(None, *TEACHER_MODEL)
-    student_init: str | None = setting(None, "student", "evaluation")
-    teacher_trainable: str | None = setting(None, *TEACHER_MODEL)
-    student_trainable: str | None = setting(None, "student", "evaluation")
+    teacher_init: str | None = setting(None, *TEACHER_MODEL, column="teacher_init_config")
+    student_init: str | None = setting(None, "student", "evaluation", column="student_init_config")
+    teacher_trainable: str | None = setting(None, *TEACHER_MODEL, column="teacher_trainable_config")
+    student_trainable: str | None = setting(None, "student", "evaluation",
+                                              column="student_trainable_config")
 
     teacher_epochs: int = setting(5, "teacher", teacher_name="epochs", allowed=AT_LEAST_0)
     student_epochs: int = setting(5, "student", allowed=AT_LEAST_0)
@@ -150,10 +153,10 @@ class ExperimentConfig:
     perturb_specs: list[dict[str, Any]] = setting(None, "teacher", "student", "evaluation", factory=list)
     sweep_name: str = setting("default", "label")
     run_label: str = setting("", "label")
-    append_global: bool = setting(False, "job")
+    append_global: bool = setting(False, "job", column=False)
 
-    threads: int | None = setting(None, "job", allowed=AT_LEAST_1)
-    cache_dir: str | None = setting(None, "job")
+    threads: int | None = setting(None, "job", allowed=AT_LEAST_1, column=False)  # the threads column: as run
+    cache_dir: str | None = setting(None, "job", column=False)
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -186,6 +189,9 @@ NOISE_SETTINGS = settings_with("noise")
 # settings whose text is read case-insensitively (lower-cased by ``lower_text``): the command line's flags as
 # their argparse type, the workflow's config in ``config_from_flags``
 CASE_INSENSITIVE_SETTINGS = ("dataset", "teacher_type", "student_type", "noise_dist")
+# each setting's runs.csv column (records.setting_columns writes them), by setting, in the dataclass's order
+RUNS_COLUMNS = {f.name: f.name if f.metadata["column"] is True else f.metadata["column"]
+                for f in fields(ExperimentConfig) if f.metadata["column"]}
 # the settings as the command line (and the workflow's config) spell them
 FLAG_SETTINGS = tuple(f.name for f in fields(ExperimentConfig) if f.name != "perturb_specs") + ("perturb",
                                                                                                    "perturb_spec")

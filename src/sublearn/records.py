@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from .config import RUNS_COLUMNS
 from .model import SplitHeadModel, parameter_counts
 from .seeding import seed_bookkeeping
 
@@ -196,36 +197,56 @@ def base_row(config, run_id: str) -> dict[str, Any]:
             "sweep_name": config.sweep_name, "run_label": config.run_label}
 
 
+# settings whose runs.csv column holds the resolved form of the setting (as the plans and perturbations give it)
+_RESOLVED = {"teacher_init": lambda rc: rc.teacher.init, "student_init": lambda rc: rc.student.init,
+             "teacher_trainable": lambda rc: rc.teacher.trainable,
+             "student_trainable": lambda rc: rc.student.trainable, "perturb_specs": lambda rc: rc.perturbations}
+
+
+def setting_columns(rc) -> dict[str, Any]:
+    """Each setting's runs.csv column, as the setting declares it (config.RUNS_COLUMNS), with its value as the
+    table writes it: a planned setting resolved (layer sources, trainability, canonical perturbations), a
+    flag 0 or 1, None empty, a list copied."""
+    columns = {}
+    for name, column in RUNS_COLUMNS.items():
+        value = _RESOLVED[name](rc) if name in _RESOLVED else getattr(rc.config, name)
+        columns[column] = ("" if value is None else int(value) if isinstance(value, bool)
+                           else list(value) if isinstance(value, list) else value)
+    return columns
+
+
 def run_row(run, data_identity: str, env: dict[str, Any], final: dict[str, float], layer_rows: list[dict[str, Any]],
             runtime: float, distill_seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """A finished student run's row of runs.csv (the reference's columns, then ours); ``run``: a
-    ``student.StudentRun``, ``final``: its evaluations after distillation."""
+    ``student.StudentRun``, ``final``: its evaluations after distillation. The settings' columns are those
+    they declare (setting_columns), each where the reference's table has it; a setting the reference lacks
+    follows class_count and class_selection, our first settings."""
     rc, checkpoint = run.rc, run.checkpoint
     c = rc.config
     seeds = seed_bookkeeping(c.seed)
     teacher_total, teacher_trainable = parameter_counts(run.teacher)
     student_total, student_trainable = parameter_counts(run.student)
+    settings = setting_columns(rc)
+
+    def take(*columns: str) -> dict[str, Any]:
+        return {column: settings.pop(column) for column in columns}
+
     row = {
         "schema_version": SCHEMA_VERSION, "run_id": run.run_id, "timestamp": run.timestamp,
         "runtime_seconds": runtime + (checkpoint["runtime_seconds"] if run.teacher_in_process else 0.0),
-        "sweep_name": c.sweep_name, "run_label": c.run_label, "seed": c.seed, **seeds,
+        **take("sweep_name", "run_label", "seed"), **seeds,
         "torch_version": env["torch_version"], "cuda_available": env["cuda_available"], "device": env["device"],
-        "dataset": c.dataset, "emnist_split": c.emnist_split,
+        **take("dataset", "emnist_split"),
         "train_size": checkpoint["train_size"], "test_size": checkpoint["test_size"],
-        "num_classes": rc.num_classes, "data_dir": c.data_dir, "outdir": c.outdir,
-        "teacher_type": c.teacher_type, "student_type": c.student_type,
-        "teacher_hidden_dims": list(c.teacher_hidden_dims), "student_hidden_dims": list(c.student_hidden_dims),
+        "num_classes": rc.num_classes, **take("data_dir", "outdir"),
+        **take("teacher_type", "student_type", "teacher_hidden_dims", "student_hidden_dims"),
         "teacher_arch_description": rc.teacher.arch_description(),
         "student_arch_description": rc.student.arch_description(),
         "teacher_layer_names": run.teacher.layer_names, "student_layer_names": run.student.layer_names,
-        "m": c.m, "teacher_epochs": c.teacher_epochs, "student_epochs": c.student_epochs,
-        "data_bsize": c.data_bsize, "noise_bsize": c.noise_bsize, "noise_steps": c.noise_steps,
-        "teacher_lr": c.teacher_lr, "student_lr": c.student_lr, "noise_dist": c.noise_dist,
-        "perlin_res": c.perlin_res, "normalize_noise": int(c.normalize_noise),
-        "eval_noise_batches": c.eval_noise_batches, "eval_noise_bsize": c.eval_noise_bsize,
-        "teacher_init_config": rc.teacher.init, "student_init_config": rc.student.init,
-        "teacher_trainable_config": rc.teacher.trainable, "student_trainable_config": rc.student.trainable,
-        "perturb_specs": rc.perturbations,
+        **take("m", "teacher_epochs", "student_epochs", "data_bsize", "noise_bsize", "noise_steps", "teacher_lr",
+               "student_lr", "noise_dist", "perlin_res", "normalize_noise", "eval_noise_batches", "eval_noise_bsize",
+               "teacher_init_config", "student_init_config", "teacher_trainable_config", "student_trainable_config",
+               "perturb_specs"),
         "teacher_total_parameters": teacher_total, "student_total_parameters": student_total,
         "teacher_trainable_parameters": teacher_trainable, "student_trainable_parameters": student_trainable,
         "teacher_init_acc": run.metrics["teacher_init_acc"], "teacher_final_acc": run.metrics["teacher_final_acc"],
@@ -240,8 +261,8 @@ def run_row(run, data_identity: str, env: dict[str, Any], final: dict[str, float
     }
     row.update(head_metric_aliases(layer_rows))
     row.update({
-        "class_count": c.class_count if c.class_count is not None else "",
-        "class_selection": c.class_selection,
+        **take("class_count", "class_selection"),
+        **settings,  # the columns of settings the reference lacks
         # the accuracy of always answering the test split's most frequent class: the claims' chance floor
         "test_majority_acc": final["test_majority_acc"],
         "teacher_key": rc.teacher_key(),
