@@ -12,9 +12,12 @@ The model (issue 25's, written down):
   counted: the set is distilled here on the fused path with the branches a CUDA device takes
   (bench_step.take_cuda_branches), at tiny widths (each distinct hidden width of the plan mapped, in order,
   to 2, 3, 4 ...; noise batch sizes likewise; CNNs as they are) and with every trajectory's noise steps
-  divided by F, so that its longest trajectory takes about --steps steps; its kernel ops (OpCounter) x F.
-  Widths and batch sizes change a kernel's size, not the number of kernels; dividing the steps keeps which
-  trajectories are still training at each point of the set (to within a step of the shortened set).
+  divided by F, so that its longest trajectory takes about --steps steps, and again by about F / 2; the two
+  counts (OpCounter) separate the kernel ops that grow with the steps from those that do not (a run's end, a
+  follower taking its leader's weights), and the launches are the first at the paper's steps plus the
+  second. Widths and batch sizes change a kernel's size, not the number of kernels; dividing the steps
+  keeps which trajectories are still training at each point of the set (to within a step of the shortened
+  set).
 - each run adds its host time: prepare_student and finish_student per run as a job does them, measured here
   at tiny widths (bench_step), where their time is the host's own (Python and dispatch), not arithmetic;
   or its kernel launches x L, whichever is longer.
@@ -96,11 +99,8 @@ class TinyCopies:
             self.checkpoints[rc.teacher_key()] = finish_teacher(done[0], self.device)
             self.teacher_s.append(time.perf_counter() - started)
 
-    def launches(self, lockstep: list[list]) -> tuple[float, int]:
-        """(kernel launches of the set's distillation at the paper's steps, the divisor F)."""
-        runs = [run for stack in lockstep for run in stack]
-        longest = max(grouping.trajectory_steps(run) for run in runs)
-        divide = max(1, math.ceil(longest / self.steps))
+    def counted(self, runs: list, divide: int) -> int:
+        """Kernel ops of distilling ``runs`` with their noise steps divided by ``divide``."""
         rcs = [self.rc(run.rc, divide) for run in runs]
         self.teachers(rcs)
         shared = SharedEvaluations()
@@ -108,7 +108,23 @@ class TinyCopies:
                                     self.checkpoints[rc.teacher_key()], shared=shared) for rc in rcs]
         with OpCounter() as counter:
             distill_stack(prepared, self.device, lambda *_: None, "fused")
-        return counter.ops * divide, divide
+        return counter.ops
+
+    def launches(self, lockstep: list[list]) -> tuple[float, int]:
+        """(kernel launches of the set's distillation at the paper's steps, the divisor F). Shortened twice
+        (longest trajectory ~ --steps and ~ 2 x --steps), the two counts separate the ops that scale with
+        the steps (P / F) from those that do not (E: a run's end, a follower taking its weights):
+        launches = P + E."""
+        runs = [run for stack in lockstep for run in stack]
+        longest = max(grouping.trajectory_steps(run) for run in runs)
+        divide = max(1, math.ceil(longest / self.steps))
+        if divide == 1:
+            return float(self.counted(runs, 1)), 1
+        finer = max(1, math.ceil(longest / (2 * self.steps)))
+        coarse_ops, fine_ops = self.counted(runs, divide), self.counted(runs, finer)
+        per_step_part = (fine_ops - coarse_ops) / (1 / finer - 1 / divide)
+        events = max(0.0, coarse_ops - per_step_part / divide)
+        return per_step_part + events, divide
 
 
 def per_run_host_ms(root: Path) -> tuple[float, float, float, float]:
