@@ -110,3 +110,87 @@ def test_every_declared_column_is_in_runs_csv_in_the_reference_order(tiny_args, 
     at = header.index("class_selection") + 1
     assert with_more == header[:at] + ["num_workers"] + header[at:]
 
+
+# --------------------------------------------------------------------------------------------------
+# The command line's flags and the workflow schema's flag list follow the declarations
+# --------------------------------------------------------------------------------------------------
+
+# settings a workflow config may not give (its seeds, paths, threads, device and labels are the workflow's),
+# and the setting that the command line and the config spell as two flags
+WORKFLOW_SETS = ("seed",)
+SPELT_AS = {"perturb_specs": ("perturb", "perturb_spec")}
+# a setting's type (its annotation) -> its schema in the flag list
+SCHEMA_OF_TYPE = {"int": {"$ref": "#/$defs/int_or_template"}, "int | None": {"$ref": "#/$defs/int_or_template"},
+                  "float": {"$ref": "#/$defs/number_or_template"}, "bool": {"type": "boolean"}}
+
+
+def schema_flags() -> dict[str, dict]:
+    from pathlib import Path
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    return schema["$defs"]["flags"]["properties"]
+
+
+def workflow_flags(exclude: tuple[str, ...] = ()) -> set[str]:
+    """The flags a workflow config may give, from the declarations: every setting but the job's and the labels'
+    (and the workflow's own), perturb_specs as its two spellings."""
+    from sublearn.config import settings_with
+
+    names = {f.name for f in dataclasses.fields(ExperimentConfig)} - set(settings_with("job")) \
+        - set(settings_with("label")) - set(WORKFLOW_SETS) - set(exclude)
+    return {flag for name in names for flag in SPELT_AS.get(name, (name,))}
+
+
+def schema_mismatch() -> tuple[list[str], list[str]]:
+    """(declared settings' flags the schema lacks, schema flags no setting declares)."""
+    schema, declared = set(schema_flags()), workflow_flags()
+    return sorted(declared - schema), sorted(schema - declared)
+
+
+def test_the_schema_lists_the_flag_of_every_declared_setting_and_no_other():
+    assert schema_mismatch() == ([], [])
+
+
+def test_the_schema_gives_each_number_and_switch_its_declared_type():
+    flags = schema_flags()
+    for f in dataclasses.fields(ExperimentConfig):
+        if f.name in flags and str(f.type) in SCHEMA_OF_TYPE:
+            assert flags[f.name] == SCHEMA_OF_TYPE[str(f.type)], f.name
+
+
+def with_roles(monkeypatch, name: str, *roles: str) -> None:
+    field = ExperimentConfig.__dataclass_fields__[name]
+    monkeypatch.setattr(field, "metadata", types.MappingProxyType({**field.metadata, "roles": frozenset(roles)}))
+
+
+def test_a_setting_the_schema_lacks_or_a_flag_no_setting_declares_is_reported(monkeypatch):
+    with_roles(monkeypatch, "num_workers", "student")  # a setting a config may give, which the schema lacks
+    with_roles(monkeypatch, "m", "job")  # a schema flag of no setting a config may give
+    assert schema_mismatch() == (["num_workers"], ["m"])
+
+
+def test_every_setting_has_a_flag_in_the_run_command_with_its_declared_type_and_default():
+    import argparse
+
+    from sublearn.cli import DEFAULTS, build_parser
+
+    parser = build_parser()
+    run = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
+    actions = {a.dest: a for a in run._actions}
+    for f in dataclasses.fields(ExperimentConfig):
+        for flag in SPELT_AS.get(f.name, (f.name,)):
+            assert setting_flag(flag) in actions[flag].option_strings, flag
+        if f.name in SPELT_AS:
+            continue
+        action, default = actions[f.name], getattr(DEFAULTS, f.name)
+        if str(f.type) == "bool":
+            assert isinstance(action, argparse._StoreTrueAction) and default is False, f.name
+        elif f.name != "cache_dir":  # its default: $SUBLEARN_CACHE or ~/.cache/sublearn
+            text = ",".join(map(str, default)) if isinstance(default, list) else default
+            assert action.default == text, f.name
+        if f.metadata["range"] is not None and f.metadata["range"].choices is not None:
+            assert tuple(action.choices) == f.metadata["range"].options(), f.name
+    assert actions["teacher_lr"].type("0.5") == 0.5 and actions["m"].type("3") == 3
+    assert actions["dataset"].type("EMNIST") == "emnist"

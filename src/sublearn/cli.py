@@ -15,13 +15,12 @@ from pathlib import Path
 
 from . import progress, status
 from .architecture import MODEL_TYPES
-from .catalog import DATASETS, EMNIST_SPLITS, dataset_key
-from .config import FLAG_SETTINGS, ExperimentConfig, config_from_flags, lower_text
+from .catalog import dataset_key
+from .config import CASE_INSENSITIVE_SETTINGS, FLAG_SETTINGS, ExperimentConfig, config_from_flags, lower_text
 from .device import STACK_LAYERS, peak_memory, select_device
 from .errors import Fault, UsageError, bad_value
-from .noise import DISTRIBUTIONS
 from .outputs import check_writable
-from .plan import resolve
+from .plan import resolve, setting_flag
 
 DEFAULTS = ExperimentConfig()  # the one place the defaults are written
 DEFAULT_CACHE = os.environ.get("SUBLEARN_CACHE", str(Path.home() / ".cache" / "sublearn"))
@@ -52,83 +51,85 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a number") from None
 
 
+def setting_argument(name: str, **given) -> dict:
+    """add_argument's arguments for a setting's flag, from its declaration on ExperimentConfig: its type (the
+    annotation: an integer, a number, a switch for a bool, text lower-cased where it is case-insensitive),
+    its default (widths as their text) and its choices (a declared range of fixed values); ``given``: the
+    help and any argument of the flag's own."""
+    declared = ExperimentConfig.__dataclass_fields__[name]
+    kind = str(declared.type).split("|")[0].strip()
+    if kind == "bool":
+        return {"action": "store_true", **given}
+    default = getattr(DEFAULTS, name)
+    arguments = {"default": ",".join(map(str, default)) if kind == "list[int]" else default}
+    types = {"int": _integer, "float": _number, "str": lower_text if name in CASE_INSENSITIVE_SETTINGS else None}
+    if types.get(kind):
+        arguments["type"] = types[kind]
+    if declared.metadata["range"] is not None and declared.metadata["range"].choices is not None:
+        arguments["choices"] = declared.metadata["range"].options()
+    return {**arguments, **given}
+
+
+def add_setting(group, name: str, **given) -> None:
+    """The flag of a setting (plan.setting_flag), as its declaration says (setting_argument)."""
+    group.add_argument(setting_flag(name), **setting_argument(name, **given))
+
+
 def add_experiment_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every setting (perturb_specs: --perturb and --perturb-spec), in the help's groups."""
     io = p.add_argument_group("I/O and reproducibility")
-    io.add_argument("--outdir", default=DEFAULTS.outdir,
-                    help="root of the per-seed output folders seed_XXXXXX/ (default: %(default)s)")
-    io.add_argument("--data-dir", default=DEFAULTS.data_dir,
-                    help="torchvision dataset folder (MNIST/raw, EMNIST/raw); downloaded there when absent "
-                         "(default: %(default)s)")
-    io.add_argument("--cache-dir", default=DEFAULT_CACHE,
-                    help="where prepared dataset tensors are cached (default: $SUBLEARN_CACHE or %(default)s)")
+    add_setting(io, "outdir", help="root of the per-seed output folders seed_XXXXXX/ (default: %(default)s)")
+    add_setting(io, "data_dir", help="torchvision dataset folder (MNIST/raw, EMNIST/raw); downloaded there when absent "
+                                     "(default: %(default)s)")
+    add_setting(io, "cache_dir", default=DEFAULT_CACHE,
+                help="where prepared dataset tensors are cached (default: $SUBLEARN_CACHE or %(default)s)")
     io.add_argument("--cache-only", action="store_true", help=CACHE_ONLY_HELP)
-    io.add_argument("--seed", type=_integer, default=DEFAULTS.seed,
-                    help="base seed of every derived stream (default: %(default)s)")
-    io.add_argument("--num-workers", type=_integer, default=DEFAULTS.num_workers,
-                    help="accepted for compatibility; data are batched in memory, so it has no effect")
-    io.add_argument("--device", default=DEFAULTS.device,
-                    help="auto, cpu, cuda or cuda:N (default: %(default)s; auto = cuda if present)")
-    io.add_argument("--threads", type=_integer, default=DEFAULTS.threads,
-                    help="torch intra-op CPU threads (default: torch's choice, usually the core count)")
-    io.add_argument("--sweep-name", default=DEFAULTS.sweep_name, help="free label written to every output row")
-    io.add_argument("--run-label", default=DEFAULTS.run_label, help="second free label written to every output row")
-    io.add_argument("--append-global", action="store_true",
-                    help="also append to OUTDIR/{runs,layer_metrics,perturbations}_all_seeds.csv")
+    add_setting(io, "seed", help="base seed of every derived stream (default: %(default)s)")
+    add_setting(io, "num_workers", help="accepted for compatibility; data are batched in memory, so it has no effect")
+    add_setting(io, "device", help="auto, cpu, cuda or cuda:N (default: %(default)s; auto = cuda if present)")
+    add_setting(io, "threads", help="torch intra-op CPU threads (default: torch's choice, usually the core count)")
+    add_setting(io, "sweep_name", help="free label written to every output row")
+    add_setting(io, "run_label", help="second free label written to every output row")
+    add_setting(io, "append_global", help="also append to OUTDIR/{runs,layer_metrics,perturbations}_all_seeds.csv")
 
     ds = p.add_argument_group("dataset")
-    ds.add_argument("--dataset", type=lower_text, default=DEFAULTS.dataset, choices=DATASETS,
-                    help="default: %(default)s")
-    ds.add_argument("--emnist-split", default=DEFAULTS.emnist_split, choices=EMNIST_SPLITS,
-                    help="EMNIST split (balanced: 47 classes, letters: 26); ignored for MNIST")
-    ds.add_argument("--class-count", type=_integer, default=DEFAULTS.class_count,
-                    help="keep only labels 0..K-1 in both splits (2 <= K <= classes)")
-    ds.add_argument("--class-selection", default=DEFAULTS.class_selection, choices=["first"],
-                    help="which classes --class-count keeps (only: first)")
+    add_setting(ds, "dataset", help="default: %(default)s")
+    add_setting(ds, "emnist_split", help="EMNIST split (balanced: 47 classes, letters: 26); ignored for MNIST")
+    add_setting(ds, "class_count", help="keep only labels 0..K-1 in both splits (2 <= K <= classes)")
+    add_setting(ds, "class_selection", help="which classes --class-count keeps (only: first)")
 
     arch = p.add_argument_group("architecture")
     for role in ("teacher", "student"):
-        arch.add_argument(f"--{role}-type", type=lower_text, default=getattr(DEFAULTS, f"{role}_type"),
-                          choices=MODEL_TYPES, help=f"{role} feature extractor (default: %(default)s)")
-        arch.add_argument(f"--{role}-hidden-dims", default=",".join(map(str, getattr(DEFAULTS, f"{role}_hidden_dims"))),
-                          help="comma-separated MLP widths; for the default CNN the last one is the fc1 width")
-        arch.add_argument(f"--{role}-arch-spec", default=getattr(DEFAULTS, f"{role}_arch_spec"),
-                          help="CNN feature layers: a JSON list or the path of a JSON file (conv2d/linear; "
-                               "activations relu/gelu/tanh/sigmoid/none; pools max/avg/adaptive_avg)")
-    arch.add_argument("--m", type=_integer, default=DEFAULTS.m, help="aux head width (default: %(default)s)")
+        add_setting(arch, f"{role}_type", choices=MODEL_TYPES, help=f"{role} feature extractor (default: %(default)s)")
+        add_setting(arch, f"{role}_hidden_dims",
+                    help="comma-separated MLP widths; for the default CNN the last one is the fc1 width")
+        add_setting(arch, f"{role}_arch_spec",
+                    help="CNN feature layers: a JSON list or the path of a JSON file (conv2d/linear; "
+                         "activations relu/gelu/tanh/sigmoid/none; pools max/avg/adaptive_avg)")
+    add_setting(arch, "m", help="aux head width (default: %(default)s)")
 
     layers = p.add_argument_group("per-layer initialisation and trainability",
                                   "positional (A,A,random,A) or named (fc1:A,all:random) entries")
     for role in ("teacher", "student"):
-        layers.add_argument(f"--{role}-init", default=getattr(DEFAULTS, f"{role}_init"),
-                            help="sources A, B or random for each layer (default: all A)")
+        add_setting(layers, f"{role}_init", help="sources A, B or random for each layer (default: all A)")
     for role in ("teacher", "student"):
-        layers.add_argument(f"--{role}-trainable", default=getattr(DEFAULTS, f"{role}_trainable"),
-                            help="true/false for each layer (default: all true)")
+        add_setting(layers, f"{role}_trainable", help="true/false for each layer (default: all true)")
 
     train = p.add_argument_group("training")
-    train.add_argument("--teacher-epochs", type=_integer, default=DEFAULTS.teacher_epochs, help="default: %(default)s")
-    train.add_argument("--student-epochs", type=_integer, default=DEFAULTS.student_epochs, help="default: %(default)s")
-    train.add_argument("--data-bsize", type=_integer, default=DEFAULTS.data_bsize,
-                       help="labelled batch size (default: %(default)s)")
-    train.add_argument("--noise-bsize", type=_integer, default=DEFAULTS.noise_bsize,
-                       help="noise batch size (default: %(default)s)")
-    train.add_argument("--noise-steps", type=_integer, default=DEFAULTS.noise_steps,
-                       help="noise batches per student epoch (default: %(default)s)")
-    train.add_argument("--teacher-lr", type=_number, default=DEFAULTS.teacher_lr,
-                       help="Adam learning rate (default: %(default)s)")
-    train.add_argument("--student-lr", type=_number, default=DEFAULTS.student_lr,
-                       help="Adam learning rate (default: %(default)s)")
+    add_setting(train, "teacher_epochs", help="default: %(default)s")
+    add_setting(train, "student_epochs", help="default: %(default)s")
+    add_setting(train, "data_bsize", help="labelled batch size (default: %(default)s)")
+    add_setting(train, "noise_bsize", help="noise batch size (default: %(default)s)")
+    add_setting(train, "noise_steps", help="noise batches per student epoch (default: %(default)s)")
+    add_setting(train, "teacher_lr", help="Adam learning rate (default: %(default)s)")
+    add_setting(train, "student_lr", help="Adam learning rate (default: %(default)s)")
 
     noise = p.add_argument_group("noise")
-    noise.add_argument("--noise-dist", type=lower_text, default=DEFAULTS.noise_dist, choices=tuple(DISTRIBUTIONS),
-                       help="uniform in [-1,1], standard normal, or Perlin (default: %(default)s)")
-    noise.add_argument("--perlin-res", type=_integer, default=DEFAULTS.perlin_res,
-                       help="Perlin grid resolution (default: %(default)s)")
-    noise.add_argument("--normalize-noise", action="store_true", help="apply the MNIST normalisation to noise")
-    noise.add_argument("--eval-noise-batches", type=_integer, default=DEFAULTS.eval_noise_batches,
-                       help="noise batches of the aux-MSE evaluation (default: %(default)s)")
-    noise.add_argument("--eval-noise-bsize", type=_integer, default=DEFAULTS.eval_noise_bsize,
-                       help="batch size of the aux-MSE evaluation (default: %(default)s)")
+    add_setting(noise, "noise_dist", help="uniform in [-1,1], standard normal, or Perlin (default: %(default)s)")
+    add_setting(noise, "perlin_res", help="Perlin grid resolution (default: %(default)s)")
+    add_setting(noise, "normalize_noise", help="apply the MNIST normalisation to noise")
+    add_setting(noise, "eval_noise_batches", help="noise batches of the aux-MSE evaluation (default: %(default)s)")
+    add_setting(noise, "eval_noise_bsize", help="batch size of the aux-MSE evaluation (default: %(default)s)")
 
     pert = p.add_argument_group("perturbations", "additive Gaussian noise on layer weights/biases")
     pert.add_argument("--perturb", action="append", default=[],
@@ -141,11 +142,11 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
 
 def add_job_flags(p: argparse.ArgumentParser) -> None:
     """Where a sheet's job finds its data and what it runs on."""
-    p.add_argument("--data-dir", default=DEFAULTS.data_dir, help="torchvision dataset folder (default: %(default)s)")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="prepared dataset tensors (default: %(default)s)")
+    add_setting(p, "data_dir", help="torchvision dataset folder (default: %(default)s)")
+    add_setting(p, "cache_dir", default=DEFAULT_CACHE, help="prepared dataset tensors (default: %(default)s)")
     p.add_argument("--cache-only", action="store_true", help=CACHE_ONLY_HELP)
-    p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--threads", type=_integer, default=None, help="torch intra-op CPU threads")
+    add_setting(p, "device", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_setting(p, "threads", help="torch intra-op CPU threads")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,10 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parser(sub)
     prep = sub.add_parser("prepare-data", help="download/parse a dataset once and cache its tensors",
                           description="Read a dataset with torchvision (downloading it when absent) and cache it.")
-    prep.add_argument("--dataset", type=lower_text, default=DEFAULTS.dataset, choices=DATASETS)
-    prep.add_argument("--emnist-split", default=DEFAULTS.emnist_split, choices=EMNIST_SPLITS)
-    prep.add_argument("--data-dir", default=DEFAULTS.data_dir)
-    prep.add_argument("--cache-dir", default=DEFAULT_CACHE)
+    for name in ("dataset", "emnist_split", "data_dir"):
+        add_setting(prep, name)
+    add_setting(prep, "cache_dir", default=DEFAULT_CACHE)
     return parser
 
 
