@@ -61,13 +61,15 @@ class TeacherRun:
         return math.ceil(self.data.train_x.shape[0] / self.rc.config.data_bsize)
 
 
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
-    """Index batches in the order DataLoader(shuffle=True, generator=g) yields them for one epoch."""
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device | None = None):
+    """Index batches in the order DataLoader(shuffle=True, generator=g) yields them for one epoch, on
+    ``device``: the epoch's order is copied there once, not a batch at a time (on CUDA, a copy from pageable
+    host memory waits for the device: one wait per teacher and step)."""
     torch.empty((), dtype=torch.int64).random_(generator=generator)  # the iterator's base seed
     order = torch.randperm(n, generator=generator)
     # RandomSampler then draws the (empty) remainder permutation once the epoch is exhausted
     torch.randperm(n, generator=generator)
-    return order.split(batch_size)
+    return (order if device is None else order.to(device)).split(batch_size)
 
 
 def prepare_teacher(rc: ResolvedConfig, data: Dataset, device: torch.device) -> TeacherRun:
@@ -128,10 +130,11 @@ def _teacher_step(unit: list[TeacherRun], device: torch.device, on_done: Callabl
     lead = unit[0]
     if lead.step == 0:
         for run in unit:
-            run.batches = shuffled_batches(run.data.train_x.shape[0], run.rc.config.data_bsize, run.generator)
+            run.batches = shuffled_batches(run.data.train_x.shape[0], run.rc.config.data_bsize, run.generator,
+                                           device)
             run.losses = torch.empty(len(run.batches), device=device)
     started = time.perf_counter()
-    indices = [run.batches[lead.step].to(device) for run in unit]
+    indices = [run.batches[lead.step] for run in unit]
     xs = [run.data.train_x[index] for run, index in zip(unit, indices, strict=True)]
     ys = [run.data.train_y[index] for run, index in zip(unit, indices, strict=True)]
     if lead.stacked is None:
