@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .catalog import IMAGE_SHAPE, MNIST_MEAN, MNIST_STD
+from .grouping import group_by
 from .noise import sample_noise
 from .stacked import stacked_mlp_key
 from .training import stacked_adam
@@ -121,10 +122,7 @@ class NoiseBank:
 
 def noise_banks(streams: list, steps: int, device: torch.device) -> list[NoiseBank]:
     """A NoiseBank for the streams of each noise batch size (``steps``: the most that any unit takes)."""
-    by_size: dict[int, list] = {}
-    for stream in streams:
-        by_size.setdefault(stream.config.noise_bsize, []).append(stream)
-    return [NoiseBank(group, device, steps) for group in by_size.values()]
+    return [NoiseBank(group, device, steps) for group in group_by(streams, lambda s: s.config.noise_bsize)]
 
 
 def bank_noise(banks: list[NoiseBank], stream) -> torch.Tensor | None:

@@ -19,6 +19,7 @@ from .device import training_path
 from .errors import Diverged, UsageError
 from .evaluation import SharedEvaluations, aux_mse_on_noise, evaluate_class, majority_rate
 from .fused import FusedStudents, NoiseBank, bank_noise, fused_key, noise_banks
+from .grouping import group_by
 from .model import SplitHeadModel, build_model
 from .noise import sample_noise
 from .perturb import apply_perturbations
@@ -120,16 +121,13 @@ class StackedStudents(StackedMLP):
 
 def stack_students(active: list[_Distilling], device: torch.device) -> list[list[_Distilling]]:
     """Trajectories in training units: stacks of equal stacking keys (two or more), the rest alone."""
-    groups: dict[Any, list[_Distilling]] = {}
-    for d in active:
-        key = stacking_key(d)
-        groups.setdefault(id(d) if key is None else key, []).append(d)
-    for group in groups.values():
+    groups = group_by(active, stacking_key)
+    for group in groups:
         if len(group) > 1:
             StackedStudents(group, device)
             print(f"[stack] {len(group)} students in stacked layers: {', '.join(d.run.run_id for d in group)}",
                   flush=True)
-    return list(groups.values())
+    return groups
 
 
 @dataclass
@@ -180,7 +178,7 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
     is called as soon as a run's steps are done.
     """
     streams: dict[str, _Stream] = {}
-    trajectories: dict[tuple[str, str], list[tuple[StudentRun, int, int]]] = {}
+    pending = []
     for run in runs:
         c = run.rc.config
         run.student.train()
@@ -193,13 +191,14 @@ def distill_stack(runs: list[StudentRun], device: torch.device,
         if key not in streams:  # its teacher's body is every run's of the stack (same teacher key)
             generator = torch.Generator(device).manual_seed(derived_seed(c.seed, "student_training_noise"))
             streams[key] = _Stream(c, generator, run.teacher)
-        trajectories.setdefault((key, run.rc.trajectory_key()), []).append((run, steps, c.noise_steps))
+        pending.append(run)
     active = []
-    for (key, _), members in trajectories.items():
-        members.sort(key=lambda member: member[1])
+    for members in group_by(pending, lambda run: (run.rc.stack_key(), run.rc.trajectory_key())):
+        members = sorted(((r, r.rc.config.noise_steps * r.rc.config.student_epochs, r.rc.config.noise_steps)
+                          for r in members), key=lambda member: member[1])
         leader, steps, per_epoch = members[-1]
         d = _Distilling(leader, None, steps, per_epoch, members[:-1], max(member[2] for member in members),
-                        stream=streams[key])
+                        stream=streams[leader.rc.stack_key()])
         d.head = d.stream.head_of(leader.teacher)
         active.append(d)
     path = training_path(stack_layers, device)
@@ -270,12 +269,9 @@ def fuse_students(active: list[_Distilling], streams: list[_Stream],
     """Trajectories in training units: FusedStudents of equal fused keys (two or more), the rest as
     ``stack_students`` makes them (CNN students alone, say); and the streams' NoiseBanks, one per noise
     batch size."""
-    groups: dict[Any, list[_Distilling]] = {}
-    for d in active:
-        key = fused_key(d)
-        groups.setdefault(id(d) if key is None else key, []).append(d)
-    fused = [group for group in groups.values() if len(group) > 1]
-    units = fused + stack_students([d for group in groups.values() if len(group) == 1 for d in group], device)
+    groups = group_by(active, fused_key)
+    fused = [group for group in groups if len(group) > 1]
+    units = fused + stack_students([d for group in groups if len(group) == 1 for d in group], device)
     banks = noise_banks(streams, max((unit[0].steps for unit in units), default=0), device)
     for unit in fused:
         FusedStudents(unit, next(b for b in banks if id(unit[0].stream) in b.row), device)
