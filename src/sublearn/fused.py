@@ -25,15 +25,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .catalog import IMAGE_SHAPE, MNIST_MEAN, MNIST_STD
+from .catalog import IMAGE_SHAPE
 from .grouping import group_by
-from .noise import sample_noise
+from .noise import after_draw, apply_steps, raw_draw, sample_noise
 from .stacked import stacked_mlp_key
-from .training import stacked_adam
+from .training import mse_gradient_scale, stacked_adam
 
 NOISE_BUFFER_BYTES = 64 * 2**20  # a bank's buffer, at most (unless one step of its streams is larger)
 MAX_PERIOD = 64
-_RAW = {"uniform": torch.rand, "normal": torch.randn}  # distributions drawn straight into the buffer
 
 
 def noise_period(step_bytes: int, steps: int, device: torch.device) -> int:
@@ -46,14 +45,6 @@ def noise_period(step_bytes: int, steps: int, device: torch.device) -> int:
     if device.type != "cpu":
         return 1
     return max(1, min(MAX_PERIOD, max(1, steps), NOISE_BUFFER_BYTES // max(1, step_bytes)))
-
-
-def _after_raw(config) -> tuple:
-    """The elementwise steps that sample_noise applies after a raw uniform or normal draw, in order."""
-    ops: tuple = (("mul_", 2.0), ("sub_", 1.0)) if config.noise_dist == "uniform" else ()
-    if config.normalize_noise:
-        ops += (("sub_", MNIST_MEAN), ("div_", MNIST_STD))
-    return ops
 
 
 class NoiseBank:
@@ -89,20 +80,20 @@ class NoiseBank:
             self.buffer = torch.empty(count, period, n, *IMAGE_SHAPE, device=self.device)
             self.row = {id(s): row for row, s in enumerate(self.streams)}
             self.rows.clear()
-        after: dict[tuple, list[int]] = {}
+        raw_rows = []
         for row, stream in enumerate(self.streams):
             c = stream.config
             slab = self.buffer[row].view(period * n, *IMAGE_SHAPE)
-            raw = _RAW.get(c.noise_dist)
-            if raw is None:
+            if raw_draw(c) is None:
                 slab.copy_(sample_noise(period * n, c, self.device, stream.generator))
             else:
-                raw(period * n, *IMAGE_SHAPE, generator=stream.generator, out=slab)
-                after.setdefault(_after_raw(c), []).append(row)
-        for ops, rows in after.items():  # elementwise: the same values over the whole buffer as per slab
+                getattr(torch, raw_draw(c))(period * n, *IMAGE_SHAPE, generator=stream.generator, out=slab)
+                raw_rows.append(row)
+        # elementwise: the same values over the whole buffer as per slab
+        for rows in group_by(raw_rows, lambda row: after_draw(self.streams[row].config)):
+            steps = after_draw(self.streams[rows[0]].config)
             for target in [self.buffer] if len(rows) == count else [self.buffer[row] for row in rows]:
-                for name, value in ops:
-                    getattr(target, name)(value)
+                apply_steps(target, steps)
 
     def x(self, stream) -> torch.Tensor:
         """This step's noise batch of one stream, [n, 1, 28, 28] (a view)."""
@@ -178,10 +169,10 @@ class _Width:
         self.start, self.size, self.trainable = start, len(members), trainable
         weight, bias = _stacked([d.run.student.aux_head for d in members])
         self.weight, self.bias = weight.requires_grad_(trainable), bias.requires_grad_(trainable)
-        # the backward's seed of each member's summed squared error: F.mse_loss's mean reduction scales the
-        # gradient 2 (x - y) by 2 / numel; half of that float gives the bits of a lone run's gradient
+        # the backward's seed of each member's summed squared error, whose gradient is 2 (x - y): half the
+        # scale of a lone run's F.mse_loss gives its gradient's bits
         count = members[0].run.rc.config.noise_bsize * members[0].run.rc.config.m
-        self.seed = torch.full((len(members),), float(torch.tensor(2.0 / count)) / 2, device=device)
+        self.seed = torch.full((len(members),), mse_gradient_scale(count) / 2, device=device)
         self.numel = torch.full((len(members),), float(count), device=device)
         self.heads: tuple = ()  # the teacher heads it reads, as (stream row, head index), first use first
         self.broadcast = 0  # > 0: member j * S + s reads stream s's head (j < broadcast): no gather
