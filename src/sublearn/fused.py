@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .catalog import IMAGE_SHAPE
 from .grouping import group_by
 from .noise import after_draw, apply_steps, raw_draw, sample_noise
-from .stacked import stacked_mlp_key
+from .stacked import StackedLayers, linear, stack_linear, stacked_mlp_key
 from .training import mse_gradient_scale, stacked_adam
 
 NOISE_BUFFER_BYTES = 64 * 2**20  # a bank's buffer, at most (unless one step of its streams is larger)
@@ -131,18 +131,6 @@ def fused_key(d: Any) -> tuple | None:
     return key, tuple(rc.teacher.hidden_dims)
 
 
-def _stacked(layers: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Linear layers of several models as [K, out, in] weights and [K, 1, out] biases, used as a lone run's
-    F.linear is (the weights transposed in the matmul), so that a CPU's BLAS takes the same path."""
-    return (torch.stack([layer.weight.detach() for layer in layers]),
-            torch.stack([layer.bias.detach() for layer in layers]).unsqueeze(1))
-
-
-def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Batched F.linear: h [K, n, in], weight [K, out, in], bias [K, 1, out] -> [K, n, out]."""
-    return torch.baddbmm(bias, h, weight.transpose(1, 2))
-
-
 class _Linear(torch.autograd.Function):
     """Batched F.linear whose backward computes what a lone F.linear's does, in the same orientation: the
     weight gradient as grad^T @ h ([K, out, in], the parameter's own layout, so autograd keeps it without a
@@ -152,7 +140,7 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
-        return _linear(h, weight, bias)
+        return linear(h, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -167,7 +155,7 @@ class _Width:
 
     def __init__(self, start: int, members: list, trainable: bool, device: torch.device):
         self.start, self.size, self.trainable = start, len(members), trainable
-        weight, bias = _stacked([d.run.student.aux_head for d in members])
+        weight, bias = stack_linear([d.run.student.aux_head for d in members])
         self.weight, self.bias = weight.requires_grad_(trainable), bias.requires_grad_(trainable)
         # the backward's seed of each member's summed squared error, whose gradient is 2 (x - y): half the
         # scale of a lone run's F.mse_loss gives its gradient's bits
@@ -207,17 +195,9 @@ class FusedStudents:
         for k, d in enumerate(order):
             d.stacked, d.index = self, k
         self.member_rows = torch.tensor([row[id(d.stream)] for d in order], device=device)
-        self.names = [name for name, _, _ in order[0].run.student.steps]
-        self.layers = []
-        for index, name in enumerate(self.names):
-            trainable = bool(getattr(order[0].run.student, name).weight.requires_grad)
-            if index == 0 and self.per_stream:  # stream s: its members' layers one above the other, [c x out, 784]
-                parts = [_stacked([getattr(d.run.student, name) for d in part]) for part in by_stream]
-                weight = torch.stack([w.flatten(0, 1) for w, _ in parts])
-                bias = torch.stack([b.flatten(0, 1).reshape(1, -1) for _, b in parts])
-            else:
-                weight, bias = _stacked([getattr(d.run.student, name) for d in order])
-            self.layers.append((weight.requires_grad_(trainable), bias.requires_grad_(trainable)))
+        self.hidden = _Hidden([d.run.student for d in order], [name for name, _, _ in order[0].run.student.steps],
+                              [[d.run.student for d in part] for part in by_stream] if self.per_stream else None)
+        self.layers = self.hidden.layers
         self.widths = []
         for key in widths:
             ks = [k for k, d in enumerate(order) if width_of(d) == key]
@@ -235,7 +215,7 @@ class FusedStudents:
         per set of heads), and each width's way from those heads' outputs to its members' targets."""
         count = len(self.streams)
         bodies = [s.body for s in self.streams]
-        self.teacher_layers = [_stacked([getattr(b, name) for b in bodies]) for name, _, _ in bodies[0].steps]
+        self.teacher_layers = [stack_linear([getattr(b, name) for b in bodies]) for name, _, _ in bodies[0].steps]
         self.teacher_heads: dict[tuple, tuple] = {}
         for width in self.widths:
             pairs = [(row[id(d.stream)], d.head) for d in self.members[width.start:width.start + width.size]]
@@ -247,8 +227,8 @@ class FusedStudents:
                 width.index = torch.tensor([width.heads.index(p) for p in pairs], device=self.device)
             if width.heads not in self.teacher_heads:
                 stacked = None if rows == list(range(count)) else torch.tensor(rows, device=self.device)
-                self.teacher_heads[width.heads] = (stacked, *_stacked([self.streams[r].heads[h]
-                                                                      for r, h in width.heads]))
+                self.teacher_heads[width.heads] = (stacked, *stack_linear([self.streams[r].heads[h]
+                                                                          for r, h in width.heads]))
 
     def train_step(self, step: int) -> None:
         """One step of every member; their losses go to row (step - 1) % keep of the ring buffer."""
@@ -257,8 +237,8 @@ class FusedStudents:
         with torch.no_grad():
             features = x
             for weight, bias in self.teacher_layers:
-                features = F.relu_(_linear(features, weight, bias))
-            targets = {heads: _linear(features if rows is None else features.index_select(0, rows), weight, bias)
+                features = F.relu_(linear(features, weight, bias))
+            targets = {heads: linear(features if rows is None else features.index_select(0, rows), weight, bias)
                        for heads, (rows, weight, bias) in self.teacher_heads.items()}
         weight, bias = self.layers[0]
         if self.per_stream:  # [S, n, c x out] -> member j * S + s: [K, n, out]
@@ -292,20 +272,34 @@ class FusedStudents:
     @torch.no_grad()
     def write_back(self, index: int) -> None:
         """Copy a member's trained layers (hidden layers and aux head) into its own model."""
-        model = self.members[index].run.student
-        count = len(self.streams)
-        for layer_index, (name, (weight, bias)) in enumerate(zip(self.names, self.layers, strict=True)):
-            if not weight.requires_grad:
-                continue
-            layer = getattr(model, name)
-            if layer_index == 0 and self.per_stream:
-                s, j, out = index % count, index // count, layer.weight.shape[0]
-                mine, own_bias = weight[s, j * out:(j + 1) * out], bias[s, 0, j * out:(j + 1) * out]
-            else:
-                mine, own_bias = weight[index], bias[index, 0]
-            layer.weight.copy_(mine)
-            layer.bias.copy_(own_bias)
+        self.hidden.write_back(index)
         width = next(w for w in self.widths if w.start <= index < w.start + w.size)
         if width.trainable:
+            model = self.members[index].run.student
             model.aux_head.weight.copy_(width.weight[index - width.start])
             model.aux_head.bias.copy_(width.bias[index - width.start, 0])
+
+
+class _Hidden(StackedLayers):
+    """A fused set's hidden layers; with ``by_stream`` (each stream's members, member k = j * S + s the j-th
+    of stream s) the first layer of a stream's members one above the other, [S, c x out, 784], so that the
+    first layer of all members is one matmul per stream."""
+
+    def __init__(self, models: list, names: list[str], by_stream: list[list] | None):
+        self.by_stream = by_stream
+        super().__init__(models, names)
+
+    def stacked(self, position: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if position or self.by_stream is None:
+            return super().stacked(position, name)
+        parts = [stack_linear([getattr(model, name) for model in part]) for part in self.by_stream]
+        return (torch.stack([w.flatten(0, 1) for w, _ in parts]),
+                torch.stack([b.flatten(0, 1).reshape(1, -1) for _, b in parts]))
+
+    def member(self, position: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if position or self.by_stream is None:
+            return super().member(position, index)
+        weight, bias = self.layers[0]
+        count, out = len(self.by_stream), getattr(self.models[index], self.names[0]).weight.shape[0]
+        s, j = index % count, index // count
+        return weight[s, j * out:(j + 1) * out], bias[s, 0, j * out:(j + 1) * out]
