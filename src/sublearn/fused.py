@@ -20,8 +20,6 @@ matmul per stream (last-bit differences)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +28,7 @@ from .grouping import group_by
 from .noise import after_draw, apply_steps, raw_draw, sample_noise
 from .stacked import StackedLayers, linear, stack_linear, stacked_mlp_key
 from .training import mse_gradient_scale, stacked_adam
+from .units import Stream, Trajectory, Unit, stacked_units
 
 NOISE_BUFFER_BYTES = 64 * 2**20  # a bank's buffer, at most (unless one step of its streams is larger)
 MAX_PERIOD = 64
@@ -116,12 +115,27 @@ def noise_banks(streams: list, steps: int, device: torch.device) -> list[NoiseBa
     return [NoiseBank(group, device, steps) for group in group_by(streams, lambda s: s.config.noise_bsize)]
 
 
+def fused_units(active: list[Trajectory], streams: list[Stream],
+                device: torch.device) -> tuple[list[Unit], list[NoiseBank]]:
+    """The fused strategy: FusedStudents of equal fused keys (two or more), the rest as ``stacked_units``
+    makes them (CNN students alone, say); and every stream's noise from a NoiseBank, one per noise batch
+    size."""
+    groups = group_by(active, fused_key)
+    rest, _ = stacked_units([d for group in groups if len(group) == 1 for d in group], streams, device)
+    banks = noise_banks(streams, max((d.steps for d in active), default=0), device)
+    fused: list[Unit] = []
+    for group in (group for group in groups if len(group) > 1):
+        fused.append(FusedStudents(group, next(b for b in banks if id(group[0].stream) in b.row), device))
+        print(f"[fused] {len(group)} students fused: {', '.join(d.run.run_id for d in group)}", flush=True)
+    return fused + rest, banks
+
+
 def bank_noise(banks: list[NoiseBank], stream) -> torch.Tensor | None:
     """This step's noise batch of a stream from its bank (None without banks)."""
     return next((bank.x(stream) for bank in banks if id(stream) in bank.row), None)
 
 
-def fused_key(d: Any) -> tuple | None:
+def fused_key(d: Trajectory) -> tuple | None:
     """Trajectories with equal keys can train as one FusedStudents: MLP students of equal stacking key
     (``stacked_mlp_key``) whose teachers are MLPs of equal hidden widths. None: another path."""
     rc, c = d.run.rc, d.run.rc.config
@@ -167,14 +181,18 @@ class _Width:
         self.index: torch.Tensor | None = None  # else each member's row of the heads' targets (None: in order)
 
 
-class FusedStudents:
+class FusedStudents(Unit):
     """Distilling trajectories of one ``fused_key`` from streams of one NoiseBank, trained as one (see the
-    module's docstring). Members are ordered by aux width; with ``per_stream`` (every stream holds the same
-    count of members of each width) member k = j * S + s is the j-th member of stream s, and the first
-    hidden layer of all members is one batched matmul over the streams ([S, n, 784] x [S, 784, c x out]);
-    else each member's noise is gathered ([K, n, 784])."""
+    module's docstring). Its tensors order the members (``order``, a member's ``index``) by aux width; with
+    ``per_stream`` (every stream holds the same count of members of each width) member k = j * S + s is the
+    j-th member of stream s, and the first hidden layer of all members is one batched matmul over the
+    streams ([S, n, 784] x [S, 784, c x out]); else each member's noise is gathered ([K, n, 784])."""
 
-    def __init__(self, members: list, bank: NoiseBank, device: torch.device):
+    path = "fused"
+    reads_targets = False  # its teachers' bodies and heads are stacked in it
+
+    def __init__(self, members: list[Trajectory], bank: NoiseBank, device: torch.device):
+        super().__init__(members, device)
         self.bank, self.device = bank, device
         self.streams = sorted({id(d.stream): d.stream for d in members}.values(), key=lambda s: bank.row[id(s)])
         row = {id(s): r for r, s in enumerate(self.streams)}
@@ -191,9 +209,9 @@ class FusedStudents:
             order = [part[j] for j in range(len(by_stream[0])) for part in by_stream]
         else:
             order = sorted(members, key=lambda d: (widths.index(width_of(d)), row[id(d.stream)]))
-        self.members = order
+        self.order = order
         for k, d in enumerate(order):
-            d.stacked, d.index = self, k
+            d.index = k
         self.member_rows = torch.tensor([row[id(d.stream)] for d in order], device=device)
         self.hidden = _Hidden([d.run.student for d in order], [name for name, _, _ in order[0].run.student.steps],
                               [[d.run.student for d in part] for part in by_stream] if self.per_stream else None)
@@ -205,7 +223,6 @@ class FusedStudents:
         self._teacher(row)
         self.sizes = [w.size for w in self.widths]
         self.numel = torch.cat([w.numel for w in self.widths])
-        self.ring = torch.zeros(max(d.keep for d in order), len(order), device=device)
         params = [p for pair in self.layers for p in pair if p.requires_grad]
         params += [p for w in self.widths if w.trainable for p in (w.weight, w.bias)]
         self.optimizer = stacked_adam(params, order[0].run.rc.config.student_lr, device)
@@ -218,7 +235,7 @@ class FusedStudents:
         self.teacher_layers = [stack_linear([getattr(b, name) for b in bodies]) for name, _, _ in bodies[0].steps]
         self.teacher_heads: dict[tuple, tuple] = {}
         for width in self.widths:
-            pairs = [(row[id(d.stream)], d.head) for d in self.members[width.start:width.start + width.size]]
+            pairs = [(row[id(d.stream)], d.head) for d in self.order[width.start:width.start + width.size]]
             width.heads = tuple(dict.fromkeys(pairs))
             rows = [r for r, _ in width.heads]
             if self.per_stream and rows == list(range(count)):  # one head per stream: read by broadcasting
@@ -243,7 +260,7 @@ class FusedStudents:
         weight, bias = self.layers[0]
         if self.per_stream:  # [S, n, c x out] -> member j * S + s: [K, n, out]
             h = F.relu_(_Linear.apply(x, weight, bias))
-            h = h.view(count, n, len(self.members) // count, -1).permute(2, 0, 1, 3).reshape(len(self.members), n, -1)
+            h = h.view(count, n, len(self.order) // count, -1).permute(2, 0, 1, 3).reshape(len(self.order), n, -1)
         else:
             h = F.relu_(_Linear.apply(x.index_select(0, self.member_rows), weight, bias))
         for weight, bias in self.layers[1:]:
@@ -263,11 +280,7 @@ class FusedStudents:
         torch.autograd.backward(sums, [w.seed for w in self.widths])  # each member's mean gets gradient 1
         self.optimizer.step()
         with torch.no_grad():  # each member's mean squared error, as F.mse_loss computes it: sum / numel
-            torch.cat(sums, out=self.ring[(step - 1) % self.ring.shape[0]]).div_(self.numel)
-
-    def latest_losses(self) -> list[list[float]]:
-        """The ring buffer on the host (one copy): row (step - 1) % keep holds every member's loss of a step."""
-        return self.ring.tolist()
+            torch.cat(sums, out=self.row(step)).div_(self.numel)
 
     @torch.no_grad()
     def write_back(self, index: int) -> None:
@@ -275,7 +288,7 @@ class FusedStudents:
         self.hidden.write_back(index)
         width = next(w for w in self.widths if w.start <= index < w.start + w.size)
         if width.trainable:
-            model = self.members[index].run.student
+            model = self.order[index].run.student
             model.aux_head.weight.copy_(width.weight[index - width.start])
             model.aux_head.bias.copy_(width.bias[index - width.start, 0])
 

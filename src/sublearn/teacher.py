@@ -48,7 +48,7 @@ class TeacherRun:
     optimizer: Any = None  # its own, or None in a StackedMLP, whose optimizer steps every member at once
     generator: torch.Generator | None = None  # its data order (DataLoader shuffle)
     batches: tuple = ()  # this epoch's index batches
-    losses: torch.Tensor | None = None  # this epoch's batch losses, in one tensor (see _Distilling.losses)
+    losses: torch.Tensor | None = None  # this epoch's batch losses, in one tensor (as a unit's ring, units.Unit)
     epoch: int = 0  # epochs done
     step: int = 0  # steps done in this epoch
     last: float = float("nan")
