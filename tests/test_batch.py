@@ -223,6 +223,19 @@ def test_shared_evaluations_stay_within_their_budget_and_tell_bodies_apart():
     assert body_key(other_seed) != body_key(small)
 
 
+def test_group_by_keeps_the_order_of_first_appearance_and_a_none_key_alone():
+    assert grouping.group_by([3, 1, 4, 1, 5, 9, 2, 6], lambda x: x % 3 or None) == [[3], [1, 4, 1], [5, 2], [9], [6]]
+    assert grouping.group_by([], lambda x: x) == []
+
+
+def test_every_training_path_has_its_strategy():
+    """The engine picks a strategy by the one rule (device.training_path): each path has one."""
+    from sublearn.device import TRAINING_PATHS
+    from sublearn.distill import STRATEGIES
+
+    assert tuple(STRATEGIES) == TRAINING_PATHS
+
+
 def test_stacking_decisions(tiny_data, tiny_cache):
     base = resolved(tiny_data, tiny_cache, [])
     same = [resolved(tiny_data, tiny_cache, x) for x in (["--m", "50"], ["--noise-steps", "9"],

@@ -20,19 +20,18 @@ matmul per stream (last-bit differences)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from .catalog import IMAGE_SHAPE, MNIST_MEAN, MNIST_STD
-from .noise import sample_noise
-from .stacked import stacked_mlp_key
-from .training import stacked_adam
+from .catalog import IMAGE_SHAPE
+from .grouping import group_by
+from .noise import after_draw, apply_steps, raw_draw, sample_noise
+from .stacked import StackedLayers, linear, stack_linear, stacked_mlp_key
+from .training import mse_gradient_scale, stacked_adam
+from .units import Stream, Trajectory, Unit, stacked_units
 
 NOISE_BUFFER_BYTES = 64 * 2**20  # a bank's buffer, at most (unless one step of its streams is larger)
 MAX_PERIOD = 64
-_RAW = {"uniform": torch.rand, "normal": torch.randn}  # distributions drawn straight into the buffer
 
 
 def noise_period(step_bytes: int, steps: int, device: torch.device) -> int:
@@ -45,14 +44,6 @@ def noise_period(step_bytes: int, steps: int, device: torch.device) -> int:
     if device.type != "cpu":
         return 1
     return max(1, min(MAX_PERIOD, max(1, steps), NOISE_BUFFER_BYTES // max(1, step_bytes)))
-
-
-def _after_raw(config) -> tuple:
-    """The elementwise steps that sample_noise applies after a raw uniform or normal draw, in order."""
-    ops: tuple = (("mul_", 2.0), ("sub_", 1.0)) if config.noise_dist == "uniform" else ()
-    if config.normalize_noise:
-        ops += (("sub_", MNIST_MEAN), ("div_", MNIST_STD))
-    return ops
 
 
 class NoiseBank:
@@ -88,20 +79,20 @@ class NoiseBank:
             self.buffer = torch.empty(count, period, n, *IMAGE_SHAPE, device=self.device)
             self.row = {id(s): row for row, s in enumerate(self.streams)}
             self.rows.clear()
-        after: dict[tuple, list[int]] = {}
+        raw_rows = []
         for row, stream in enumerate(self.streams):
             c = stream.config
             slab = self.buffer[row].view(period * n, *IMAGE_SHAPE)
-            raw = _RAW.get(c.noise_dist)
-            if raw is None:
+            if raw_draw(c) is None:
                 slab.copy_(sample_noise(period * n, c, self.device, stream.generator))
             else:
-                raw(period * n, *IMAGE_SHAPE, generator=stream.generator, out=slab)
-                after.setdefault(_after_raw(c), []).append(row)
-        for ops, rows in after.items():  # elementwise: the same values over the whole buffer as per slab
+                getattr(torch, raw_draw(c))(period * n, *IMAGE_SHAPE, generator=stream.generator, out=slab)
+                raw_rows.append(row)
+        # elementwise: the same values over the whole buffer as per slab
+        for rows in group_by(raw_rows, lambda row: after_draw(self.streams[row].config)):
+            steps = after_draw(self.streams[rows[0]].config)
             for target in [self.buffer] if len(rows) == count else [self.buffer[row] for row in rows]:
-                for name, value in ops:
-                    getattr(target, name)(value)
+                apply_steps(target, steps)
 
     def x(self, stream) -> torch.Tensor:
         """This step's noise batch of one stream, [n, 1, 28, 28] (a view)."""
@@ -121,10 +112,22 @@ class NoiseBank:
 
 def noise_banks(streams: list, steps: int, device: torch.device) -> list[NoiseBank]:
     """A NoiseBank for the streams of each noise batch size (``steps``: the most that any unit takes)."""
-    by_size: dict[int, list] = {}
-    for stream in streams:
-        by_size.setdefault(stream.config.noise_bsize, []).append(stream)
-    return [NoiseBank(group, device, steps) for group in by_size.values()]
+    return [NoiseBank(group, device, steps) for group in group_by(streams, lambda s: s.config.noise_bsize)]
+
+
+def fused_units(active: list[Trajectory], streams: list[Stream],
+                device: torch.device) -> tuple[list[Unit], list[NoiseBank]]:
+    """The fused strategy: FusedStudents of equal fused keys (two or more), the rest as ``stacked_units``
+    makes them (CNN students alone, say); and every stream's noise from a NoiseBank, one per noise batch
+    size."""
+    groups = group_by(active, fused_key)
+    rest, _ = stacked_units([d for group in groups if len(group) == 1 for d in group], streams, device)
+    banks = noise_banks(streams, max((d.steps for d in active), default=0), device)
+    fused: list[Unit] = []
+    for group in (group for group in groups if len(group) > 1):
+        fused.append(FusedStudents(group, next(b for b in banks if id(group[0].stream) in b.row), device))
+        print(f"[fused] {len(group)} students fused: {', '.join(d.run.run_id for d in group)}", flush=True)
+    return fused + rest, banks
 
 
 def bank_noise(banks: list[NoiseBank], stream) -> torch.Tensor | None:
@@ -132,7 +135,7 @@ def bank_noise(banks: list[NoiseBank], stream) -> torch.Tensor | None:
     return next((bank.x(stream) for bank in banks if id(stream) in bank.row), None)
 
 
-def fused_key(d: Any) -> tuple | None:
+def fused_key(d: Trajectory) -> tuple | None:
     """Trajectories with equal keys can train as one FusedStudents: MLP students of equal stacking key
     (``stacked_mlp_key``) whose teachers are MLPs of equal hidden widths. None: another path."""
     rc, c = d.run.rc, d.run.rc.config
@@ -140,18 +143,6 @@ def fused_key(d: Any) -> tuple | None:
     if key is None or rc.teacher.model_type != "mlp":
         return None
     return key, tuple(rc.teacher.hidden_dims)
-
-
-def _stacked(layers: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Linear layers of several models as [K, out, in] weights and [K, 1, out] biases, used as a lone run's
-    F.linear is (the weights transposed in the matmul), so that a CPU's BLAS takes the same path."""
-    return (torch.stack([layer.weight.detach() for layer in layers]),
-            torch.stack([layer.bias.detach() for layer in layers]).unsqueeze(1))
-
-
-def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Batched F.linear: h [K, n, in], weight [K, out, in], bias [K, 1, out] -> [K, n, out]."""
-    return torch.baddbmm(bias, h, weight.transpose(1, 2))
 
 
 class _Linear(torch.autograd.Function):
@@ -163,7 +154,7 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
-        return _linear(h, weight, bias)
+        return linear(h, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -178,26 +169,30 @@ class _Width:
 
     def __init__(self, start: int, members: list, trainable: bool, device: torch.device):
         self.start, self.size, self.trainable = start, len(members), trainable
-        weight, bias = _stacked([d.run.student.aux_head for d in members])
+        weight, bias = stack_linear([d.run.student.aux_head for d in members])
         self.weight, self.bias = weight.requires_grad_(trainable), bias.requires_grad_(trainable)
-        # the backward's seed of each member's summed squared error: F.mse_loss's mean reduction scales the
-        # gradient 2 (x - y) by 2 / numel; half of that float gives the bits of a lone run's gradient
+        # the backward's seed of each member's summed squared error, whose gradient is 2 (x - y): half the
+        # scale of a lone run's F.mse_loss gives its gradient's bits
         count = members[0].run.rc.config.noise_bsize * members[0].run.rc.config.m
-        self.seed = torch.full((len(members),), float(torch.tensor(2.0 / count)) / 2, device=device)
+        self.seed = torch.full((len(members),), mse_gradient_scale(count) / 2, device=device)
         self.numel = torch.full((len(members),), float(count), device=device)
         self.heads: tuple = ()  # the teacher heads it reads, as (stream row, head index), first use first
         self.broadcast = 0  # > 0: member j * S + s reads stream s's head (j < broadcast): no gather
         self.index: torch.Tensor | None = None  # else each member's row of the heads' targets (None: in order)
 
 
-class FusedStudents:
+class FusedStudents(Unit):
     """Distilling trajectories of one ``fused_key`` from streams of one NoiseBank, trained as one (see the
-    module's docstring). Members are ordered by aux width; with ``per_stream`` (every stream holds the same
-    count of members of each width) member k = j * S + s is the j-th member of stream s, and the first
-    hidden layer of all members is one batched matmul over the streams ([S, n, 784] x [S, 784, c x out]);
-    else each member's noise is gathered ([K, n, 784])."""
+    module's docstring). Its tensors order the members (``order``, a member's ``index``) by aux width; with
+    ``per_stream`` (every stream holds the same count of members of each width) member k = j * S + s is the
+    j-th member of stream s, and the first hidden layer of all members is one batched matmul over the
+    streams ([S, n, 784] x [S, 784, c x out]); else each member's noise is gathered ([K, n, 784])."""
 
-    def __init__(self, members: list, bank: NoiseBank, device: torch.device):
+    path = "fused"
+    reads_targets = False  # its teachers' bodies and heads are stacked in it
+
+    def __init__(self, members: list[Trajectory], bank: NoiseBank, device: torch.device):
+        super().__init__(members, device)
         self.bank, self.device = bank, device
         self.streams = sorted({id(d.stream): d.stream for d in members}.values(), key=lambda s: bank.row[id(s)])
         row = {id(s): r for r, s in enumerate(self.streams)}
@@ -214,21 +209,13 @@ class FusedStudents:
             order = [part[j] for j in range(len(by_stream[0])) for part in by_stream]
         else:
             order = sorted(members, key=lambda d: (widths.index(width_of(d)), row[id(d.stream)]))
-        self.members = order
+        self.order = order
         for k, d in enumerate(order):
-            d.stacked, d.index = self, k
+            d.index = k
         self.member_rows = torch.tensor([row[id(d.stream)] for d in order], device=device)
-        self.names = [name for name, _, _ in order[0].run.student.steps]
-        self.layers = []
-        for index, name in enumerate(self.names):
-            trainable = bool(getattr(order[0].run.student, name).weight.requires_grad)
-            if index == 0 and self.per_stream:  # stream s: its members' layers one above the other, [c x out, 784]
-                parts = [_stacked([getattr(d.run.student, name) for d in part]) for part in by_stream]
-                weight = torch.stack([w.flatten(0, 1) for w, _ in parts])
-                bias = torch.stack([b.flatten(0, 1).reshape(1, -1) for _, b in parts])
-            else:
-                weight, bias = _stacked([getattr(d.run.student, name) for d in order])
-            self.layers.append((weight.requires_grad_(trainable), bias.requires_grad_(trainable)))
+        self.hidden = _Hidden([d.run.student for d in order], [name for name, _, _ in order[0].run.student.steps],
+                              [[d.run.student for d in part] for part in by_stream] if self.per_stream else None)
+        self.layers = self.hidden.layers
         self.widths = []
         for key in widths:
             ks = [k for k, d in enumerate(order) if width_of(d) == key]
@@ -236,7 +223,6 @@ class FusedStudents:
         self._teacher(row)
         self.sizes = [w.size for w in self.widths]
         self.numel = torch.cat([w.numel for w in self.widths])
-        self.ring = torch.zeros(max(d.keep for d in order), len(order), device=device)
         params = [p for pair in self.layers for p in pair if p.requires_grad]
         params += [p for w in self.widths if w.trainable for p in (w.weight, w.bias)]
         self.optimizer = stacked_adam(params, order[0].run.rc.config.student_lr, device)
@@ -246,10 +232,10 @@ class FusedStudents:
         per set of heads), and each width's way from those heads' outputs to its members' targets."""
         count = len(self.streams)
         bodies = [s.body for s in self.streams]
-        self.teacher_layers = [_stacked([getattr(b, name) for b in bodies]) for name, _, _ in bodies[0].steps]
+        self.teacher_layers = [stack_linear([getattr(b, name) for b in bodies]) for name, _, _ in bodies[0].steps]
         self.teacher_heads: dict[tuple, tuple] = {}
         for width in self.widths:
-            pairs = [(row[id(d.stream)], d.head) for d in self.members[width.start:width.start + width.size]]
+            pairs = [(row[id(d.stream)], d.head) for d in self.order[width.start:width.start + width.size]]
             width.heads = tuple(dict.fromkeys(pairs))
             rows = [r for r, _ in width.heads]
             if self.per_stream and rows == list(range(count)):  # one head per stream: read by broadcasting
@@ -258,8 +244,8 @@ class FusedStudents:
                 width.index = torch.tensor([width.heads.index(p) for p in pairs], device=self.device)
             if width.heads not in self.teacher_heads:
                 stacked = None if rows == list(range(count)) else torch.tensor(rows, device=self.device)
-                self.teacher_heads[width.heads] = (stacked, *_stacked([self.streams[r].heads[h]
-                                                                      for r, h in width.heads]))
+                self.teacher_heads[width.heads] = (stacked, *stack_linear([self.streams[r].heads[h]
+                                                                          for r, h in width.heads]))
 
     def train_step(self, step: int) -> None:
         """One step of every member; their losses go to row (step - 1) % keep of the ring buffer."""
@@ -268,13 +254,13 @@ class FusedStudents:
         with torch.no_grad():
             features = x
             for weight, bias in self.teacher_layers:
-                features = F.relu_(_linear(features, weight, bias))
-            targets = {heads: _linear(features if rows is None else features.index_select(0, rows), weight, bias)
+                features = F.relu_(linear(features, weight, bias))
+            targets = {heads: linear(features if rows is None else features.index_select(0, rows), weight, bias)
                        for heads, (rows, weight, bias) in self.teacher_heads.items()}
         weight, bias = self.layers[0]
         if self.per_stream:  # [S, n, c x out] -> member j * S + s: [K, n, out]
             h = F.relu_(_Linear.apply(x, weight, bias))
-            h = h.view(count, n, len(self.members) // count, -1).permute(2, 0, 1, 3).reshape(len(self.members), n, -1)
+            h = h.view(count, n, len(self.order) // count, -1).permute(2, 0, 1, 3).reshape(len(self.order), n, -1)
         else:
             h = F.relu_(_Linear.apply(x.index_select(0, self.member_rows), weight, bias))
         for weight, bias in self.layers[1:]:
@@ -294,29 +280,39 @@ class FusedStudents:
         torch.autograd.backward(sums, [w.seed for w in self.widths])  # each member's mean gets gradient 1
         self.optimizer.step()
         with torch.no_grad():  # each member's mean squared error, as F.mse_loss computes it: sum / numel
-            torch.cat(sums, out=self.ring[(step - 1) % self.ring.shape[0]]).div_(self.numel)
-
-    def latest_losses(self) -> list[list[float]]:
-        """The ring buffer on the host (one copy): row (step - 1) % keep holds every member's loss of a step."""
-        return self.ring.tolist()
+            torch.cat(sums, out=self.row(step)).div_(self.numel)
 
     @torch.no_grad()
     def write_back(self, index: int) -> None:
         """Copy a member's trained layers (hidden layers and aux head) into its own model."""
-        model = self.members[index].run.student
-        count = len(self.streams)
-        for layer_index, (name, (weight, bias)) in enumerate(zip(self.names, self.layers, strict=True)):
-            if not weight.requires_grad:
-                continue
-            layer = getattr(model, name)
-            if layer_index == 0 and self.per_stream:
-                s, j, out = index % count, index // count, layer.weight.shape[0]
-                mine, own_bias = weight[s, j * out:(j + 1) * out], bias[s, 0, j * out:(j + 1) * out]
-            else:
-                mine, own_bias = weight[index], bias[index, 0]
-            layer.weight.copy_(mine)
-            layer.bias.copy_(own_bias)
+        self.hidden.write_back(index)
         width = next(w for w in self.widths if w.start <= index < w.start + w.size)
         if width.trainable:
+            model = self.order[index].run.student
             model.aux_head.weight.copy_(width.weight[index - width.start])
             model.aux_head.bias.copy_(width.bias[index - width.start, 0])
+
+
+class _Hidden(StackedLayers):
+    """A fused set's hidden layers; with ``by_stream`` (each stream's members, member k = j * S + s the j-th
+    of stream s) the first layer of a stream's members one above the other, [S, c x out, 784], so that the
+    first layer of all members is one matmul per stream."""
+
+    def __init__(self, models: list, names: list[str], by_stream: list[list] | None):
+        self.by_stream = by_stream
+        super().__init__(models, names)
+
+    def stacked(self, position: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if position or self.by_stream is None:
+            return super().stacked(position, name)
+        parts = [stack_linear([getattr(model, name) for model in part]) for part in self.by_stream]
+        return (torch.stack([w.flatten(0, 1) for w, _ in parts]),
+                torch.stack([b.flatten(0, 1).reshape(1, -1) for _, b in parts]))
+
+    def member(self, position: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if position or self.by_stream is None:
+            return super().member(position, index)
+        weight, bias = self.layers[0]
+        count, out = len(self.by_stream), getattr(self.models[index], self.names[0]).weight.shape[0]
+        s, j = index % count, index // count
+        return weight[s, j * out:(j + 1) * out], bias[s, 0, j * out:(j + 1) * out]

@@ -7,13 +7,27 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .catalog import dataset_key
 from .cost import SECONDS_PER_RUN, JobCost, estimated_seconds, follower_memory_mb, memory_mb, run_flops, stack_flops
 from .plan import ResolvedConfig
+
+T = TypeVar("T")
+
+
+def group_by(items: Iterable[T], key: Callable[[T], Any]) -> list[list[T]]:
+    """Items of equal keys together, groups and their items in order of first appearance; an item whose key
+    is None is a group of its own. The one grouping loop of the runner: stacks, trajectories, training units,
+    noise banks and lockstep teachers are all grouped by it."""
+    groups: dict[Any, list[T]] = {}
+    for item in items:
+        value = key(item)
+        groups.setdefault(("alone", id(item)) if value is None else ("key", value), []).append(item)
+    return list(groups.values())
 
 
 @dataclass
@@ -31,13 +45,11 @@ class PlannedRun:
 def stacks(runs: list[Any]) -> list[list[Any]]:
     """Runs (with ``.rc``) grouped by stack key; within a stack, the runs of one trajectory (equal trajectory
     keys) side by side, so that a split stack keeps them together where it can."""
-    groups: dict[str, list[Any]] = {}
-    for run in runs:
-        groups.setdefault(run.rc.stack_key(), []).append(run)
     first = {}
     for index, run in enumerate(runs):
         first.setdefault(run.rc.trajectory_key(), index)
-    return [sorted(group, key=lambda r: first[r.rc.trajectory_key()]) for group in groups.values()]
+    return [sorted(group, key=lambda r: first[r.rc.trajectory_key()])
+            for group in group_by(runs, lambda r: r.rc.stack_key())]
 
 
 def plan_stacks(runs: list[Any], max_memory_mb: float | None = None) -> list[list[Any]]:
@@ -86,10 +98,7 @@ def trajectory_memory_mb(part: list[Any]) -> float:
 
 def trajectory_groups(stack: list[Any]) -> list[list[Any]]:
     """A stack's runs by trajectory key, in order of first appearance."""
-    groups: dict[str, list[Any]] = {}
-    for run in stack:
-        groups.setdefault(run.rc.trajectory_key(), []).append(run)
-    return list(groups.values())
+    return group_by(stack, lambda r: r.rc.trajectory_key())
 
 
 def trajectory_steps(run: Any) -> int:

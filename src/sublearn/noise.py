@@ -20,28 +20,57 @@ if TYPE_CHECKING:
 
 EPS = 1e-12
 DISTRIBUTIONS: dict[str, Callable[..., Any]] = {}
+# Distributions that are one raw draw (a torch function that fills its images in order from the generator)
+# and elementwise steps in place, declared with ``raw``: a NoiseBank (fused.py) draws many steps of them at
+# once and applies the steps once over its whole buffer, which gives the values of each step's sample_noise.
+RAW_DRAWS: dict[str, tuple[str, tuple]] = {}
+NORMALIZE = (("sub_", MNIST_MEAN), ("div_", MNIST_STD))  # normalize_noise: onto the images' scale
 
 
-def distribution(name: str):
+def distribution(name: str, raw: tuple[str, tuple] | None = None):
+    """Register a distribution; ``raw``: (the torch function of its raw draw, its steps after it)."""
     def register(function):
         DISTRIBUTIONS[name] = function
+        if raw is not None:
+            RAW_DRAWS[name] = raw
         return function
     return register
 
 
-@distribution("uniform")
+def raw_draw(config) -> str | None:
+    """The torch function that a distribution's raw draw calls (None: drawn otherwise, as perlin is)."""
+    raw = RAW_DRAWS.get(config.noise_dist)
+    return raw and raw[0]
+
+
+def after_draw(config) -> tuple:
+    """The elementwise steps in place that sample_noise applies after a raw draw, in order."""
+    return RAW_DRAWS[config.noise_dist][1] + (NORMALIZE if config.normalize_noise else ())
+
+
+def apply_steps(x: torch.Tensor, steps: tuple) -> torch.Tensor:
+    for name, value in steps:
+        getattr(x, name)(value)
+    return x
+
+
+def raw_sample(n: int, config, device, generator) -> torch.Tensor:
+    """A distribution declared with ``raw``: its draw, then its steps."""
+    import torch
+
+    draw, steps = RAW_DRAWS[config.noise_dist]
+    return apply_steps(getattr(torch, draw)(n, *IMAGE_SHAPE, device=device, generator=generator), steps)
+
+
+@distribution("uniform", raw=("rand", (("mul_", 2.0), ("sub_", 1.0))))
 def uniform(n: int, config, device, generator=None) -> torch.Tensor:
     """In [-1, 1]: 2 * rand - 1, in place (same values, no temporaries)."""
-    import torch
-
-    return torch.rand(n, *IMAGE_SHAPE, device=device, generator=generator).mul_(2.0).sub_(1.0)
+    return raw_sample(n, config, device, generator)
 
 
-@distribution("normal")
+@distribution("normal", raw=("randn", ()))
 def normal(n: int, config, device, generator=None) -> torch.Tensor:
-    import torch
-
-    return torch.randn(n, *IMAGE_SHAPE, device=device, generator=generator)
+    return raw_sample(n, config, device, generator)
 
 
 @distribution("perlin")
@@ -82,6 +111,4 @@ def sample_noise(n: int, config, device, generator=None) -> torch.Tensor:
     """A batch of noise images from ``generator`` (default: the global torch stream); with normalize_noise,
     on the images' scale."""
     x = DISTRIBUTIONS[config.noise_dist](n, config, device, generator)
-    if config.normalize_noise:
-        x = x.sub_(MNIST_MEAN).div_(MNIST_STD)
-    return x
+    return apply_steps(x, NORMALIZE) if config.normalize_noise else x

@@ -12,7 +12,52 @@ from .model import SplitHeadModel
 from .training import adam
 
 
-class StackedMLP:
+def stack_linear(layers: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear layers of several models as [K, out, in] weights and [K, 1, out] biases, used as a lone run's
+    F.linear is (the weights transposed in the matmul), so that a CPU's BLAS takes the same path."""
+    return (torch.stack([layer.weight.detach() for layer in layers]),
+            torch.stack([layer.bias.detach() for layer in layers]).unsqueeze(1))
+
+
+def linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Batched F.linear: h [K, n, in], weight [K, out, in], bias [K, 1, out] -> [K, n, out]."""
+    return torch.baddbmm(bias, h, weight.transpose(1, 2))
+
+
+class StackedLayers:
+    """Layers ``names`` of K models of equal shape stacked (``stack_linear``), each trainable as the models'
+    layer is, and copied back into a model when it is done: the building block of stacked teachers and
+    students (StackedMLP) and of fused students (fused.py, which lays its first layer out per stream)."""
+
+    def __init__(self, models: list[SplitHeadModel], names: list[str]):
+        self.models, self.names = models, names
+        self.layers = []
+        for position, name in enumerate(names):
+            trainable = bool(getattr(models[0], name).weight.requires_grad)
+            weight, bias = self.stacked(position, name)
+            self.layers.append((weight.requires_grad_(trainable), bias.requires_grad_(trainable)))
+
+    def stacked(self, position: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The models' layer ``name`` (the ``position``-th) as one weight and one bias."""
+        return stack_linear([getattr(model, name) for model in self.models])
+
+    def member(self, position: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model ``index``'s weight and bias in the ``position``-th stacked layer (views)."""
+        weight, bias = self.layers[position]
+        return weight[index], bias[index, 0]
+
+    @torch.no_grad()
+    def write_back(self, index: int) -> None:
+        """Copy a model's trained layers into the model."""
+        model = self.models[index]
+        for position, (name, (weight, _)) in enumerate(zip(self.names, self.layers, strict=True)):
+            if weight.requires_grad:
+                mine, own_bias = self.member(position, index)
+                getattr(model, name).weight.copy_(mine)
+                getattr(model, name).bias.copy_(own_bias)
+
+
+class StackedMLP(StackedLayers):
     """MLPs of equal hidden widths trained side by side: each hidden layer's weights of all members as one
     [K, out, in] tensor (one batched matmul per layer and step instead of K), each member's own head
     (``head``: aux_head for a student, class_head for a teacher) and loss, one optimizer over all. Per
@@ -21,43 +66,29 @@ class StackedMLP:
     fill the device with fewer and larger kernels, float tolerance applies."""
 
     def __init__(self, models: list[SplitHeadModel], head: str, lr: float, device: torch.device):
-        self.models, self.head = models, head
-        self.layers = [name for name, _, _ in models[0].steps]
-        self.weights, self.biases = [], []
-        for name in self.layers:
-            trainable = getattr(models[0], name).weight.requires_grad
-            for tensors, kind in ((self.weights, "weight"), (self.biases, "bias")):
-                stacked = torch.stack([getattr(getattr(m, name), kind).detach() for m in models])
-                tensors.append(stacked.requires_grad_(trainable))
-        params = [p for p in self.weights + self.biases if p.requires_grad]
+        super().__init__(models, [name for name, _, _ in models[0].steps])
+        self.head = head
+        params = [p for pair in zip(*self.layers, strict=True) for p in pair if p.requires_grad]  # weights, biases
         params += [p for m in models for p in getattr(m, head).parameters() if p.requires_grad]
         self.optimizer = adam(params, lr, device)
 
     def train_step(self, xs: list[torch.Tensor], loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                   targets: list[torch.Tensor]) -> list[torch.Tensor]:
+                   targets: list[torch.Tensor]) -> torch.Tensor:
         """One step of every member on its own batch (the same tensor for members of one noise stream):
-        ``loss(member's head output, its target)``."""
+        ``loss(member's head output, its target)``; the members' losses, [K]."""
         if all(x is xs[0] for x in xs):
             h = xs[0].reshape(xs[0].shape[0], -1).expand(len(xs), -1, -1)
         else:
             h = torch.stack([x.reshape(x.shape[0], -1) for x in xs])
-        for weight, bias in zip(self.weights, self.biases, strict=True):
-            h = F.relu_(torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)))
+        for weight, bias in self.layers:
+            h = F.relu_(linear(h, weight, bias))
         # unbind: one gradient stack in backward, where indexing would add K zero-padded [K, B, out] tensors
-        losses = [loss(getattr(m, self.head)(hidden), target)
-                  for m, hidden, target in zip(self.models, h.unbind(0), targets, strict=True)]
+        losses = torch.stack([loss(getattr(m, self.head)(hidden), target)
+                              for m, hidden, target in zip(self.models, h.unbind(0), targets, strict=True)])
         self.optimizer.zero_grad(set_to_none=True)
-        torch.stack(losses).sum().backward()  # each member's loss gets gradient 1, as alone
+        losses.sum().backward()  # each member's loss gets gradient 1, as alone
         self.optimizer.step()
-        return [value.detach() for value in losses]
-
-    @torch.no_grad()
-    def write_back(self, index: int) -> None:
-        """Copy a member's hidden layers into its own model."""
-        model = self.models[index]
-        for name, weight, bias in zip(self.layers, self.weights, self.biases, strict=True):
-            getattr(model, name).weight.copy_(weight[index])
-            getattr(model, name).bias.copy_(bias[index])
+        return losses.detach()
 
 
 def stacked_mlp_key(plan, lr: float, steps: int, batch_size: int) -> tuple | None:

@@ -18,6 +18,7 @@ from .catalog import dataset_key
 from .data import Dataset
 from .errors import Diverged, UsageError
 from .evaluation import evaluate_class
+from .grouping import group_by
 from .model import SplitHeadModel, build_model
 from .perturb import apply_perturbations
 from .plan import ResolvedConfig
@@ -47,7 +48,7 @@ class TeacherRun:
     optimizer: Any = None  # its own, or None in a StackedMLP, whose optimizer steps every member at once
     generator: torch.Generator | None = None  # its data order (DataLoader shuffle)
     batches: tuple = ()  # this epoch's index batches
-    losses: torch.Tensor | None = None  # this epoch's batch losses, in one tensor (see _Distilling.losses)
+    losses: torch.Tensor | None = None  # this epoch's batch losses, in one tensor (as a unit's ring, units.Unit)
     epoch: int = 0  # epochs done
     step: int = 0  # steps done in this epoch
     last: float = float("nan")
@@ -97,15 +98,15 @@ def train_teachers(runs: list[TeacherRun], device: torch.device, on_done: Callab
     arithmetic; ``stack_layers`` (default: on CUDA only) trains MLP teachers of equal shape, learning rate,
     batch size, steps per epoch and epochs as one StackedMLP. ``on_done(run)`` is called as soon as a
     teacher's epochs are done; ``on_failed(run, error)`` when it diverges (the others go on)."""
-    groups: dict[Any, list[TeacherRun]] = {}
-    for run in runs:
+    stacking = uses_stacked_layers(stack_layers, device)
+
+    def stacking_key(run: TeacherRun) -> tuple | None:
         c = run.rc.config
         key = stacked_mlp_key(run.rc.teacher, c.teacher_lr, run.steps_per_epoch * c.teacher_epochs, c.data_bsize)
-        if not uses_stacked_layers(stack_layers, device) or key is None:
-            key = id(run)
-        key = (key, run.data.train_x.shape[0])  # with equal batch sizes: equal batch shapes in every step
-        groups.setdefault(key, []).append(run)
-    units = list(groups.values())
+        # with equal batch sizes: equal batch shapes in every step
+        return None if not stacking or key is None else (key, run.data.train_x.shape[0])
+
+    units = group_by(runs, stacking_key)
     for unit in units:
         if len(unit) > 1:
             stacked = StackedMLP([r.model for r in unit], "class_head", unit[0].rc.config.teacher_lr, device)

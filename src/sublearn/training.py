@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 class CpuAdam:
@@ -48,6 +49,16 @@ def stacked_adam(params: list[torch.Tensor], lr: float, device: torch.device):
     (a lone run's arithmetic), on CUDA torch's fused Adam (two kernels per step, its step counts on the
     device)."""
     return ForeachAdam(params, lr) if device.type == "cpu" else torch.optim.Adam(params, lr=lr, fused=True)
+
+
+def mse_gradient_scale(numel: int) -> float:
+    """The factor by which F.mse_loss's backward (mean over ``numel`` values) multiplies input - target, asked
+    of F.mse_loss itself: a fused set (fused.py) seeds the backward of its summed squared errors with it and
+    so gets a lone run's gradient bits without restating torch's formula."""
+    probe = torch.ones(numel, requires_grad=True)
+    with torch.enable_grad():
+        F.mse_loss(probe, torch.zeros(numel)).backward()
+    return float(probe.grad[0])
 
 
 def epoch_mean(losses: torch.Tensor) -> float:
