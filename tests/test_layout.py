@@ -149,3 +149,13 @@ def test_a_figure_grid_runs_on_fashion_mnist(new_datasets, tmp_path):
     assert (workdir / "results" / "figures" / "fig2.png").is_file()
     cache = list((workdir / "resources" / "cache").glob("fashion_mnist-*.pt"))
     assert len(cache) == 1
+
+
+def test_the_module_table_lists_every_module():
+    """docs/internals.md's table of the runner's modules names each module of src/sublearn."""
+    import re
+
+    table = (REPO / "docs" / "internals.md").read_text()
+    listed = set(re.findall(r"`([a-z_]+\.py)`", table))
+    modules = {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    assert modules <= listed, sorted(modules - listed)
