@@ -163,6 +163,12 @@ def test_stack_members_equal_lone_runs_bit_for_bit(stack_layers, tiny_data, tiny
         # seed 0 have its A,A body, seed 1's three runs their own)
         test_features = [key for key in shared.entries if key[0] == "features" and key[2][0] == "split"]
         assert len(test_features) == 7
+        # a teacher no perturbation touches is one model (built, loaded and snapshotted once) for the runs of its
+        # checkpoint and m; a perturbed one is the run's own
+        assert members["base"].teacher is members["base_N1"].teacher is members["frozen_aux"].teacher
+        assert members["base"].snaps["teacher_final"] is members["base_N1"].snaps["teacher_final"]
+        assert members["m3_N5"].teacher is not members["base"].teacher  # another m
+        assert members["perturbed"].teacher is not members["base"].teacher
         name_of = {id(m): n for n, m in members.items()}
         finished = {}
 

@@ -4,6 +4,7 @@ evaluation noise, and what the runs of a batch job have in common (computed once
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +34,19 @@ class SharedEvaluations:
         self.entries: OrderedDict[tuple, tuple[Any, list[torch.Tensor], int]] = OrderedDict()
         self.inits = InitialWeights()  # the layers' initial weights, drawn once for every run that builds them
         self.trained: dict[int, tuple[dict, dict[str, tuple]]] = {}  # id(trained body) -> (it, layer identities)
-        self.comparisons: dict[tuple, dict[str, float]] = {}  # records.pair_values's values by the pair's key
+        self.comparisons: dict[tuple, Any] = {}  # records.pair_values's values of pairs and norms by their keys
+        self.snapshots: dict[tuple, dict] = {}  # records.snapshot's layer snapshots by identity
+        # trained teachers no perturbation touches, shared by the runs being prepared (student.prepare_student),
+        # and their snapshots; an entry goes with the last run that holds its teacher
+        self.teachers: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self.teacher_snaps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.majority: dict[int, tuple[torch.Tensor, float]] = {}
+
+    def majority_rate(self, labels: torch.Tensor) -> float:
+        """majority_rate of a split's labels, computed once."""
+        if id(labels) not in self.majority:
+            self.majority[id(labels)] = (labels, majority_rate(labels))
+        return self.majority[id(labels)][1]
 
     def trained_identities(self, trained_body: dict[str, torch.Tensor]) -> dict[str, tuple]:
         """A teacher checkpoint's layers by a digest of their trained weights, computed once per checkpoint."""
@@ -100,13 +113,31 @@ def evaluate_class(model: SplitHeadModel, x: torch.Tensor, y: torch.Tensor, batc
     else:
         features = shared.features(model, ("split", id(x), batch_size),
                                    [x[start:start + batch_size] for start in starts], keep=x)
-    correct, loss_sum = 0, 0.0
+    losses, hits = [], []
     for start, h in zip(starts, features, strict=True):
         logits = model.class_head(h)
         target = y[start:start + batch_size]
-        loss_sum += float(F.cross_entropy(logits, target, reduction="sum").item())
-        correct += int((logits.argmax(dim=1) == target).sum().item())
+        losses.append(F.cross_entropy(logits, target, reduction="sum"))
+        hits.append((logits.argmax(dim=1) == target).sum())
+    # one host copy for every batch (not two waits per batch); summed on the host in batch order as Python
+    # numbers, as the reference sums each batch's .item()
+    correct, loss_sum = 0, 0.0
+    for loss, hit in zip(*host_values(losses, hits), strict=True):
+        loss_sum += loss
+        correct += int(hit)
     return correct / max(1, x.shape[0]), loss_sum / max(1, x.shape[0])
+
+
+def host_values(*columns: list[torch.Tensor]) -> list[list]:
+    """Lists of scalar tensors as lists of Python numbers, in one host copy (one device wait). Each value is
+    the number its own ``.item()`` gives."""
+    stacked = [torch.stack(column).double() for column in columns if column]  # exact: float32 and counts
+    flat = torch.cat(stacked).tolist() if stacked else []
+    out, start = [], 0
+    for column in columns:
+        out.append(flat[start:start + len(column)])
+        start += len(column)
+    return out
 
 
 def majority_rate(labels: torch.Tensor) -> float:
@@ -135,5 +166,5 @@ def aux_mse_on_noise(student: SplitHeadModel, teacher: SplitHeadModel, rc: Resol
         targets = shared.get(("aux", body_key(teacher), layer_key(teacher, "aux_head"), name),
                              lambda: [teacher.aux_head(h) for h in shared.features(teacher, name, batches)])
         pairs = zip((student.aux_head(h) for h in shared.features(student, name, batches)), targets, strict=True)
-    losses = [float(F.mse_loss(output, target).item()) for output, target in pairs]
+    (losses,) = host_values([F.mse_loss(output, target) for output, target in pairs])
     return float(sum(losses) / len(losses)) if losses else float("nan")

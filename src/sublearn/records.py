@@ -37,32 +37,68 @@ def tensor_kinds(layer: nn.Module) -> dict[str, torch.Tensor]:
     return {k: getattr(layer, k) for k in ("weight", "bias") if getattr(layer, k, None) is not None}
 
 
-def snapshot(model: SplitHeadModel) -> dict[str, dict[str, Any]]:
+def snapshot(model: SplitHeadModel, known: dict[tuple, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """The layers' tensors as they are now, on the model's device (compared there, copied once), with each
-    layer's identity ("identity": SplitHeadModel.identity, or None)."""
-    return {name: {**{k: t.detach().clone() for k, t in tensor_kinds(getattr(model, name)).items()},
-                   "identity": model.identity(name)}
-            for name in model.layer_names}
+    layer's identity ("identity": SplitHeadModel.identity, or None). ``known``: layer snapshots by identity,
+    shared by the runs of a job (a layer drawn or trained once is copied once; a distilled one is a run's own)."""
+    snaps = {}
+    for name in model.layer_names:
+        identity = model.identity(name)
+        key = None if known is None or identity is None or identity[0] == "distilled" else identity
+        if key is not None and key in known:
+            snaps[name] = known[key]
+            continue
+        snaps[name] = {**{k: t.detach().clone() for k, t in tensor_kinds(getattr(model, name)).items()},
+                       "identity": identity}
+        if key is not None:
+            known[key] = snaps[name]
+    return snaps
 
 
-def pair_values(pairs: list[tuple[torch.Tensor, torch.Tensor, tuple | None]],
-                known: dict[tuple, dict[str, float]] | None = None) -> list[dict[str, float]]:
-    """The comparison values of each (reference, other, key) of equal shapes, as tensor_norm and
-    cosine_or_nan give them, with one host copy for all. ``known``: values by key, of pairs compared before
-    (a key names what fixed both tensors, so equal keys have equal values); new keys are added to it."""
+# a pair to compare: (reference, other, reference's key, other's key); a key names what fixed a tensor, or is None
+Pair = tuple[torch.Tensor, torch.Tensor, tuple | None, tuple | None]
+
+
+def pair_values(pairs: list[Pair],
+                known: dict[tuple, Any] | None = None) -> list[dict[str, float]]:
+    """The comparison values of each pair of equal shapes, as tensor_norm and cosine_or_nan give them, with one
+    host copy for all (equal keys: equal tensors). ``known``: values of pairs and norms computed before (by the
+    runs of a job), added to; a tensor's norm is computed once whichever pairs it is in."""
     known = {} if known is None else known
-    todo = [i for i, (_, _, key) in enumerate(pairs) if key is None or key not in known]
-    parts = []
+    todo = [i for i, (_, _, *keys) in enumerate(pairs) if None in keys or tuple(keys) not in known]
+    parts: list[torch.Tensor] = []
+    norm_of: dict[tuple, int | float] = {}  # a tensor's norm: its index in parts, or its known value
+
+    def norm(tensor: torch.Tensor, key: tuple | None) -> tuple:
+        name = ("norm", key) if key is not None else ("tensor", id(tensor))
+        if name not in norm_of:
+            if name in known:
+                norm_of[name] = known[name]
+            else:
+                norm_of[name] = len(parts)
+                parts.append(torch.linalg.vector_norm(tensor.detach().reshape(-1).float(), ord=2))
+        return name
+
+    names = []
     for i in todo:
-        ref, other, _ = pairs[i]
+        ref, other, ref_key, other_key = pairs[i]
         x, y = ref.detach().reshape(-1).float(), other.detach().reshape(-1).float()
-        parts += [torch.linalg.vector_norm(x, ord=2), torch.linalg.vector_norm(y, ord=2),
-                  torch.linalg.vector_norm((ref - other).detach().reshape(-1).float(), ord=2),
+        names.append((norm(ref, ref_key), norm(other, other_key), len(parts)))
+        parts += [torch.linalg.vector_norm((ref - other).detach().reshape(-1).float(), ord=2),
                   F.cosine_similarity(x.unsqueeze(0), y.unsqueeze(0), dim=1)[0]]
     numbers = torch.stack(parts).tolist() if parts else []
+
+    def value(name: tuple) -> float:
+        slot = norm_of[name]
+        return known[name] if name in known else numbers[slot]
+
+    for name, slot in norm_of.items():  # a keyed norm is known from now on
+        if name[0] == "norm" and name not in known:
+            known[name] = numbers[slot]
     computed = {}
-    for n, i in enumerate(todo):
-        ref_norm, other_norm, diff, cosine = numbers[4 * n:4 * n + 4]
+    for (ref_name, other_name, slot), i in zip(names, todo, strict=True):
+        ref_norm, other_norm = value(ref_name), value(other_name)
+        diff, cosine = numbers[slot:slot + 2]
         if pairs[i][0].numel() == 0 or ref_norm < EPS or other_norm < EPS:
             cosine = float("nan")
         computed[i] = {
@@ -70,9 +106,9 @@ def pair_values(pairs: list[tuple[torch.Tensor, torch.Tensor, tuple | None]],
             "relative_diff_reference": diff / (ref_norm + EPS),
             "relative_diff_symmetric": 2.0 * diff / (ref_norm + other_norm + EPS),
         }
-        if pairs[i][2] is not None:
-            known[pairs[i][2]] = computed[i]
-    return [computed[i] if i in computed else known[key] for i, (_, _, key) in enumerate(pairs)]
+        if None not in pairs[i][2:]:
+            known[pairs[i][2:]] = computed[i]
+    return [computed[i] if i in computed else known[tuple(keys)] for i, (_, _, *keys) in enumerate(pairs)]
 
 
 def _shape(x: torch.Tensor | None) -> str:
@@ -90,7 +126,7 @@ def _missing(prefix: str, ref: Any, other: Any, models: tuple[str, str]) -> str 
 
 def compare_snapshots(comparison: str, models: tuple[str, str], states: tuple[str, str],
                       snaps: tuple[dict, dict], layer_order: list[str], base_row: dict,
-                      pairs: list[tuple[torch.Tensor, torch.Tensor, tuple | None]]) -> list[dict[str, Any]]:
+                      pairs: list[Pair]) -> list[dict[str, Any]]:
     """The comparison's rows; a comparable pair's values are left for pair_values (``pairs`` gets the
     pair, the row its index there as ``pending``)."""
     ref_model, other_model = models
@@ -110,8 +146,8 @@ def compare_snapshots(comparison: str, models: tuple[str, str], states: tuple[st
                     status = "shape_mismatch"
                 else:
                     pending = len(pairs)
-                    identities = (ref_layer["identity"], other_layer["identity"])
-                    pairs.append((ref, other, None if None in identities else (*identities, kind)))
+                    pairs.append((ref, other, *((layer["identity"], kind) if layer["identity"] is not None else None
+                                                for layer in (ref_layer, other_layer))))
             rows.append({
                 **base_row, "comparison": comparison, "reference_model": ref_model, "other_model": other_model,
                 "reference_state": states[0], "other_state": states[1], "layer_name": layer_name,
@@ -127,7 +163,7 @@ def layer_metrics(teacher_layers: list[str], student_layers: list[str], snaps: d
     of a job, which share many: every run of a seed compares the same teacher before and after training)."""
     both = list(dict.fromkeys(teacher_layers + student_layers))
     t, s = ("teacher", "student"), ("initial", "final")
-    pairs: list[tuple[torch.Tensor, torch.Tensor, tuple | None]] = []
+    pairs: list[Pair] = []
     rows = (
         compare_snapshots("teacher_student_init", t, ("initial", "initial"),
                           (snaps["teacher_initial"], snaps["student_initial"]), both, base_row, pairs)

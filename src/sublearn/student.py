@@ -68,29 +68,47 @@ def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, che
     check_checkpoint(rc, checkpoint, data_identity=data.identity)
     set_seed(derived_seed(c.seed, "experiment_start"))
     inits = shared.inits if shared is not None else None
-    teacher = build_model(rc.teacher, c.m, rc.num_classes, c.seed, device, inits)
+    known = shared.snapshots if shared is not None else None
+    # a teacher no perturbation touches is the same model in every run of a job with its checkpoint, m and
+    # plan: built, loaded, checked and snapshotted once
+    share_key = None
+    if shared is not None and not any(p["target"] == "teacher" for p in rc.perturbations):
+        shared.trained_identities(checkpoint["trained_body"])  # holds the body: its id names it
+        share_key = (id(checkpoint["trained_body"]),
+                     repr(rc.teacher), c.m, rc.num_classes, c.seed, str(device))
+    teacher = shared.teachers.get(share_key) if share_key is not None else None
+    built = teacher is None
+    if built:
+        teacher = build_model(rc.teacher, c.m, rc.num_classes, c.seed, device, inits)
     student = build_model(rc.student, c.m, rc.num_classes, c.seed, device, inits)
     models = {"teacher": teacher, "student": student}
 
     perturb_rows = apply_perturbations("before_teacher_training", rc, models, device, run_id)
-    snaps = {"teacher_initial": snapshot(teacher)}
-    initial_body = body_state(teacher.state_dict())
-    if any(not torch.equal(initial_body[k], checkpoint["initial_body"][k]) for k in initial_body):
-        raise UsageError("--teacher-checkpoint: its initial weights differ from this run's teacher; "
-                         "it was trained by another version or with other settings")
-    teacher.load_state_dict({k: v.to(device) for k, v in checkpoint["trained_body"].items()}, strict=False)
-    if shared is not None:
-        teacher.stamp(shared.trained_identities(checkpoint["trained_body"]))
+    if built:
+        snaps = {"teacher_initial": snapshot(teacher, known)}
+        initial_body = body_state(teacher.state_dict())
+        if any(not torch.equal(initial_body[k], checkpoint["initial_body"][k]) for k in initial_body):
+            raise UsageError("--teacher-checkpoint: its initial weights differ from this run's teacher; "
+                             "it was trained by another version or with other settings")
+        teacher.load_state_dict({k: v.to(device) for k, v in checkpoint["trained_body"].items()}, strict=False)
+        if shared is not None:
+            teacher.stamp(shared.trained_identities(checkpoint["trained_body"]))
+    else:
+        snaps = dict(shared.teacher_snaps[teacher])
     metrics = dict(checkpoint["metrics"])
 
     perturb_rows += apply_perturbations("after_teacher_training", rc, models, device, run_id)
-    snaps["teacher_final"] = snapshot(teacher)
+    if built:
+        snaps["teacher_final"] = snapshot(teacher, known)
+        if share_key is not None:
+            shared.teachers[share_key] = teacher
+            shared.teacher_snaps[teacher] = dict(snaps)
     if any(p["target"] == "teacher" and p["timing"] == "after_teacher_training" for p in rc.perturbations):
         metrics["teacher_final_acc"], metrics["teacher_final_class_loss"] = evaluate_class(
             teacher, data.test_x, data.test_y, c.data_bsize)
 
     perturb_rows += apply_perturbations("before_student_training", rc, models, device, run_id)
-    snaps["student_initial"] = snapshot(student)
+    snaps["student_initial"] = snapshot(student, known)
     init_acc, init_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize, shared)
     init_aux = aux_mse_on_noise(student, teacher, rc, device, "student_initial", shared)
     print(f"[eval] student initial acc {init_acc:.6f} class CE {init_loss:.6f} aux MSE {init_aux:.8f}", flush=True)
@@ -129,7 +147,7 @@ def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_a
     runtime = time.time() - run.started
     final = {"student_final_acc": final_acc, "student_final_class_loss": final_loss,
              "student_final_aux_loss": final_aux, "student_train_aux_loss_last": train_aux,
-             "test_majority_acc": majority_rate(data.test_y)}
+             "test_majority_acc": majority_rate(data.test_y) if shared is None else shared.majority_rate(data.test_y)}
     row = run_row(run, data.identity, env, final, layer_rows, runtime, distill_seconds, extra)
     return RunResult(row, layer_rows, perturb_rows, config_record(run, env),
                      {"student_stage": runtime, "distillation": distill_seconds})
