@@ -5,7 +5,9 @@
 Wall times include interpreter start-up (each stage is a fresh `sublearn` process, as in the workflow).
 The FLOP count is analytic (2*in*out per sample and linear layer for the forward pass, the same for the
 weight gradient, and again for the input gradient of every layer but the first); the matmul rate is
-measured with torch on the same shapes, in this process, right before the runs.
+measured with torch on the same shapes, in this process, right before the runs. ``run_floor_ratio``: a
+whole `sublearn run`'s FLOPs at that rate over its median wall time (start-up, data, noise draws and
+evaluations included).
 """
 
 from __future__ import annotations
@@ -88,7 +90,10 @@ def main() -> None:
     t_fwd, t_bwd = mlp_flops_per_sample(dims, 10)
     s_fwd, s_bwd = mlp_flops_per_sample(dims, 10)
     teacher_flops = 5 * 60000 * (t_fwd + t_bwd)
-    student_flops = 5 * 60 * 1000 * (s_fwd + s_fwd + s_bwd)  # teacher forward + student forward/backward
+    # student_train_seconds times the students' own steps; the teacher's forward on each noise batch (its
+    # targets) is done beside them, once per step for a whole stack, and counted in the run's floor only
+    student_flops = 5 * 60 * 1000 * (s_fwd + s_bwd)
+    targets_flops = 5 * 60 * 1000 * t_fwd
     teacher_secs = statistics.median(float(r["teacher_train_seconds"]) for r in rows)
     student_secs = statistics.median(float(r["student_train_seconds"]) for r in rows)
     median = {k: statistics.median(v) for k, v in walls.items()}
@@ -98,6 +103,10 @@ def main() -> None:
         print(f"wall {stage:8s} median {median[stage]:6.2f} s  (runs: {', '.join(f'{v:.2f}' for v in values)})")
     print(f"speed-up of a full run vs the reference's {REFERENCE_RUN_SECONDS:.0f} s: "
           f"{REFERENCE_RUN_SECONDS / median['run']:.1f}x")
+    floor = (teacher_flops + targets_flops + student_flops) / (rate * 1e9)
+    print(f"run floor: {(teacher_flops + targets_flops + student_flops) / 1e12:.3f} TFLOP (teacher training, the "
+          f"teacher's targets, the student's steps) at the matmul rate = {floor:.2f} s; the median run took "
+          f"{median['run']:.2f} s: run_floor_ratio {floor / median['run']:.2f}")
     for name, flops, secs in (("teacher training", teacher_flops, teacher_secs),
                               ("student distillation", student_flops, student_secs)):
         achieved = flops / secs / 1e9

@@ -214,3 +214,43 @@ def test_the_papers_gpu_plan_trains_fig4s_tail_in_one_lockstep_set():
     assert job["lockstep_steps"] - 40960 < 40960  # the tail once
     assert len(batches) + len(teachers) <= 20
     assert sum(b["lockstep_steps"] for b in batches.values()) <= 50_000
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_a_local_cut_gives_each_teacher_group_a_multiple_of_the_cores_in_jobs(cores):
+    """With fill_cores (config.yaml), the teachers of each group (figures and dataset) are cut into a multiple
+    of --cores jobs (at most one per teacher) of near-equal cost, every teacher in exactly one job; without it,
+    or on a GPU plan, the plain cut by teacher_max_tflop."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+    import jobs
+    import runs_table
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["seeds"] = [0, 1, 2, 3, 4]
+    runs = runs_table.unique_runs(runs_table.runs_table(cfg, lambda dataset: f"results/{dataset}"))
+    identities = dict.fromkeys({r["dataset"] for r in runs})
+    path = lambda dataset, key: f"teachers/{key}"  # noqa: E731
+    batches = jobs.plan_batches(runs, cfg, identities, path, cores)
+    plain = jobs.plan_teacher_sets(runs, batches, cfg, identities, path)
+    filled = jobs.plan_teacher_sets(runs, batches, cfg, identities, path, cores)
+    keys = sorted(t["key"] for job in plain.values() for t in job["teachers"])
+    assert sorted(t["key"] for job in filled.values() for t in job["teachers"]) == keys
+    groups = {}
+    for job in filled.values():
+        group = (tuple(sorted(job["teachers"][0]["figures"])), job["dataset"])
+        assert all((tuple(sorted(t["figures"])), t["dataset"]) == group for t in job["teachers"])
+        groups.setdefault(group, []).append(job)
+    for group, group_jobs in groups.items():
+        teachers = sum(len(job["teachers"]) for job in group_jobs)
+        assert len(group_jobs) % cores == 0 or len(group_jobs) == teachers, (group, len(group_jobs), teachers)
+    # the five seeds' MNIST teachers that every figure shares were one job on one core before the batch jobs
+    shared = [job for job in plain.values() if len(job["teachers"][0]["figures"]) == 5]
+    assert len(shared) == 1 and len(shared[0]["teachers"]) == 5
+    recut = groups[(("fig2", "fig3", "fig4", "fig5", "fig6"), shared[0]["dataset"])]
+    assert len(recut) == cores and sorted(len(job["teachers"]) for job in recut) == ([2, 3] if cores == 2 else [1, 2, 2])
+    cfg["batch"]["fill_cores"] = False
+    assert jobs.plan_teacher_sets(runs, batches, cfg, identities, path, cores).keys() == plain.keys()

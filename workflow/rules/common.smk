@@ -113,7 +113,7 @@ if _OTHER_DATA:
 # a local run knows its cores (--cores): with batch.fill_cores, each target's work is cut to keep them busy
 _CORES = workflow.resource_settings.cores if workflow.local_exec and workflow.is_main_process else 1
 BATCHES = jobs.plan_batches(UNIQUE_RUNS, config, _IDENTITIES, teacher_path, _CORES or 1)
-TEACHER_SETS = jobs.plan_teacher_sets(UNIQUE_RUNS, BATCHES, config, _IDENTITIES, teacher_path)
+TEACHER_SETS = jobs.plan_teacher_sets(UNIQUE_RUNS, BATCHES, config, _IDENTITIES, teacher_path, _CORES or 1)
 SHEETS = {**BATCHES, **TEACHER_SETS}
 # teachers before any batch job: they unblock batch jobs
 TEACHER_PRIORITY = 1 + max((b["priority"] for b in BATCHES.values()), default=0)

@@ -108,12 +108,15 @@ def plan_batches(unique_runs, cfg, identities, teacher_path, cores=1):
     return out
 
 
-def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path):
+def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path, cores=1):
     """Teachers -> teacher jobs: the teachers of one dataset requested by the same figures, those of equal
     shape side by side and by seed (a GPU job stacks their layers), cut into jobs of at most
-    `batch.teacher_max_tflop` estimated FLOPs. As for batches, jobs are cut over every teacher of the
-    config and named by the hash of their keys, and a job trains only its teachers that are untrained (no
-    summary recording its key and the data's identity now) and needed by an unfinished run."""
+    `batch.teacher_max_tflop` estimated FLOPs; with `batch.fill_cores` on a CPU plan, each group into a
+    multiple of ``cores`` jobs (a local run's --cores; at most one job per teacher) of near-equal cost, so
+    that the batch jobs, which wait for them, do not wait for one teacher job on one core. As for batches,
+    jobs are cut over every teacher of the config and named by the hash of their keys, and a job trains only
+    its teachers that are untrained (no summary recording its key and the data's identity now) and needed by
+    an unfinished run."""
     teachers = {}
     for run in unique_runs:
         teacher = teachers.setdefault(run["teacher_key"], {"key": run["teacher_key"], "rc": run["teacher_rc"],
@@ -135,6 +138,10 @@ def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path):
         flops += flops_of[teacher["key"]]
     if current:
         chunks.append(current)
+    settings = cfg["batch"]
+    if cores > 1 and settings.get("plan", "cpu") == "cpu" and settings.get("fill_cores"):
+        chunks = fill_cores(grouping.group_by(chunks, lambda chunk: json.dumps(order(chunk[0])[:2])), cores,
+                            lambda teacher: flops_of[teacher["key"]])
     needed = {run["teacher_key"] for b in batches.values() for run in b["runs"]}
     out = {}
     for chunk in chunks:
@@ -155,6 +162,35 @@ def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path):
                              for t, path in zip(todo, paths, strict=True)),
         }
     return out
+
+
+def fill_cores(groups: list[list[list]], cores: int, cost_of) -> list[list]:
+    """Each group's jobs (lists of items, in order) cut again into the next multiple of ``cores`` jobs (at
+    most one per item) of near-equal cost, keeping the items' order; a group already a multiple is kept."""
+    out = []
+    for jobs in groups:
+        items = [item for job in jobs for item in job]
+        parts = min(len(items), -(-len(jobs) // cores) * cores)
+        out += jobs if parts <= len(jobs) else _balanced(items, parts, cost_of)
+    return out
+
+
+def _balanced(items: list, parts: int, cost_of) -> list[list]:
+    """``items`` in order cut into ``parts`` non-empty contiguous pieces, each close to an equal share."""
+    total = sum(map(cost_of, items))
+    pieces, current, tally, done = [], [], 0.0, 0.0
+    for index, item in enumerate(items):
+        current.append(item)
+        tally += cost_of(item)
+        left_parts = parts - len(pieces) - 1
+        left_items = len(items) - index - 1
+        share = (total - done) / (parts - len(pieces))
+        if left_parts and (tally >= share or left_items == left_parts):
+            pieces.append(current)
+            done += tally
+            current, tally = [], 0.0
+    pieces.append(current)
+    return pieces
 
 
 def plan_summary(runs_table, unique_runs, batches, teacher_sets, figures, cfg, targets=None):
