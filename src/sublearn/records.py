@@ -67,16 +67,13 @@ def pair_values(pairs: list[Pair],
     known = {} if known is None else known
     todo = [i for i, (_, _, *keys) in enumerate(pairs) if None in keys or tuple(keys) not in known]
     parts: list[torch.Tensor] = []
-    norm_of: dict[tuple, int | float] = {}  # a tensor's norm: its index in parts, or its known value
+    slot_of: dict[tuple, int] = {}  # a norm computed here -> its index in parts
 
     def norm(tensor: torch.Tensor, key: tuple | None) -> tuple:
         name = ("norm", key) if key is not None else ("tensor", id(tensor))
-        if name not in norm_of:
-            if name in known:
-                norm_of[name] = known[name]
-            else:
-                norm_of[name] = len(parts)
-                parts.append(torch.linalg.vector_norm(tensor.detach().reshape(-1).float(), ord=2))
+        if name not in known and name not in slot_of:
+            slot_of[name] = len(parts)
+            parts.append(torch.linalg.vector_norm(tensor.detach().reshape(-1).float(), ord=2))
         return name
 
     names = []
@@ -87,17 +84,11 @@ def pair_values(pairs: list[Pair],
         parts += [torch.linalg.vector_norm((ref - other).detach().reshape(-1).float(), ord=2),
                   F.cosine_similarity(x.unsqueeze(0), y.unsqueeze(0), dim=1)[0]]
     numbers = torch.stack(parts).tolist() if parts else []
-
-    def value(name: tuple) -> float:
-        slot = norm_of[name]
-        return known[name] if name in known else numbers[slot]
-
-    for name, slot in norm_of.items():  # a keyed norm is known from now on
-        if name[0] == "norm" and name not in known:
-            known[name] = numbers[slot]
+    norms = {name: numbers[slot] for name, slot in slot_of.items()}
+    known.update((name, value) for name, value in norms.items() if name[0] == "norm")  # keyed: known from now on
     computed = {}
     for (ref_name, other_name, slot), i in zip(names, todo, strict=True):
-        ref_norm, other_norm = value(ref_name), value(other_name)
+        ref_norm, other_norm = (norms[name] if name in norms else known[name] for name in (ref_name, other_name))
         diff, cosine = numbers[slot:slot + 2]
         if pairs[i][0].numel() == 0 or ref_norm < EPS or other_norm < EPS:
             cosine = float("nan")
