@@ -17,15 +17,18 @@ images; --tiny: 600 + 200). The lines, in order:
     student_model step_ms = T0 + MFLOP / R     the fit of the three sets: a step's fixed time and the rate
     determinism identical|DIFFERS ...          one set distilled twice, every student compared bit for bit
     fig2_5seeds_s X ...                        fig2 for 5 seeds through `sublearn teachers` and `sublearn batch`
-                                               on sheets made by the workflow's planner (profiles/gpu/gpu.yaml)
+                                               on sheets made by the workflow's planner (profiles/gpu/gpu.yaml);
+                                               stopped at --budget-s (default 480 s) from the start, and then
+                                               the line says where
     paper_estimate_min X ...                   the paper's GPU plan: each lockstep set's steps x T0 plus its
                                                FLOPs at R, plus runs x (prepare + finish), plus its teachers'
                                                FLOPs at the teacher set's rate
 
-A step's time is the difference of two distillations of A and A + B steps over B (set-up, the last
-report and the runs' finishing cancel); on CUDA with a synchronize before each clock read. --tiny runs the
-same code at tiny widths and sizes (2 seeds instead of 20, a few grid points, the paper's plan for 1 seed) to
-prove the script where no GPU is; its numbers mean nothing.
+The estimate's plan is made before the determinism check (it takes ~40 s of host time), so that its line
+comes even where the CLI run is stopped. A step's time is the difference of two distillations of A and A + B
+steps over B (set-up, the last report and the runs' finishing cancel); on CUDA with a synchronize before each
+clock read. --tiny runs the same code at tiny widths and sizes (2 seeds instead of 20, a few grid points, the
+paper's plan for 1 seed) to prove the script where no GPU is; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -227,9 +230,10 @@ def plan(cfg: dict, work: Path, identity: str | None):
     return batches, jobs.plan_teacher_sets(runs, batches, cfg, identities, teacher_path)
 
 
-def fig2_through_the_cli(bench: Bench, log: Log) -> None:
+def fig2_through_the_cli(bench: Bench, log: Log, deadline: float) -> None:
     """fig2 for 5 seeds: the planner's sheets, then `sublearn teachers` and `sublearn batch` as the workflow
-    runs them (one process each)."""
+    runs them (one process each). A job still running at ``deadline`` (a perf_counter time) is stopped and
+    the line says so, so that the script ends inside its budget."""
     cfg = paper_config(bench.args.tiny, seeds=range(5))
     cfg["figures"] = {"fig2": cfg["figures"]["fig2"]}
     if bench.args.tiny:  # 2 runs a seed: m 3, two student inits
@@ -252,8 +256,15 @@ def fig2_through_the_cli(bench: Bench, log: Log) -> None:
             extra = ["--teacher-dir", os.path.dirname(sheet["teachers"][0])] if kind == "batch" else []
             with open(work / f"{sheet['id']}.log", "w") as handle:
                 started = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "sublearn.cli", kind, "--sheet", str(path), *extra, *common],
-                               check=True, stdout=handle, stderr=subprocess.STDOUT, env=env)
+                try:
+                    subprocess.run([sys.executable, "-m", "sublearn.cli", kind, "--sheet", str(path), *extra,
+                                    *common], check=True, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                   timeout=max(deadline - started, 1.0))
+                except subprocess.TimeoutExpired:
+                    done = sum(seconds.values()) + time.perf_counter() - started
+                    log(f"fig2_5seeds_s stopped at {done:.1f} s (the --budget-s deadline) in a {kind} job "
+                        f"({sheet['id']}); its log: {work / (sheet['id'] + '.log')}")
+                    return
                 seconds[kind] += time.perf_counter() - started
     runs = sum(len(b["runs"]) for b in batches.values())
     steps = sum(b["lockstep_steps"] for b in batches.values())
@@ -270,9 +281,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="a folder holding MNIST/raw (default: ../shared/data); else generated MNIST")
     parser.add_argument("--tiny", action="store_true", help="tiny widths and sizes: proves the script on a CPU")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--budget-s", type=float, default=480.0,
+                        help="seconds from the start by which the fig2 CLI run is stopped if still running, "
+                             "so that the estimate line still comes (default: %(default)s, inside a 600 s call)")
     args = parser.parse_args(argv)
     if not args.out:
         parser.error("--out (or the environment variable OUT) is required")
+    if args.budget_s <= 0:
+        parser.error(f"--budget-s must be a positive number of seconds, not {args.budget_s:g}")
     if args.threads:
         torch.set_num_threads(args.threads)
     log = Log(Path(args.out))
@@ -285,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
 
         one, steps_one, flops = bench.teachers(1)
         two, steps_two, _ = bench.teachers(2)
-        teacher_ms = max(two - one, 0.0) / (steps_two - steps_one) * 1e3
+        teacher_ms = (two - one) / (steps_two - steps_one) * 1e3
+        if teacher_ms <= 0:  # a difference lost in the timer's noise (tiny sizes): the longer run's mean step
+            teacher_ms = two / steps_two * 1e3
         teacher_rate = flops / steps_one / (teacher_ms / 1e3) if teacher_ms > 0 else math.inf
         log(f"teacher_set_step_ms {teacher_ms:.3f} ({bench.size['seeds']} teachers stacked; "
             f"{teacher_rate / 1e12:.2f} TFLOP/s)")
@@ -308,34 +326,42 @@ def main(argv: list[str] | None = None) -> None:
         t0 = max(t_small - f_small / rate * 1e3, 0.0)
         log(f"student_model step_ms = {t0:.3f} + GFLOP / {rate / 1e12:.3f} TFLOP/s (fit of the three sets)")
 
+        # the paper's plan takes a while on the host (~40 s on a 2-core CPU): made now, so that its line comes
+        # back even where the CLI run below has to be cut short
+        estimate = paper_estimate(args.tiny, bench.work / "paper", t0, rate, prepare_ms + finish_ms, teacher_rate)
+
         same, students = bench.determinism()
         log(f"determinism {'identical' if same else 'DIFFERS'} ({students} students distilled twice, "
             "every weight compared bit for bit)")
 
-        fig2_through_the_cli(bench, log)
+        fig2_through_the_cli(bench, log, deadline=log.started + args.budget_s)
+        log(estimate)
 
-        seeds = SIZES["tiny"]["paper_seeds"] if args.tiny else None
-        batches, teacher_sets = plan(paper_config(args.tiny, seeds), bench.work / "paper", None)
-        memory = paper_config(args.tiny)["batch"]["memory_mb"]
-        sets_s = runs = steps = 0
-        set_flops = 0.0
-        for job in batches.values():
-            sheet_runs = [SheetRun(r["run_key"], Path(r["run_dir"]), r["rc"]) for r in job["runs"]]
-            for lockstep in grouping.lockstep_sets(grouping.plan_stacks(sheet_runs, memory), memory):
-                longest = max(grouping.trajectory_steps(r) for stack in lockstep for r in stack)
-                flops = sum(cost.stack_flops(stack, job["dataset"]) for stack in lockstep)
-                sets_s += longest * t0 / 1e3 + flops / rate
-                steps, set_flops = steps + longest, set_flops + flops
-            runs += len(job["runs"])
-        per_run_s = runs * (prepare_ms + finish_ms) / 1e3
-        teacher_flops = sum(t["flops"] for t in teacher_sets.values())
-        teachers_s = teacher_flops / teacher_rate
-        total = (sets_s + per_run_s + teachers_s) / 60
-        log(f"paper_estimate_min {total:.2f} (sets {sets_s / 60:.2f} min: {steps} lockstep steps x {t0:.3f} ms + "
-            f"{set_flops / 1e12:.0f} TFLOP at {rate / 1e12:.2f} TFLOP/s; {runs} runs x "
-            f"{prepare_ms + finish_ms:.1f} ms = {per_run_s / 60:.2f} min; teachers {teacher_flops / 1e12:.0f} TFLOP "
-            f"= {teachers_s / 60:.2f} min; {len(batches)} batch and {len(teacher_sets)} teacher jobs"
-            f"{'; tiny: the plan of 1 seed at tiny sizes' if args.tiny else ''})")
+
+def paper_estimate(tiny: bool, work: Path, t0: float, rate: float, run_ms: float, teacher_rate: float) -> str:
+    """The paper_estimate_min line: the GPU plan's lockstep sets (steps x T0 + FLOPs at R), its runs x
+    (prepare + finish) and its teachers' FLOPs at the teacher set's rate."""
+    batches, teacher_sets = plan(paper_config(tiny, SIZES["tiny"]["paper_seeds"] if tiny else None), work, None)
+    memory = paper_config(tiny)["batch"]["memory_mb"]
+    sets_s = runs = steps = 0
+    set_flops = 0.0
+    for job in batches.values():
+        sheet_runs = [SheetRun(r["run_key"], Path(r["run_dir"]), r["rc"]) for r in job["runs"]]
+        for lockstep in grouping.lockstep_sets(grouping.plan_stacks(sheet_runs, memory), memory):
+            longest = max(grouping.trajectory_steps(r) for stack in lockstep for r in stack)
+            flops = sum(cost.stack_flops(stack, job["dataset"]) for stack in lockstep)
+            sets_s += longest * t0 / 1e3 + flops / rate
+            steps, set_flops = steps + longest, set_flops + flops
+        runs += len(job["runs"])
+    per_run_s = runs * run_ms / 1e3
+    teacher_flops = sum(t["flops"] for t in teacher_sets.values())
+    teachers_s = teacher_flops / teacher_rate
+    total = (sets_s + per_run_s + teachers_s) / 60
+    return (f"paper_estimate_min {total:.2f} (sets {sets_s / 60:.2f} min: {steps} lockstep steps x {t0:.3f} ms + "
+            f"{set_flops / 1e12:.0f} TFLOP at {rate / 1e12:.2f} TFLOP/s; {runs} runs x {run_ms:.1f} ms = "
+            f"{per_run_s / 60:.2f} min; teachers {teacher_flops / 1e12:.0f} TFLOP = {teachers_s / 60:.2f} min; "
+            f"{len(batches)} batch and {len(teacher_sets)} teacher jobs"
+            f"{'; tiny: the plan of 1 seed at tiny sizes' if tiny else ''})")
 
 
 if __name__ == "__main__":

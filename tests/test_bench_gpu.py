@@ -38,6 +38,28 @@ def test_the_gpu_script_runs_tiny_on_a_cpu_and_writes_every_line(tmp_path):
     assert len(list((tmp_path / "out" / "work" / "fig2" / "results").rglob("runs.csv"))) == 10
 
 
+def test_the_gpu_script_stops_the_cli_run_at_its_budget_and_still_writes_the_estimate(tmp_path):
+    """--budget-s: a CLI job still running at the deadline is stopped, its line says so, the estimate comes last."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OUT": str(tmp_path / "out")}
+    result = subprocess.run([sys.executable, "-c", WITHOUT, str(REPO / "bench" / "gpu.py"), "--device", "cpu",
+                             "--tiny", "--threads", "1", "--budget-s", "1"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=1200)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    lines = (tmp_path / "out" / "gpu.log").read_text().splitlines()
+    assert re.match(r"fig2_5seeds_s stopped at [\d.]+ s \(the --budget-s deadline\) in a teachers job", lines[-2])
+    assert lines[-1].startswith("paper_estimate_min ")
+    assert not list((tmp_path / "out" / "work" / "fig2").rglob("runs.csv"))
+
+
+def test_the_gpu_script_refuses_a_budget_that_is_not_positive(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--out", str(tmp_path), "--budget-s", "0"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+                            timeout=300)
+    assert result.returncode == 2
+    assert "--budget-s must be a positive number of seconds, not 0" in result.stderr
+    assert not (tmp_path / "gpu.log").exists()
+
+
 def test_the_gpu_model_sums_the_plans_sets_runs_and_teachers():
     """bench/gpu_model.py on one figure and seed: a line per lockstep set of the GPU plan (each its FLOPs or its
     counted launches, whichever is longer), and a total that is the sum of its parts."""
