@@ -53,7 +53,7 @@ from sublearn.data import ensure_cache, load
 from sublearn.evaluation import SharedEvaluations
 from sublearn.fused import noise_period
 from sublearn.opcount import OpCounter
-from sublearn.student import distill_stack, finish_student, prepare_student
+from sublearn.student import distill_stack, evaluate_finished, finish_student, prepare_student
 from sublearn.teacher import train_teacher_stage
 
 NOISE_BSIZE = 4
@@ -151,8 +151,7 @@ class Bench:
             self.distill(runs, lambda run, loss, seconds, done=done: done.append((run, loss, seconds)))
             with OpCounter() if counting else nullcontext() as counter:
                 started = time.perf_counter()
-                for run, loss, seconds in done:
-                    finish_student(run, self.test, self.device, loss, seconds, shared=shared)
+                self.finish(done, shared)
                 finish.append((time.perf_counter() - started) / len(done))
             ops += [counter.ops / len(done)] if counting else []
         return min(prepare[:-1]) * 1e3, min(finish[:-1]) * 1e3, ops[0], ops[1]
@@ -164,9 +163,15 @@ class Bench:
         done = []
         self.distill(runs, lambda run, loss, seconds: done.append((run, loss, seconds)))
         started = time.perf_counter()
+        self.finish(done, shared)
+        return (time.perf_counter() - started) / len(done) * 1e3
+
+    def finish(self, done: list, shared: SharedEvaluations) -> None:
+        """Finish distilled runs as a batch job does: those reported at one step (here all) evaluated together
+        where fused, then each finished."""
+        evaluate_finished([run for run, _, _ in done], lambda run: self.test, self.device, shared)
         for run, loss, seconds in done:
             finish_student(run, self.test, self.device, loss, seconds, shared=shared)
-        return (time.perf_counter() - started) / len(done) * 1e3
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,7 +58,7 @@ from sublearn.device import select_device  # noqa: E402
 from sublearn.evaluation import SharedEvaluations  # noqa: E402
 from sublearn.fused import noise_period  # noqa: E402
 from sublearn.sheets import SheetRun  # noqa: E402
-from sublearn.student import distill_stack, finish_student, prepare_student  # noqa: E402
+from sublearn.student import distill_stack, evaluate_finished, finish_student, prepare_student  # noqa: E402
 from sublearn.teacher import finish_teacher, prepare_teacher, train_teachers  # noqa: E402
 
 FIG2_INITS = ["A,A,A,A", "random,A,A,A", "A,random,A,A", "random,random,A,A", "A,A,random,A", "A,A,A,random"]
@@ -178,6 +178,7 @@ class Bench:
         done = []
         self.distill(runs, lambda run, loss, seconds: done.append((run, loss, seconds)))
         started = self.sync()
+        evaluate_finished([run for run, _, _ in done], lambda run: self.test, self.device, shared)  # as a job does
         for run, loss, seconds in done:
             finish_student(run, self.test, self.device, loss, seconds, shared=shared)
         return (self.sync() - started) / len(done) * 1e3

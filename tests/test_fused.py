@@ -72,8 +72,9 @@ def prepared(rcs: dict, split, teachers: dict, shared=None) -> dict:
 
 
 def distilled(members: dict, split, stack_layers, shared=None, finish: bool = True) -> dict:
-    """Each run's result and final student, of prepared runs distilled together."""
-    from sublearn.student import distill_stack, finish_student
+    """Each run's result and final student, of prepared runs distilled together (with ``shared``, as a batch
+    job does: the fused runs that end at one step evaluated together)."""
+    from sublearn.student import distill_stack, evaluate_finished, finish_student
 
     device = torch.device("cpu")
     name_of = {id(m): n for n, m in members.items()}
@@ -84,7 +85,8 @@ def distilled(members: dict, split, stack_layers, shared=None, finish: bool = Tr
             out[name_of[id(member)]] = (finish_student(member, split[1], device, loss, seconds, shared=shared),
                                         member.student)
 
-    distill_stack(list(members.values()), device, done, stack_layers=stack_layers)
+    together = None if shared is None else (lambda runs: evaluate_finished(runs, lambda run: split[1], device, shared))
+    distill_stack(list(members.values()), device, done, stack_layers=stack_layers, on_step_done=together)
     return out
 
 
@@ -227,3 +229,42 @@ def test_batch_cli_stack_layers_fused(tiny_data, tiny_cache, tmp_path, capsys):
         for column in COMPARED:
             a, b = float(rows["fused"][name][column]), float(rows["off"][name][column])
             assert close(a, b) or (math.isnan(a) and math.isnan(b)), (name, column, a, b)
+
+
+def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cache, split):
+    """A batch job's fused runs that end at one step: evaluated in one batched forward per layer and batch
+    for each shape (here a group per m, a follower among them), each equal to its own evaluation to float
+    tolerance; the kernel ops of a group do not grow with its members."""
+    from sublearn.evaluation import SharedEvaluations, aux_mse_on_noise, evaluate_class, evaluate_stacked
+    from sublearn.opcount import OpCounter
+    from sublearn.student import distill_stack, evaluate_finished
+
+    device, test = torch.device("cpu"), split[1]
+    rcs = {name: resolved(tiny_data, tiny_cache, extra, seed) for name, (extra, seed) in FIG2_LIKE.items()}
+    shared = SharedEvaluations()
+    members = prepared(rcs, split, {}, shared)
+    groups, reported = [], []
+    distill_stack(list(members.values()), device, lambda run, loss, seconds: reported.append(run), "fused",
+                  lambda runs: (groups.append(list(runs)), evaluate_finished(runs, lambda run: test, device, shared)))
+    assert len(groups) == 1 and {id(r) for r in groups[0]} == {id(r) for r in members.values()} \
+        and len(reported) == len(members)
+    for name, run in members.items():
+        assert run.settled and run.final_evaluation is not None, name
+        acc, loss, aux = run.final_evaluation
+        c = run.rc.config
+        lone_acc, lone_loss = evaluate_class(run.student, test.test_x, test.test_y, c.data_bsize)
+        lone_aux = aux_mse_on_noise(run.student, run.teacher, run.rc, device, "student_final")
+        assert acc == lone_acc and close(loss, lone_loss) and close(aux, lone_aux), (name, run.final_evaluation,
+                                                                                     (lone_acc, lone_loss, lone_aux))
+
+    def counted(runs):
+        args = ([r.student for r in runs], [r.teacher for r in runs], [r.rc for r in runs], test.test_x,
+                test.test_y, device, "student_final", shared)
+        evaluate_stacked(*args)  # the eval noise and teacher targets cached
+        with OpCounter() as counter:
+            evaluate_stacked(*args)
+        return counter.ops
+
+    seed0_m3 = [run for name, run in members.items() if name.startswith("s0_m3_")]
+    assert len(seed0_m3) == 3
+    assert counted(seed0_m3[:2]) == counted(seed0_m3)

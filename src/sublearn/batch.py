@@ -25,7 +25,7 @@ from .grouping import lockstep_sets
 from .outputs import write_run_dir, write_teacher
 from .sheets import SheetRun, SheetTeacher
 from .stacked import uses_stacked_layers
-from .student import distill_stack, finish_student, prepare_student
+from .student import distill_stack, evaluate_finished, finish_student, prepare_student
 from .teacher import check_trained_teacher, finish_teacher, load_checkpoint, prepare_teacher, train_teachers
 
 
@@ -156,4 +156,6 @@ def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], d
         if advance:
             advance(run)
 
-    distill_stack(members, device, done, stack_layers)
+    evaluate_together = None if shared is None else \
+        (lambda runs: evaluate_finished(runs, lambda member: run_of[id(member)][1], device, shared))
+    distill_stack(members, device, done, stack_layers, evaluate_together)

@@ -22,7 +22,8 @@ STRATEGIES = {"alone": alone_units, "stacked": stacked_units, "fused": fused_uni
 
 
 def distill_stack(runs: list, device: torch.device, on_done: Callable[[object, float, float], None],
-                  stack_layers: bool | str | None = None) -> None:
+                  stack_layers: bool | str | None = None,
+                  on_step_done: Callable[[list], None] | None = None) -> None:
     """Distil prepared students (student.StudentRun) in lockstep: one stack (runs that share a teacher body
     and a noise stream) or several (a stack per seed, say), one run alone being the smallest case.
 
@@ -35,7 +36,8 @@ def distill_stack(runs: list, device: torch.device, on_done: Callable[[object, f
     StackedStudents, across stacks too (bit for bit where batched matmuls are); "fused" (the default on
     CUDA) trains those whose teachers are MLPs of equal shape as FusedStudents (float tolerance), the rest
     as with True, every stream's noise from a NoiseBank. ``on_done(run, last epoch's mean loss, seconds)``
-    is called as soon as a run's steps are done.
+    is called as soon as a run's steps are done: at the end of the step where they are, after
+    ``on_step_done(the runs done at that step)`` (a batch job evaluates its fused ones together).
     """
     streams: dict[str, Stream] = {}
     pending = []
@@ -74,21 +76,26 @@ def distill_stack(runs: list, device: torch.device, on_done: Callable[[object, f
             if id(stream) in heads_in_use:  # a stream none of whose runs is left stops drawing
                 stream.draw(device, heads_in_use[id(stream)], bank_noise(banks, stream))
         step += 1
+        reports: list[tuple[object, float, float]] = []  # (run, last epoch's mean loss, seconds) done at this step
         for unit in units:
             started = time.perf_counter()
             unit.train_step(step)
             share = (time.perf_counter() - started) / len(unit.members)
             for d in unit.members:
                 d.seconds += share
-            record(unit, step, on_done)
+            record(unit, step, lambda *report, into=reports: into.append(report))
         finished = [unit for unit in units if step == unit.steps]
         if finished:
             for d in (d for unit in finished for d in unit.members):
                 d.sync()
                 d.stamp(d.run, step)
-                on_done(d.run, d.last, d.seconds)
+                reports.append((d.run, d.last, d.seconds))
             units = [unit for unit in units if step < unit.steps]
             heads_in_use = _heads_in_use(units)
+        if reports and on_step_done is not None:
+            on_step_done([report[0] for report in reports])
+        for report in reports:
+            on_done(*report)
 
 
 def _heads_in_use(units: list[Unit]) -> dict[int, set[int]]:

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import InitialWeights, SplitHeadModel
+from .model import InitialWeights, SplitHeadModel, activate
 from .noise import sample_noise
 from .plan import ResolvedConfig
 from .seeding import derived_seed, forked_rng, set_seed
+from .stacked import linear, stack_linear
 
 
 class SharedEvaluations:
@@ -152,6 +153,20 @@ def eval_noise(rc: ResolvedConfig, device: torch.device, moment: str) -> list[to
         return [sample_noise(c.eval_noise_bsize, c, device) for _ in range(c.eval_noise_batches)]
 
 
+def noise_targets(teacher: SplitHeadModel, rc: ResolvedConfig, device: torch.device, moment: str,
+                  shared: SharedEvaluations) -> tuple[tuple, list[torch.Tensor], list[torch.Tensor]]:
+    """(the eval noise's cache name, its batches, the teacher's aux logits on them), each computed once a job."""
+    name = (*rc.eval_noise_key(moment), str(device))
+    batches = shared.get(name, lambda: eval_noise(rc, device, moment))
+    targets = shared.get(("aux", body_key(teacher), layer_key(teacher, "aux_head"), name),
+                         lambda: [teacher.aux_head(h) for h in shared.features(teacher, name, batches)])
+    return name, batches, targets
+
+
+def mean_of(losses: list[float]) -> float:
+    return float(sum(losses) / len(losses)) if losses else float("nan")
+
+
 @torch.no_grad()
 def aux_mse_on_noise(student: SplitHeadModel, teacher: SplitHeadModel, rc: ResolvedConfig,
                      device: torch.device, moment: str, shared: SharedEvaluations | None = None) -> float:
@@ -161,10 +176,89 @@ def aux_mse_on_noise(student: SplitHeadModel, teacher: SplitHeadModel, rc: Resol
         batches = eval_noise(rc, device, moment)
         pairs = ((student.aux_logits(x), teacher.aux_logits(x)) for x in batches)
     else:
-        name = (*rc.eval_noise_key(moment), str(device))
-        batches = shared.get(name, lambda: eval_noise(rc, device, moment))
-        targets = shared.get(("aux", body_key(teacher), layer_key(teacher, "aux_head"), name),
-                             lambda: [teacher.aux_head(h) for h in shared.features(teacher, name, batches)])
+        name, batches, targets = noise_targets(teacher, rc, device, moment, shared)
         pairs = zip((student.aux_head(h) for h in shared.features(student, name, batches)), targets, strict=True)
     (losses,) = host_values([F.mse_loss(output, target) for output, target in pairs])
-    return float(sum(losses) / len(losses)) if losses else float("nan")
+    return mean_of(losses)
+
+
+def stacking_key(model: SplitHeadModel) -> tuple | None:
+    """Equal keys: MLPs of equal layers (shapes, activations), whose forwards one batched matmul per layer
+    serves; None for a model with other layers."""
+    if any(kind != "linear" for _, kind, _ in model.steps):
+        return None
+    return repr(model.steps), tuple(tuple(getattr(model, name).weight.shape) for name in model.layer_names)
+
+
+@torch.no_grad()
+def evaluate_stacked(students: list[SplitHeadModel], teachers: list[SplitHeadModel], rcs: list[ResolvedConfig],
+                     test_x: torch.Tensor, test_y: torch.Tensor, device: torch.device, moment: str,
+                     shared: SharedEvaluations, max_bytes: int = 2**28) -> list[tuple[float, float, float]]:
+    """evaluate_class on the split and aux_mse_on_noise of K students of one stacking_key, as one batched
+    forward per layer and batch (K at a time within ``max_bytes`` of activations) and one host copy: each
+    student's (accuracy, class loss, aux MSE). The runs must share the split's batch size and the eval noise's
+    sizes. Equal to separate evaluations to float tolerance (a batched matmul need not give a lone one's
+    bits, nor a batched reduction a lone one's order): for fused runs, which have that tolerance already."""
+    c = rcs[0].config
+    batch_size, noise_batches, noise_bsize = c.data_bsize, c.eval_noise_batches, c.eval_noise_bsize
+    if len({(rc.config.data_bsize, rc.config.eval_noise_batches, rc.config.eval_noise_bsize) for rc in rcs}) > 1 \
+            or len({stacking_key(s) for s in students}) > 1 or stacking_key(students[0]) is None:
+        raise ValueError("evaluate_stacked: the students differ in shape or evaluation sizes")
+    names = [name for name, _, _ in students[0].steps]
+    activations = [spec.get("activation", "relu") for _, _, spec in students[0].steps]
+    widest = max([test_x[0].numel()] + [getattr(students[0], name).weight.shape[0] for name in names])
+    chunk = max(1, max_bytes // (4 * widest * max(batch_size, noise_bsize, 1)))
+    noise = [noise_targets(teacher, rc, device, moment, shared)[1:] for teacher, rc in zip(teachers, rcs, strict=True)]
+    starts = range(0, test_x.shape[0], batch_size)
+    columns: list[list[torch.Tensor]] = [[], [], []]  # per chunk and batch: [k] class losses, hits, aux MSEs
+    for first in range(0, len(students), chunk):
+        models, inputs = students[first:first + chunk], noise[first:first + chunk]
+        for model in models:
+            model.eval()
+        body = [stack_linear([getattr(model, name) for model in models]) for name in names]
+        class_head = stack_linear([model.class_head for model in models])
+        aux_head = stack_linear([model.aux_head for model in models])
+
+        loss_rows, hit_rows, aux_rows = [], [], []
+        for start in starts:
+            x, y = test_x[start:start + batch_size], test_y[start:start + batch_size]
+            h = stacked_features(x.reshape(1, x.shape[0], -1).expand(len(models), -1, -1), body, activations)
+            logits = linear(h, *class_head)
+            loss_rows.append(F.cross_entropy(logits.flatten(0, 1), y.repeat(len(models)), reduction="none")
+                             .view(len(models), -1).sum(1))
+            hit_rows.append((logits.argmax(dim=2) == y).sum(1))
+        for j in range(noise_batches):
+            x = same_or_stacked([batches[j] for batches, _ in inputs])
+            target = same_or_stacked([targets[j] for _, targets in inputs])
+            output = linear(stacked_features(x.reshape(x.shape[0], x.shape[1], -1), body, activations), *aux_head)
+            aux_rows.append((output - target).square().flatten(1).mean(1))
+        for column, rows in zip(columns, (loss_rows, hit_rows, aux_rows), strict=True):
+            column.append(torch.stack(rows, 1) if rows else torch.zeros(len(models), 0, device=device))
+    losses, hits, aux = host_values(*[[torch.cat(column).flatten()] for column in columns])
+    losses, hits, aux = (values[0] if values else [] for values in (losses, hits, aux))
+    out, count = [], max(1, test_x.shape[0])
+    test_batches = len(starts)
+    for k in range(len(students)):
+        # summed on the host in batch order, as evaluate_class and aux_mse_on_noise sum theirs
+        loss_sum, correct = 0.0, 0
+        for loss, hit in zip(losses[k * test_batches:(k + 1) * test_batches],
+                             hits[k * test_batches:(k + 1) * test_batches], strict=True):
+            loss_sum += loss
+            correct += int(hit)
+        out.append((correct / count, loss_sum / count,
+                    mean_of(aux[k * noise_batches:(k + 1) * noise_batches])))
+    return out
+
+
+def stacked_features(h: torch.Tensor, body: list[tuple[torch.Tensor, torch.Tensor]], activations: list) -> torch.Tensor:
+    """SplitHeadModel.features of K MLPs at once: h [K, n, in], body their stacked layers (stack_linear)."""
+    for (weight, bias), activation in zip(body, activations, strict=True):
+        h = activate(linear(h, weight, bias), activation)
+    return h
+
+
+def same_or_stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors as one [K, ...] tensor: a broadcast view where they are one tensor, else a stacked copy."""
+    if all(t is tensors[0] for t in tensors):
+        return tensors[0].unsqueeze(0).expand(len(tensors), *tensors[0].shape)
+    return torch.stack(tensors)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,14 @@ import torch
 from .data import Dataset
 from .distill import distill_stack
 from .errors import Diverged, UsageError
-from .evaluation import SharedEvaluations, aux_mse_on_noise, evaluate_class, majority_rate
+from .evaluation import (
+    SharedEvaluations,
+    aux_mse_on_noise,
+    evaluate_class,
+    evaluate_stacked,
+    majority_rate,
+    stacking_key,
+)
 from .model import SplitHeadModel, build_model
 from .perturb import apply_perturbations
 from .plan import ResolvedConfig
@@ -55,6 +63,8 @@ class StudentRun:
     init_aux: float
     teacher_in_process: bool = False
     training_path: str = "alone"  # how it was distilled (device.TRAINING_PATHS), set by distill_stack
+    settled: bool = False  # after-training perturbations applied and the final student snapshotted
+    final_evaluation: tuple[float, float, float] | None = None  # (acc, class loss, aux MSE), if evaluated in a set
 
 
 def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, checkpoint: dict[str, Any],
@@ -125,17 +135,54 @@ def student_stage(rc: ResolvedConfig, data: Dataset, device: torch.device,
     return finish_student(run, data, device, distilled["loss"], distilled["seconds"])
 
 
+def settle_student(run: StudentRun, device: torch.device) -> None:
+    """A distilled run's after-training perturbations and final snapshot (step 10), once."""
+    if not run.settled:
+        models = {"teacher": run.teacher, "student": run.student}
+        run.perturb_rows = run.perturb_rows + apply_perturbations("after_student_training", run.rc, models, device,
+                                                                  run.run_id)
+        run.snaps["student_final"] = snapshot(run.student)
+        run.settled = True
+
+
+def evaluate_finished(runs: list[StudentRun], test_of: Callable[[StudentRun], Dataset], device: torch.device,
+                      shared: SharedEvaluations) -> None:
+    """Before finish_student, for the runs that a distillation reports at one step: its fused runs (float
+    tolerance already) settled and evaluated together, one batched forward per layer and batch for those of
+    one shape and evaluation sizes, one host copy for all (evaluation.evaluate_stacked); others untouched.
+    ``test_of(run)``: the data whose test split the run is evaluated on."""
+    fused = [run for run in runs if run.training_path == "fused" and run.final_evaluation is None
+             and stacking_key(run.student) is not None]
+    groups: dict[tuple, list[StudentRun]] = {}
+    for run in fused:
+        c, test = run.rc.config, test_of(run)
+        groups.setdefault((stacking_key(run.student), id(test.test_x), c.data_bsize, c.eval_noise_batches,
+                           c.eval_noise_bsize), []).append(run)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        for run in group:
+            settle_student(run, device)
+        test = test_of(group[0])
+        values = evaluate_stacked([r.student for r in group], [r.teacher for r in group], [r.rc for r in group],
+                                  test.test_x, test.test_y, device, "student_final", shared)
+        for run, evaluated in zip(group, values, strict=True):
+            run.final_evaluation = evaluated
+
+
 def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_aux: float,
                    distill_seconds: float, extra: dict[str, Any] | None = None,
                    shared: SharedEvaluations | None = None) -> RunResult:
     """Everything after distillation (steps 10-11): perturbations, evaluations, metrics and records."""
     rc, teacher, student, snaps = run.rc, run.teacher, run.student, run.snaps
     c = rc.config
-    models = {"teacher": teacher, "student": student}
-    perturb_rows = run.perturb_rows + apply_perturbations("after_student_training", rc, models, device, run.run_id)
-    snaps["student_final"] = snapshot(student)
-    final_acc, final_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize, shared)
-    final_aux = aux_mse_on_noise(student, teacher, rc, device, "student_final", shared)
+    settle_student(run, device)
+    perturb_rows = run.perturb_rows
+    if run.final_evaluation is not None:
+        final_acc, final_loss, final_aux = run.final_evaluation
+    else:
+        final_acc, final_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize, shared)
+        final_aux = aux_mse_on_noise(student, teacher, rc, device, "student_final", shared)
     print(f"[eval] student final acc {final_acc:.6f} class CE {final_loss:.6f} aux MSE {final_aux:.8f}", flush=True)
     check_student_finite(rc, train_aux, final_aux)
 
