@@ -28,7 +28,8 @@ steps divided by B (both multiples of the noise period, so a fused set's noise d
 set-up, the last epoch's report and the finish of the runs cancel. Every run gets a teacher trained on a
 small synthetic MNIST (its weights do not change the counts). The per-run lines are a job's: its runs share
 one SharedEvaluations (layers drawn once, evaluations of equal bodies computed once). They use the bench's
-small evaluation sizes (a 512-image test split, 2 x 64 noise images), so that they measure a run's fixed work
+small evaluation sizes with the paper's batch counts (a 512-image test split in 10 batches, 10 x 8 noise
+images), so that they count the kernel ops of the paper's evaluations and measure a run's fixed work
 rather than the evaluation forwards, whose arithmetic grows with the evaluation sizes (config.yaml's 10,000
 test images and 10 x 1,000 noise images are ~11 GFLOP a run at width 256: about 0.2 ms on a GPU, 0.1-0.2 s
 on one CPU thread). What remains at width 256 on a CPU includes the layer comparisons' arithmetic (norms
@@ -57,9 +58,11 @@ from sublearn.student import distill_stack, evaluate_finished, finish_student, p
 from sublearn.teacher import train_teacher_stage
 
 NOISE_BSIZE = 4
+# the paper's evaluation batch counts (config.yaml: 10,000 test images in batches of 1,024, 10 noise batches)
+# at small sizes: 10 batches of the 512-image test split, 10 x 8 noise images
 TINY = ["--teacher-hidden-dims", "8,8", "--student-hidden-dims", "8,8", "--noise-bsize", str(NOISE_BSIZE),
-        "--teacher-epochs", "1", "--student-epochs", "1", "--data-bsize", "256", "--eval-noise-batches", "2",
-        "--eval-noise-bsize", "64"]
+        "--teacher-epochs", "1", "--student-epochs", "1", "--data-bsize", "52", "--eval-noise-batches", "10",
+        "--eval-noise-bsize", "8"]
 FIG2_INITS = ["A,A,A,A", "random,A,A,A", "A,random,A,A", "random,random,A,A", "A,A,random,A", "A,A,A,random"]
 SETS = {
     "k64_one_width": [(seed, ["--m", "10"]) for seed in range(64)],
