@@ -58,8 +58,9 @@ def split(tiny_data, tiny_cache):
 
 
 def prepared(rcs: dict, split, teachers: dict, shared=None) -> dict:
-    """Each run prepared (its teacher trained once)."""
-    from sublearn.student import prepare_student
+    """Each run prepared (its teacher trained once); with ``shared``, as a fused batch job prepares them: the
+    initial students evaluated together."""
+    from sublearn.student import evaluate_prepared, prepare_student
     from sublearn.teacher import train_teacher_stage
 
     full, test = split
@@ -67,8 +68,11 @@ def prepared(rcs: dict, split, teachers: dict, shared=None) -> dict:
     for rc in rcs.values():
         if rc.teacher_key() not in teachers:
             teachers[rc.teacher_key()] = train_teacher_stage(rc, full, device)
-    return {name: prepare_student(rc, test, device, teachers[rc.teacher_key()], shared=shared)
-            for name, rc in rcs.items()}
+    runs = {name: prepare_student(rc, test, device, teachers[rc.teacher_key()], shared=shared,
+                                  evaluate=shared is None) for name, rc in rcs.items()}
+    if shared is not None:
+        evaluate_prepared(list(runs.values()), lambda run: test, device, shared)
+    return runs
 
 
 def distilled(members: dict, split, stack_layers, shared=None, finish: bool = True) -> dict:
@@ -231,10 +235,11 @@ def test_batch_cli_stack_layers_fused(tiny_data, tiny_cache, tmp_path, capsys):
             assert close(a, b) or (math.isnan(a) and math.isnan(b)), (name, column, a, b)
 
 
-def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cache, split):
+def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cache, split, monkeypatch):
     """A batch job's fused runs that end at one step: evaluated in one batched forward per layer and batch
-    for each shape (here a group per m, a follower among them), each equal to its own evaluation to float
-    tolerance; the kernel ops of a group do not grow with its members."""
+    for each shape (here a group per m; a follower shares its leader's features), each equal to its own
+    evaluation to float tolerance; the kernel ops of a group do not grow with its members. The initial
+    students (prepared as a fused job does) likewise."""
     from sublearn.evaluation import SharedEvaluations, aux_mse_on_noise, evaluate_class, evaluate_stacked
     from sublearn.opcount import OpCounter
     from sublearn.student import distill_stack, evaluate_finished
@@ -242,12 +247,26 @@ def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cach
     device, test = torch.device("cpu"), split[1]
     rcs = {name: resolved(tiny_data, tiny_cache, extra, seed) for name, (extra, seed) in FIG2_LIKE.items()}
     shared = SharedEvaluations()
-    members = prepared(rcs, split, {}, shared)
+    import sublearn.student as student_module
+
+    stacked_calls = []  # (moment, students) of each evaluate_stacked call, the real function called
+
+    def spy(students, *args, **kwargs):
+        stacked_calls.append((args[5], len(students)))
+        return evaluate_stacked(students, *args, **kwargs)
+
+    monkeypatch.setattr(student_module, "evaluate_stacked", spy)
+    teachers: dict = {}
+    members = prepared(rcs, split, teachers, shared)
+    assert sorted(stacked_calls) == [("student_initial", 6), ("student_initial", 6)]  # a group per m
+    initial = prepared(rcs, split, teachers)  # each evaluated alone
+    assert all(math.isfinite(run.init_aux) for run in members.values())
     groups, reported = [], []
     distill_stack(list(members.values()), device, lambda run, loss, seconds: reported.append(run), "fused",
                   lambda runs: (groups.append(list(runs)), evaluate_finished(runs, lambda run: test, device, shared)))
     assert len(groups) == 1 and {id(r) for r in groups[0]} == {id(r) for r in members.values()} \
         and len(reported) == len(members)
+    assert sorted(stacked_calls[2:]) == [("student_final", 6), ("student_final", 6)]
     for name, run in members.items():
         assert run.settled and run.final_evaluation is not None, name
         acc, loss, aux = run.final_evaluation
@@ -256,6 +275,9 @@ def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cach
         lone_aux = aux_mse_on_noise(run.student, run.teacher, run.rc, device, "student_final")
         assert acc == lone_acc and close(loss, lone_loss) and close(aux, lone_aux), (name, run.final_evaluation,
                                                                                      (lone_acc, lone_loss, lone_aux))
+        lone = initial[name]
+        assert run.init_acc == lone.init_acc and close(run.init_loss, lone.init_loss) \
+            and close(run.init_aux, lone.init_aux), name
 
     def counted(runs):
         args = ([r.student for r in runs], [r.teacher for r in runs], [r.rc for r in runs], test.test_x,
@@ -265,6 +287,8 @@ def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cach
             evaluate_stacked(*args)
         return counter.ops
 
-    seed0_m3 = [run for name, run in members.items() if name.startswith("s0_m3_")]
-    assert len(seed0_m3) == 3
-    assert counted(seed0_m3[:2]) == counted(seed0_m3)
+    # two seeds' m = 3 runs, each seed's follower sharing its leader's body: 4 and 6 members, equal ops
+    m3 = {name: run for name, run in members.items() if "_m3_" in name}
+    assert len(m3) == 6
+    some = [run for name, run in m3.items() if name.endswith(("_A,A,A,A", "_A,A,random,A"))]
+    assert counted(some) == counted(list(m3.values()))

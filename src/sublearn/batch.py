@@ -19,13 +19,14 @@ from typing import Any
 import torch
 
 from . import data as datasets
+from .device import training_path
 from .errors import Diverged
 from .evaluation import SharedEvaluations
 from .grouping import lockstep_sets
 from .outputs import write_run_dir, write_teacher
 from .sheets import SheetRun, SheetTeacher
 from .stacked import uses_stacked_layers
-from .student import distill_stack, evaluate_finished, finish_student, prepare_student
+from .student import distill_stack, evaluate_finished, evaluate_prepared, finish_student, prepare_student
 from .teacher import check_trained_teacher, finish_teacher, load_checkpoint, prepare_teacher, train_teachers
 
 
@@ -122,13 +123,17 @@ def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], d
     """Prepare, distil (in lockstep) and finish the runs of some stacks; data_of: id(stack) -> its data;
     shared: the job's ``evaluation.SharedEvaluations``; advance: see ``run_stacks``."""
     run_of, stack_size, members = {}, {}, []
+    # a fused set (float tolerance) evaluates its initial and final students together (student.evaluate_*)
+    together = shared is not None and training_path(stack_layers, device) == "fused"
     for stack in lockstep:
         for run in stack:
             member = prepare_student(run.rc, data_of[id(stack)], device, checkpoints[run.rc.teacher_key()],
-                                     shared=shared)
+                                     shared=shared, evaluate=not together)
             run_of[id(member)] = (run, data_of[id(stack)])
             stack_size[id(member)] = len(stack)
             members.append(member)
+    if together:
+        evaluate_prepared(members, lambda member: run_of[id(member)][1], device, shared)
 
     def done(member, last_loss: float, seconds: float) -> None:
         run, data = run_of[id(member)]
@@ -156,6 +161,6 @@ def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], d
         if advance:
             advance(run)
 
-    evaluate_together = None if shared is None else \
+    evaluate_together = None if not together else \
         (lambda runs: evaluate_finished(runs, lambda member: run_of[id(member)][1], device, shared))
     distill_stack(members, device, done, stack_layers, evaluate_together)

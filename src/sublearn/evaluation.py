@@ -194,11 +194,13 @@ def stacking_key(model: SplitHeadModel) -> tuple | None:
 def evaluate_stacked(students: list[SplitHeadModel], teachers: list[SplitHeadModel], rcs: list[ResolvedConfig],
                      test_x: torch.Tensor, test_y: torch.Tensor, device: torch.device, moment: str,
                      shared: SharedEvaluations, max_bytes: int = 2**28) -> list[tuple[float, float, float]]:
-    """evaluate_class on the split and aux_mse_on_noise of K students of one stacking_key, as one batched
-    forward per layer and batch (K at a time within ``max_bytes`` of activations) and one host copy: each
-    student's (accuracy, class loss, aux MSE). The runs must share the split's batch size and the eval noise's
-    sizes. Equal to separate evaluations to float tolerance (a batched matmul need not give a lone one's
-    bits, nor a batched reduction a lone one's order): for fused runs, which have that tolerance already."""
+    """evaluate_class on the split and aux_mse_on_noise of K students of one stacking_key at once: each
+    distinct body (body_key; on its eval noise) through one batched forward per layer and batch, every
+    student's heads and losses batched on those features, one host copy for all (K students at a time within
+    ``max_bytes`` of activations): each student's (accuracy, class loss, aux MSE). The runs must share the
+    split's batch size and the eval noise's sizes. Equal to separate evaluations to float tolerance (a batched
+    matmul need not give a lone one's bits, nor a batched reduction a lone one's order): for fused runs, which
+    have that tolerance already."""
     c = rcs[0].config
     batch_size, noise_batches, noise_bsize = c.data_bsize, c.eval_noise_batches, c.eval_noise_bsize
     if len({(rc.config.data_bsize, rc.config.eval_noise_batches, rc.config.eval_noise_bsize) for rc in rcs}) > 1 \
@@ -208,34 +210,43 @@ def evaluate_stacked(students: list[SplitHeadModel], teachers: list[SplitHeadMod
     activations = [spec.get("activation", "relu") for _, _, spec in students[0].steps]
     widest = max([test_x[0].numel()] + [getattr(students[0], name).weight.shape[0] for name in names])
     chunk = max(1, max_bytes // (4 * widest * max(batch_size, noise_bsize, 1)))
-    noise = [noise_targets(teacher, rc, device, moment, shared)[1:] for teacher, rc in zip(teachers, rcs, strict=True)]
+    noise = [noise_targets(teacher, rc, device, moment, shared) for teacher, rc in zip(teachers, rcs, strict=True)]
     starts = range(0, test_x.shape[0], batch_size)
-    columns: list[list[torch.Tensor]] = [[], [], []]  # per chunk and batch: [k] class losses, hits, aux MSEs
+    columns: list[list[torch.Tensor]] = [[], [], []]  # per chunk: [k, batch] class losses, hits, aux MSEs
     for first in range(0, len(students), chunk):
         models, inputs = students[first:first + chunk], noise[first:first + chunk]
+        # members of one body and eval noise (an init shared by runs, a trajectory's followers) share features
+        slots: dict[tuple, int] = {}
+        owners, index = [], []  # the first member of each distinct body; each member's slot among them
+        for k, (model, (name, _, _)) in enumerate(zip(models, inputs, strict=True)):
+            key = (body_key(model), name)
+            if key not in slots:
+                slots[key] = len(owners)
+                owners.append(k)
+            index.append(slots[key])
+        slot = None if len(owners) == len(models) else torch.tensor(index, device=device)
         for model in models:
             model.eval()
-        body = [stack_linear([getattr(model, name) for model in models]) for name in names]
+        body = [stack_linear([getattr(models[k], name) for k in owners]) for name in names]
         class_head = stack_linear([model.class_head for model in models])
         aux_head = stack_linear([model.aux_head for model in models])
 
         loss_rows, hit_rows, aux_rows = [], [], []
         for start in starts:
             x, y = test_x[start:start + batch_size], test_y[start:start + batch_size]
-            h = stacked_features(x.reshape(1, x.shape[0], -1).expand(len(models), -1, -1), body, activations)
-            logits = linear(h, *class_head)
+            h = stacked_features(x.reshape(1, x.shape[0], -1).expand(len(owners), -1, -1), body, activations)
+            logits = linear(member_rows(h, slot), *class_head)
             loss_rows.append(F.cross_entropy(logits.flatten(0, 1), y.repeat(len(models)), reduction="none")
                              .view(len(models), -1).sum(1))
             hit_rows.append((logits.argmax(dim=2) == y).sum(1))
         for j in range(noise_batches):
-            x = same_or_stacked([batches[j] for batches, _ in inputs])
-            target = same_or_stacked([targets[j] for _, targets in inputs])
-            output = linear(stacked_features(x.reshape(x.shape[0], x.shape[1], -1), body, activations), *aux_head)
-            aux_rows.append((output - target).square().flatten(1).mean(1))
+            x = same_or_stacked([inputs[k][1][j] for k in owners])
+            target = same_or_stacked([targets[j] for _, _, targets in inputs])
+            h = stacked_features(x.reshape(x.shape[0], x.shape[1], -1), body, activations)
+            aux_rows.append((linear(member_rows(h, slot), *aux_head) - target).square().flatten(1).mean(1))
         for column, rows in zip(columns, (loss_rows, hit_rows, aux_rows), strict=True):
             column.append(torch.stack(rows, 1) if rows else torch.zeros(len(models), 0, device=device))
-    losses, hits, aux = host_values(*[[torch.cat(column).flatten()] for column in columns])
-    losses, hits, aux = (values[0] if values else [] for values in (losses, hits, aux))
+    losses, hits, aux = host_lists([torch.cat(column).flatten() for column in columns])
     out, count = [], max(1, test_x.shape[0])
     test_batches = len(starts)
     for k in range(len(students)):
@@ -247,6 +258,22 @@ def evaluate_stacked(students: list[SplitHeadModel], teachers: list[SplitHeadMod
             correct += int(hit)
         out.append((correct / count, loss_sum / count,
                     mean_of(aux[k * noise_batches:(k + 1) * noise_batches])))
+    return out
+
+
+def member_rows(h: torch.Tensor, slot: torch.Tensor | None) -> torch.Tensor:
+    """Features of distinct bodies [D, ...] as each member's [K, ...] (``slot``: each member's body; None: K = D,
+    in member order)."""
+    return h if slot is None else h.index_select(0, slot)
+
+
+def host_lists(tensors: list[torch.Tensor]) -> list[list]:
+    """1-D tensors (float32 or counts) as lists of Python numbers, in one host copy."""
+    flat = torch.cat([t.double() for t in tensors]).tolist() if tensors else []
+    out, start = [], 0
+    for t in tensors:
+        out.append(flat[start:start + t.numel()])
+        start += t.numel()
     return out
 
 

@@ -68,9 +68,11 @@ class StudentRun:
 
 
 def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, checkpoint: dict[str, Any],
-                    teacher_in_process: bool = False, shared: SharedEvaluations | None = None) -> StudentRun:
+                    teacher_in_process: bool = False, shared: SharedEvaluations | None = None,
+                    evaluate: bool = True) -> StudentRun:
     """Everything of a student run before distillation (steps 1-8 of the reference order); ``shared``:
-    evaluations that the runs of a batch have in common."""
+    evaluations that the runs of a batch have in common; ``evaluate=False``: the initial student's evaluation
+    is left to evaluate_prepared (its values NaN until then)."""
     c = rc.config
     started = time.time()
     run_id = uuid.uuid4().hex[:12]
@@ -119,11 +121,49 @@ def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, che
 
     perturb_rows += apply_perturbations("before_student_training", rc, models, device, run_id)
     snaps["student_initial"] = snapshot(student, known)
-    init_acc, init_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize, shared)
-    init_aux = aux_mse_on_noise(student, teacher, rc, device, "student_initial", shared)
-    print(f"[eval] student initial acc {init_acc:.6f} class CE {init_loss:.6f} aux MSE {init_aux:.8f}", flush=True)
-    return StudentRun(rc, checkpoint, teacher, student, run_id, timestamp, started, metrics, snaps, perturb_rows,
-                      init_acc, init_loss, init_aux, teacher_in_process)
+    nan = float("nan")
+    run = StudentRun(rc, checkpoint, teacher, student, run_id, timestamp, started, metrics, snaps, perturb_rows,
+                     nan, nan, nan, teacher_in_process)
+    if evaluate:
+        init_acc, init_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize, shared)
+        set_initial_evaluation(run, (init_acc, init_loss,
+                                     aux_mse_on_noise(student, teacher, rc, device, "student_initial", shared)))
+    return run
+
+
+def set_initial_evaluation(run: StudentRun, evaluated: tuple[float, float, float]) -> None:
+    run.init_acc, run.init_loss, run.init_aux = evaluated
+    print(f"[eval] student initial acc {run.init_acc:.6f} class CE {run.init_loss:.6f} aux MSE "
+          f"{run.init_aux:.8f}", flush=True)
+
+
+def evaluate_prepared(runs: list[StudentRun], test_of: Callable[[StudentRun], Dataset], device: torch.device,
+                      shared: SharedEvaluations) -> None:
+    """The initial evaluations of runs prepared with ``evaluate=False`` (a fused job's, float tolerance):
+    those of one shape and evaluation sizes together (evaluation.evaluate_stacked), the others each alone."""
+    for group, test in stackable_groups(runs, test_of):
+        if len(group) > 1:
+            values = evaluate_stacked([r.student for r in group], [r.teacher for r in group], [r.rc for r in group],
+                                      test.test_x, test.test_y, device, "student_initial", shared)
+        else:
+            run = group[0]
+            values = [(*evaluate_class(run.student, test.test_x, test.test_y, run.rc.config.data_bsize, shared),
+                       aux_mse_on_noise(run.student, run.teacher, run.rc, device, "student_initial", shared))]
+        for run, evaluated in zip(group, values, strict=True):
+            set_initial_evaluation(run, evaluated)
+
+
+def stackable_groups(runs: list[StudentRun], test_of: Callable[[StudentRun], Dataset]) \
+        -> list[tuple[list[StudentRun], Dataset]]:
+    """Runs in groups that one evaluate_stacked serves (students of one stacking_key, evaluated on one split
+    with equal sizes), each with its data; a run whose student cannot stack (a CNN) is a group alone."""
+    groups: dict[tuple, tuple[list[StudentRun], Dataset]] = {}
+    for run in runs:
+        c, test, key = run.rc.config, test_of(run), stacking_key(run.student)
+        group_key = (key, id(test.test_x), c.data_bsize, c.eval_noise_batches, c.eval_noise_bsize) \
+            if key is not None else ("alone", id(run))
+        groups.setdefault(group_key, ([], test))[0].append(run)
+    return list(groups.values())
 
 
 def student_stage(rc: ResolvedConfig, data: Dataset, device: torch.device,
@@ -151,19 +191,12 @@ def evaluate_finished(runs: list[StudentRun], test_of: Callable[[StudentRun], Da
     tolerance already) settled and evaluated together, one batched forward per layer and batch for those of
     one shape and evaluation sizes, one host copy for all (evaluation.evaluate_stacked); others untouched.
     ``test_of(run)``: the data whose test split the run is evaluated on."""
-    fused = [run for run in runs if run.training_path == "fused" and run.final_evaluation is None
-             and stacking_key(run.student) is not None]
-    groups: dict[tuple, list[StudentRun]] = {}
-    for run in fused:
-        c, test = run.rc.config, test_of(run)
-        groups.setdefault((stacking_key(run.student), id(test.test_x), c.data_bsize, c.eval_noise_batches,
-                           c.eval_noise_bsize), []).append(run)
-    for group in groups.values():
+    fused = [run for run in runs if run.training_path == "fused" and run.final_evaluation is None]
+    for group, test in stackable_groups(fused, test_of):
         if len(group) < 2:
             continue
         for run in group:
             settle_student(run, device)
-        test = test_of(group[0])
         values = evaluate_stacked([r.student for r in group], [r.teacher for r in group], [r.rc for r in group],
                                   test.test_x, test.test_y, device, "student_final", shared)
         for run, evaluated in zip(group, values, strict=True):
