@@ -54,7 +54,7 @@ from sublearn.data import ensure_cache, load
 from sublearn.evaluation import SharedEvaluations
 from sublearn.fused import noise_period
 from sublearn.opcount import OpCounter
-from sublearn.student import distill_stack, evaluate_finished, finish_student, prepare_student
+from sublearn.student import distill_stack, evaluate_finished, evaluate_prepared, finish_student, prepare_student
 from sublearn.teacher import train_teacher_stage
 
 NOISE_BSIZE = 4
@@ -102,8 +102,13 @@ class Bench:
         return rcs
 
     def prepare(self, rcs: list, shared: SharedEvaluations | None = None) -> list:
-        return [prepare_student(rc, self.test, self.device, self.teachers[rc.teacher_key()], shared=shared)
-                for rc in rcs]
+        """Prepared runs; with ``shared``, as a job prepares them (a fused job evaluates them together)."""
+        together = shared is not None and self.mode == "fused"
+        runs = [prepare_student(rc, self.test, self.device, self.teachers[rc.teacher_key()], shared=shared,
+                                evaluate=not together) for rc in rcs]
+        if together:
+            evaluate_prepared(runs, lambda run: self.test, self.device, shared)
+        return runs
 
     def runs(self, specs: list[tuple[int, list[str]]], steps: int, shared: SharedEvaluations | None = None):
         return self.prepare(self.configs(specs, steps), shared)

@@ -58,7 +58,13 @@ from sublearn.device import select_device  # noqa: E402
 from sublearn.evaluation import SharedEvaluations  # noqa: E402
 from sublearn.fused import noise_period  # noqa: E402
 from sublearn.sheets import SheetRun  # noqa: E402
-from sublearn.student import distill_stack, evaluate_finished, finish_student, prepare_student  # noqa: E402
+from sublearn.student import (  # noqa: E402
+    distill_stack,
+    evaluate_finished,
+    evaluate_prepared,
+    finish_student,
+    prepare_student,
+)
 from sublearn.teacher import finish_teacher, prepare_teacher, train_teachers  # noqa: E402
 
 FIG2_INITS = ["A,A,A,A", "random,A,A,A", "A,random,A,A", "random,random,A,A", "A,A,random,A", "A,A,A,random"]
@@ -144,8 +150,12 @@ class Bench:
 
     def prepared(self, specs, steps: int, shared=None) -> list:
         teacher_epochs = ["--teacher-epochs", "1", "--student-epochs", "1", "--noise-steps", str(steps)]
-        return [prepare_student(self.rc(seed, *extra, *teacher_epochs), self.test, self.device,
-                                self.checkpoints[seed], shared=shared) for seed, extra in specs]
+        runs = [prepare_student(self.rc(seed, *extra, *teacher_epochs), self.test, self.device,
+                                self.checkpoints[seed], shared=shared, evaluate=shared is None)
+                for seed, extra in specs]
+        if shared is not None:  # as a fused job prepares them: evaluated together
+            evaluate_prepared(runs, lambda run: self.test, self.device, shared)
+        return runs
 
     def distill(self, runs, on_done=None) -> float:
         started = self.sync()
