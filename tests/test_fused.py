@@ -237,7 +237,7 @@ def test_batch_cli_stack_layers_fused(tiny_data, tiny_cache, tmp_path, capsys):
 
 def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cache, split, monkeypatch):
     """A batch job's fused runs that end at one step: evaluated in one batched forward per layer and batch
-    for each shape (here a group per m; a follower shares its leader's features), each equal to its own
+    for each body shape (here one, two aux widths; a follower shares its leader's features), each equal to its own
     evaluation to float tolerance; the kernel ops of a group do not grow with its members. The initial
     students (prepared as a fused job does) likewise."""
     from sublearn.evaluation import SharedEvaluations, aux_mse_on_noise, evaluate_class, evaluate_stacked
@@ -258,7 +258,7 @@ def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cach
     monkeypatch.setattr(student_module, "evaluate_stacked", spy)
     teachers: dict = {}
     members = prepared(rcs, split, teachers, shared)
-    assert sorted(stacked_calls) == [("student_initial", 6), ("student_initial", 6)]  # a group per m
+    assert stacked_calls == [("student_initial", 12)]  # one group: aux heads of each width batched
     initial = prepared(rcs, split, teachers)  # each evaluated alone
     assert all(math.isfinite(run.init_aux) for run in members.values())
     groups, reported = [], []
@@ -266,7 +266,7 @@ def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cach
                   lambda runs: (groups.append(list(runs)), evaluate_finished(runs, lambda run: test, device, shared)))
     assert len(groups) == 1 and {id(r) for r in groups[0]} == {id(r) for r in members.values()} \
         and len(reported) == len(members)
-    assert sorted(stacked_calls[2:]) == [("student_final", 6), ("student_final", 6)]
+    assert stacked_calls[1:] == [("student_final", 12)]
     for name, run in members.items():
         assert run.settled and run.final_evaluation is not None, name
         acc, loss, aux = run.final_evaluation

@@ -183,11 +183,12 @@ def aux_mse_on_noise(student: SplitHeadModel, teacher: SplitHeadModel, rc: Resol
 
 
 def stacking_key(model: SplitHeadModel) -> tuple | None:
-    """Equal keys: MLPs of equal layers (shapes, activations), whose forwards one batched matmul per layer
-    serves; None for a model with other layers."""
+    """Equal keys: MLPs of equal bodies (layer shapes, activations) and class heads, whose forwards one batched
+    matmul per layer serves (their aux heads may differ in width); None for a model with other layers."""
     if any(kind != "linear" for _, kind, _ in model.steps):
         return None
-    return repr(model.steps), tuple(tuple(getattr(model, name).weight.shape) for name in model.layer_names)
+    return repr(model.steps), tuple(tuple(getattr(model, name).weight.shape)
+                                    for name in [name for name, _, _ in model.steps] + ["class_head"])
 
 
 @torch.no_grad()
@@ -195,12 +196,12 @@ def evaluate_stacked(students: list[SplitHeadModel], teachers: list[SplitHeadMod
                      test_x: torch.Tensor, test_y: torch.Tensor, device: torch.device, moment: str,
                      shared: SharedEvaluations, max_bytes: int = 2**28) -> list[tuple[float, float, float]]:
     """evaluate_class on the split and aux_mse_on_noise of K students of one stacking_key at once: each
-    distinct body (body_key; on its eval noise) through one batched forward per layer and batch, every
-    student's heads and losses batched on those features, one host copy for all (K students at a time within
-    ``max_bytes`` of activations): each student's (accuracy, class loss, aux MSE). The runs must share the
-    split's batch size and the eval noise's sizes. Equal to separate evaluations to float tolerance (a batched
-    matmul need not give a lone one's bits, nor a batched reduction a lone one's order): for fused runs, which
-    have that tolerance already."""
+    distinct body (body_key; on its eval noise) through one batched forward per layer and batch, the class
+    heads and losses of all and the aux heads of each width batched on those features, one host copy for
+    all (K students at a time within ``max_bytes`` of activations): each student's (accuracy, class loss,
+    aux MSE). The runs must share the split's batch size and the eval noise's sizes. Equal to separate
+    evaluations to float tolerance (a batched matmul need not give a lone one's bits, nor a batched reduction
+    a lone one's order): for fused runs, which have that tolerance already."""
     c = rcs[0].config
     batch_size, noise_batches, noise_bsize = c.data_bsize, c.eval_noise_batches, c.eval_noise_bsize
     if len({(rc.config.data_bsize, rc.config.eval_noise_batches, rc.config.eval_noise_bsize) for rc in rcs}) > 1 \
@@ -212,9 +213,10 @@ def evaluate_stacked(students: list[SplitHeadModel], teachers: list[SplitHeadMod
     chunk = max(1, max_bytes // (4 * widest * max(batch_size, noise_bsize, 1)))
     noise = [noise_targets(teacher, rc, device, moment, shared) for teacher, rc in zip(teachers, rcs, strict=True)]
     starts = range(0, test_x.shape[0], batch_size)
-    columns: list[list[torch.Tensor]] = [[], [], []]  # per chunk: [k, batch] class losses, hits, aux MSEs
+    read: list[tuple[str, list[int], torch.Tensor]] = []  # (column, its rows' students, [rows, batches])
     for first in range(0, len(students), chunk):
-        models, inputs = students[first:first + chunk], noise[first:first + chunk]
+        members = list(range(first, min(first + chunk, len(students))))
+        models, inputs = [students[k] for k in members], [noise[k] for k in members]
         # members of one body and eval noise (an init shared by runs, a trajectory's followers) share features
         slots: dict[tuple, int] = {}
         owners, index = [], []  # the first member of each distinct body; each member's slot among them
@@ -224,47 +226,59 @@ def evaluate_stacked(students: list[SplitHeadModel], teachers: list[SplitHeadMod
                 slots[key] = len(owners)
                 owners.append(k)
             index.append(slots[key])
-        slot = None if len(owners) == len(models) else torch.tensor(index, device=device)
         for model in models:
             model.eval()
         body = [stack_linear([getattr(models[k], name) for k in owners]) for name in names]
         class_head = stack_linear([model.class_head for model in models])
-        aux_head = stack_linear([model.aux_head for model in models])
+        widths: dict[int, list[int]] = {}  # aux width -> its members' positions in the chunk
+        for position, model in enumerate(models):
+            widths.setdefault(model.aux_head.weight.shape[0], []).append(position)
 
-        loss_rows, hit_rows, aux_rows = [], [], []
+        loss_rows, hit_rows = [], []
         for start in starts:
             x, y = test_x[start:start + batch_size], test_y[start:start + batch_size]
             h = stacked_features(x.reshape(1, x.shape[0], -1).expand(len(owners), -1, -1), body, activations)
-            logits = linear(member_rows(h, slot), *class_head)
+            logits = linear(member_rows(h, index, device), *class_head)
             loss_rows.append(F.cross_entropy(logits.flatten(0, 1), y.repeat(len(models)), reduction="none")
                              .view(len(models), -1).sum(1))
             hit_rows.append((logits.argmax(dim=2) == y).sum(1))
+        read += [("loss", members, batch_rows(loss_rows, len(models), device)),
+                 ("hits", members, batch_rows(hit_rows, len(models), device))]
+        heads = {width: stack_linear([models[p].aux_head for p in positions]) for width, positions in widths.items()}
+        aux_rows: dict[int, list[torch.Tensor]] = {width: [] for width in widths}
         for j in range(noise_batches):
             x = same_or_stacked([inputs[k][1][j] for k in owners])
-            target = same_or_stacked([targets[j] for _, _, targets in inputs])
             h = stacked_features(x.reshape(x.shape[0], x.shape[1], -1), body, activations)
-            aux_rows.append((linear(member_rows(h, slot), *aux_head) - target).square().flatten(1).mean(1))
-        for column, rows in zip(columns, (loss_rows, hit_rows, aux_rows), strict=True):
-            column.append(torch.stack(rows, 1) if rows else torch.zeros(len(models), 0, device=device))
-    losses, hits, aux = host_lists([torch.cat(column).flatten() for column in columns])
+            for width, positions in widths.items():
+                target = same_or_stacked([inputs[p][2][j] for p in positions])
+                output = linear(member_rows(h, [index[p] for p in positions], device), *heads[width])
+                aux_rows[width].append((output - target).square().flatten(1).mean(1))
+        read += [("aux", [members[p] for p in positions], batch_rows(aux_rows[width], len(positions), device))
+                 for width, positions in widths.items()]
+    values: dict[str, list[list]] = {column: [[] for _ in students] for column in ("loss", "hits", "aux")}
+    for (column, rows, _), flat in zip(read, host_lists([t.flatten() for _, _, t in read]), strict=True):
+        per_row = len(flat) // max(1, len(rows))
+        for r, k in enumerate(rows):
+            values[column][k] = flat[r * per_row:(r + 1) * per_row]
     out, count = [], max(1, test_x.shape[0])
-    test_batches = len(starts)
-    for k in range(len(students)):
+    for losses, hits, aux in zip(values["loss"], values["hits"], values["aux"], strict=True):
         # summed on the host in batch order, as evaluate_class and aux_mse_on_noise sum theirs
         loss_sum, correct = 0.0, 0
-        for loss, hit in zip(losses[k * test_batches:(k + 1) * test_batches],
-                             hits[k * test_batches:(k + 1) * test_batches], strict=True):
+        for loss, hit in zip(losses, hits, strict=True):
             loss_sum += loss
             correct += int(hit)
-        out.append((correct / count, loss_sum / count,
-                    mean_of(aux[k * noise_batches:(k + 1) * noise_batches])))
+        out.append((correct / count, loss_sum / count, mean_of(aux)))
     return out
 
 
-def member_rows(h: torch.Tensor, slot: torch.Tensor | None) -> torch.Tensor:
-    """Features of distinct bodies [D, ...] as each member's [K, ...] (``slot``: each member's body; None: K = D,
-    in member order)."""
-    return h if slot is None else h.index_select(0, slot)
+def batch_rows(rows: list[torch.Tensor], members: int, device: torch.device) -> torch.Tensor:
+    """Per-batch [members] values as one [members, batches] tensor."""
+    return torch.stack(rows, 1) if rows else torch.zeros(members, 0, device=device)
+
+
+def member_rows(h: torch.Tensor, index: list[int], device: torch.device) -> torch.Tensor:
+    """Features of distinct bodies [D, ...] as some members' [len(index), ...] (``index``: each one's body)."""
+    return h if index == list(range(h.shape[0])) else h.index_select(0, torch.tensor(index, device=device))
 
 
 def host_lists(tensors: list[torch.Tensor]) -> list[list]:
