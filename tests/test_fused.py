@@ -238,10 +238,12 @@ def test_batch_cli_stack_layers_fused(tiny_data, tiny_cache, tmp_path, capsys):
 def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cache, split, monkeypatch):
     """A batch job's fused runs that end at one step: evaluated in one batched forward per layer and batch
     for each body shape (here one, two aux widths; a follower shares its leader's features), each equal to its own
-    evaluation to float tolerance; the kernel ops of a group do not grow with its members. The initial
-    students (prepared as a fused job does) likewise."""
+    evaluation to float tolerance; the kernel ops of a group do not grow with its members. Their layer
+    comparisons are computed together too (finish_student then computes none). The initial students
+    (prepared as a fused job does) are evaluated together likewise."""
     from sublearn.evaluation import SharedEvaluations, aux_mse_on_noise, evaluate_class, evaluate_stacked
     from sublearn.opcount import OpCounter
+    from sublearn.records import VALUE_NAMES, comparisons, pair_values
     from sublearn.student import distill_stack, evaluate_finished
 
     device, test = torch.device("cpu"), split[1]
@@ -275,6 +277,13 @@ def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cach
         lone_aux = aux_mse_on_noise(run.student, run.teacher, run.rc, device, "student_final")
         assert acc == lone_acc and close(loss, lone_loss) and close(aux, lone_aux), (name, run.final_evaluation,
                                                                                      (lone_acc, lone_loss, lone_aux))
+        rows, pairs = comparisons(run.teacher.layer_names, run.student.layer_names, run.snaps, {})
+        assert pairs and all(tuple(pair[2:]) in shared.comparisons for pair in pairs), name
+        with OpCounter() as counter:  # finish_student's comparisons: every value known
+            together = pair_values(pairs, shared.comparisons)
+        assert counter.ops == 0, name
+        for mine, alone in zip(together, pair_values(pairs), strict=True):
+            assert all(close(mine[k], alone[k]) for k in VALUE_NAMES), (name, mine, alone)
         lone = initial[name]
         assert run.init_acc == lone.init_acc and close(run.init_loss, lone.init_loss) \
             and close(run.init_aux, lone.init_aux), name

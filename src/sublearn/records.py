@@ -3,6 +3,7 @@ row of runs.csv and its config record, and the provenance of a stage."""
 
 from __future__ import annotations
 
+import math
 import platform
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,10 +149,67 @@ def compare_snapshots(comparison: str, models: tuple[str, str], states: tuple[st
     return rows
 
 
+@torch.no_grad()
+def stacked_pair_values(pairs: list[Pair], known: dict[tuple, Any], max_bytes: int = 2**28) -> None:
+    """pair_values of many runs' keyed pairs at once, into ``known`` (where pair_values then finds them): the
+    pairs of each shape stacked, their norms, differences and cosines in a few batched ops (within
+    ``max_bytes`` of stacked tensors), one host copy for all. A batched reduction need not sum in a lone
+    one's order: float tolerance, for fused runs, which have it already. Pairs with an unkeyed side are
+    left to pair_values."""
+    todo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    for ref, other, ref_key, other_key in pairs:
+        if ref_key is not None and other_key is not None and (ref_key, other_key) not in known:
+            todo.setdefault((ref_key, other_key), (ref, other))
+    by_shape: dict[tuple, list[tuple]] = {}
+    for keys, (ref, _) in todo.items():
+        by_shape.setdefault((tuple(ref.shape), str(ref.device)), []).append(keys)
+    parts: list[torch.Tensor] = []
+    chunks: list[list[tuple]] = []
+    for (shape, _), keys in by_shape.items():
+        size = max(1, math.prod(shape))
+        step = max(1, max_bytes // (3 * 4 * size))  # references, others, differences
+        for first in range(0, len(keys), step):
+            chunk = keys[first:first + step]
+            refs = torch.stack([todo[k][0].detach().reshape(-1).float() for k in chunk])
+            others = torch.stack([todo[k][1].detach().reshape(-1).float() for k in chunk])
+            parts += [torch.linalg.vector_norm(refs, ord=2, dim=1), torch.linalg.vector_norm(others, ord=2, dim=1),
+                      torch.linalg.vector_norm(refs - others, ord=2, dim=1), F.cosine_similarity(refs, others, dim=1)]
+            chunks.append(chunk)
+    numbers = torch.cat(parts).tolist() if parts else []
+    start = 0
+    for chunk in chunks:
+        n = len(chunk)
+        ref_norms, other_norms, diffs, cosines = (numbers[start + i * n:start + (i + 1) * n] for i in range(4))
+        start += 4 * n
+        for k, keys in enumerate(chunk):
+            ref_norm = known.setdefault(("norm", keys[0]), ref_norms[k])
+            other_norm = known.setdefault(("norm", keys[1]), other_norms[k])
+            diff, cosine = diffs[k], cosines[k]
+            if todo[keys][0].numel() == 0 or ref_norm < EPS or other_norm < EPS:
+                cosine = float("nan")
+            known[keys] = {
+                "cosine": cosine, "diff_norm": diff, "reference_norm": ref_norm, "other_norm": other_norm,
+                "relative_diff_reference": diff / (ref_norm + EPS),
+                "relative_diff_symmetric": 2.0 * diff / (ref_norm + other_norm + EPS),
+            }
+
+
 def layer_metrics(teacher_layers: list[str], student_layers: list[str], snaps: dict[str, dict],
                   base_row: dict, known: dict[tuple, dict[str, float]] | None = None) -> list[dict[str, Any]]:
     """The four comparisons' rows; ``known``: pair_values's values of pairs compared before (by the runs
     of a job, which share many: every run of a seed compares the same teacher before and after training)."""
+    rows, pairs = comparisons(teacher_layers, student_layers, snaps, base_row)
+    values = pair_values(pairs, known)
+    for row in rows:
+        pending = row.pop("pending")
+        if pending is not None:
+            row.update(values[pending])
+    return rows
+
+
+def comparisons(teacher_layers: list[str], student_layers: list[str], snaps: dict[str, dict],
+                base_row: dict) -> tuple[list[dict[str, Any]], list[Pair]]:
+    """The four comparisons' rows, their values left to pair_values: (rows, the pairs they compare)."""
     both = list(dict.fromkeys(teacher_layers + student_layers))
     t, s = ("teacher", "student"), ("initial", "final")
     pairs: list[Pair] = []
@@ -165,12 +223,7 @@ def layer_metrics(teacher_layers: list[str], student_layers: list[str], snaps: d
         + compare_snapshots("student_init_final", ("student", "student"), s,
                             (snaps["student_initial"], snaps["student_final"]), student_layers, base_row, pairs)
     )
-    values = pair_values(pairs, known)
-    for row in rows:
-        pending = row.pop("pending")
-        if pending is not None:
-            row.update(values[pending])
-    return rows
+    return rows, pairs
 
 
 _ALIAS_PREFIX = {

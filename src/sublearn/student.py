@@ -28,7 +28,17 @@ from .evaluation import (
 from .model import SplitHeadModel, build_model
 from .perturb import apply_perturbations
 from .plan import ResolvedConfig
-from .records import RunResult, base_row, config_record, environment, layer_metrics, run_row, snapshot
+from .records import (
+    RunResult,
+    base_row,
+    comparisons,
+    config_record,
+    environment,
+    layer_metrics,
+    run_row,
+    snapshot,
+    stacked_pair_values,
+)
 from .seeding import derived_seed, set_seed
 from .teacher import body_state, check_checkpoint
 
@@ -189,7 +199,8 @@ def evaluate_finished(runs: list[StudentRun], test_of: Callable[[StudentRun], Da
                       shared: SharedEvaluations) -> None:
     """Before finish_student, for the runs that a distillation reports at one step: its fused runs (float
     tolerance already) settled and evaluated together, one batched forward per layer and batch for those of
-    one shape and evaluation sizes, one host copy for all (evaluation.evaluate_stacked); others untouched.
+    one shape and evaluation sizes, one host copy for all (evaluation.evaluate_stacked), and their layer
+    comparisons computed together (records.stacked_pair_values); others untouched.
     ``test_of(run)``: the data whose test split the run is evaluated on."""
     fused = [run for run in runs if run.training_path == "fused" and run.final_evaluation is None]
     for group, test in stackable_groups(fused, test_of):
@@ -201,6 +212,9 @@ def evaluate_finished(runs: list[StudentRun], test_of: Callable[[StudentRun], Da
                                   test.test_x, test.test_y, device, "student_final", shared)
         for run, evaluated in zip(group, values, strict=True):
             run.final_evaluation = evaluated
+        # their layer comparisons likewise: finish_student's layer_metrics then finds every keyed pair known
+        stacked_pair_values([pair for run in group for pair in comparisons(
+            run.teacher.layer_names, run.student.layer_names, run.snaps, {})[1]], shared.comparisons)
 
 
 def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_aux: float,
