@@ -152,7 +152,7 @@ def compare_snapshots(comparison: str, models: tuple[str, str], states: tuple[st
 @torch.no_grad()
 def stacked_pair_values(pairs: list[Pair], known: dict[tuple, Any], max_bytes: int = 2**28) -> None:
     """pair_values of many runs' keyed pairs at once, into ``known`` (where pair_values then finds them): the
-    pairs of each shape stacked, their norms, differences and cosines in a few batched ops (within
+    pairs of each shape stacked, their norms, differences and dot products in a few batched ops (within
     ``max_bytes`` of stacked tensors), one host copy for all. A batched reduction need not sum in a lone
     one's order: float tolerance, for fused runs, which have it already. Pairs with an unkeyed side are
     left to pair_values."""
@@ -172,19 +172,23 @@ def stacked_pair_values(pairs: list[Pair], known: dict[tuple, Any], max_bytes: i
             chunk = keys[first:first + step]
             refs = torch.stack([todo[k][0].detach().reshape(-1).float() for k in chunk])
             others = torch.stack([todo[k][1].detach().reshape(-1).float() for k in chunk])
+            # the dot product, not F.cosine_similarity's normalised copies: the cosine is taken on the host
             parts += [torch.linalg.vector_norm(refs, ord=2, dim=1), torch.linalg.vector_norm(others, ord=2, dim=1),
-                      torch.linalg.vector_norm(refs - others, ord=2, dim=1), F.cosine_similarity(refs, others, dim=1)]
+                      torch.linalg.vector_norm(refs - others, ord=2, dim=1),
+                      torch.bmm(refs.unsqueeze(1), others.unsqueeze(2)).reshape(-1)]
             chunks.append(chunk)
     numbers = torch.cat(parts).tolist() if parts else []
     start = 0
     for chunk in chunks:
         n = len(chunk)
-        ref_norms, other_norms, diffs, cosines = (numbers[start + i * n:start + (i + 1) * n] for i in range(4))
+        ref_norms, other_norms, diffs, dots = (numbers[start + i * n:start + (i + 1) * n] for i in range(4))
         start += 4 * n
         for k, keys in enumerate(chunk):
             ref_norm = known.setdefault(("norm", keys[0]), ref_norms[k])
             other_norm = known.setdefault(("norm", keys[1]), other_norms[k])
-            diff, cosine = diffs[k], cosines[k]
+            diff = diffs[k]
+            # F.cosine_similarity's formula: each norm clamped at its eps, 1e-8
+            cosine = dots[k] / (max(ref_norms[k], 1e-8) * max(other_norms[k], 1e-8))
             if todo[keys][0].numel() == 0 or ref_norm < EPS or other_norm < EPS:
                 cosine = float("nan")
             known[keys] = {
