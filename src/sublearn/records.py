@@ -91,16 +91,20 @@ def pair_values(pairs: list[Pair],
     for (ref_name, other_name, slot), i in zip(names, todo, strict=True):
         ref_norm, other_norm = (norms[name] if name in norms else known[name] for name in (ref_name, other_name))
         diff, cosine = numbers[slot:slot + 2]
-        if pairs[i][0].numel() == 0 or ref_norm < EPS or other_norm < EPS:
-            cosine = float("nan")
-        computed[i] = {
-            "cosine": cosine, "diff_norm": diff, "reference_norm": ref_norm, "other_norm": other_norm,
-            "relative_diff_reference": diff / (ref_norm + EPS),
-            "relative_diff_symmetric": 2.0 * diff / (ref_norm + other_norm + EPS),
-        }
+        computed[i] = comparison_values(pairs[i][0].numel(), ref_norm, other_norm, diff, cosine)
         if None not in pairs[i][2:]:
             known[pairs[i][2:]] = computed[i]
     return [computed[i] if i in computed else known[tuple(keys)] for i, (_, _, *keys) in enumerate(pairs)]
+
+
+def comparison_values(numel: int, ref_norm: float, other_norm: float, diff: float, cosine: float) -> dict[str, float]:
+    """A pair's row values (VALUE_NAMES) from its norms, difference norm and cosine (NaN where a side is empty
+    or zero)."""
+    if numel == 0 or ref_norm < EPS or other_norm < EPS:
+        cosine = float("nan")
+    return {"cosine": cosine, "diff_norm": diff, "reference_norm": ref_norm, "other_norm": other_norm,
+            "relative_diff_reference": diff / (ref_norm + EPS),
+            "relative_diff_symmetric": 2.0 * diff / (ref_norm + other_norm + EPS)}
 
 
 def _shape(x: torch.Tensor | None) -> str:
@@ -186,16 +190,9 @@ def stacked_pair_values(pairs: list[Pair], known: dict[tuple, Any], max_bytes: i
         for k, keys in enumerate(chunk):
             ref_norm = known.setdefault(("norm", keys[0]), ref_norms[k])
             other_norm = known.setdefault(("norm", keys[1]), other_norms[k])
-            diff = diffs[k]
             # F.cosine_similarity's formula: each norm clamped at its eps, 1e-8
             cosine = dots[k] / (max(ref_norms[k], 1e-8) * max(other_norms[k], 1e-8))
-            if todo[keys][0].numel() == 0 or ref_norm < EPS or other_norm < EPS:
-                cosine = float("nan")
-            known[keys] = {
-                "cosine": cosine, "diff_norm": diff, "reference_norm": ref_norm, "other_norm": other_norm,
-                "relative_diff_reference": diff / (ref_norm + EPS),
-                "relative_diff_symmetric": 2.0 * diff / (ref_norm + other_norm + EPS),
-            }
+            known[keys] = comparison_values(todo[keys][0].numel(), ref_norm, other_norm, diffs[k], cosine)
 
 
 def layer_metrics(teacher_layers: list[str], student_layers: list[str], snaps: dict[str, dict],
