@@ -135,10 +135,15 @@ def prepare_student(rc: ResolvedConfig, data: Dataset, device: torch.device, che
     run = StudentRun(rc, checkpoint, teacher, student, run_id, timestamp, started, metrics, snaps, perturb_rows,
                      nan, nan, nan, teacher_in_process)
     if evaluate:
-        init_acc, init_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize, shared)
-        set_initial_evaluation(run, (init_acc, init_loss,
-                                     aux_mse_on_noise(student, teacher, rc, device, "student_initial", shared)))
+        set_initial_evaluation(run, evaluate_alone(run, data, device, "student_initial", shared))
     return run
+
+
+def evaluate_alone(run: StudentRun, data: Dataset, device: torch.device, moment: str,
+                   shared: SharedEvaluations | None) -> tuple[float, float, float]:
+    """A run's student as it is now: (accuracy and class loss on the test split, aux MSE on ``moment``'s noise)."""
+    return (*evaluate_class(run.student, data.test_x, data.test_y, run.rc.config.data_bsize, shared),
+            aux_mse_on_noise(run.student, run.teacher, run.rc, device, moment, shared))
 
 
 def set_initial_evaluation(run: StudentRun, evaluated: tuple[float, float, float]) -> None:
@@ -156,9 +161,7 @@ def evaluate_prepared(runs: list[StudentRun], test_of: Callable[[StudentRun], Da
             values = evaluate_stacked([r.student for r in group], [r.teacher for r in group], [r.rc for r in group],
                                       test.test_x, test.test_y, device, "student_initial", shared)
         else:
-            run = group[0]
-            values = [(*evaluate_class(run.student, test.test_x, test.test_y, run.rc.config.data_bsize, shared),
-                       aux_mse_on_noise(run.student, run.teacher, run.rc, device, "student_initial", shared))]
+            values = [evaluate_alone(group[0], test, device, "student_initial", shared)]
         for run, evaluated in zip(group, values, strict=True):
             set_initial_evaluation(run, evaluated)
 
@@ -225,11 +228,8 @@ def finish_student(run: StudentRun, data: Dataset, device: torch.device, train_a
     c = rc.config
     settle_student(run, device)
     perturb_rows = run.perturb_rows
-    if run.final_evaluation is not None:
-        final_acc, final_loss, final_aux = run.final_evaluation
-    else:
-        final_acc, final_loss = evaluate_class(student, data.test_x, data.test_y, c.data_bsize, shared)
-        final_aux = aux_mse_on_noise(student, teacher, rc, device, "student_final", shared)
+    final_acc, final_loss, final_aux = run.final_evaluation or evaluate_alone(run, data, device, "student_final",
+                                                                              shared)
     print(f"[eval] student final acc {final_acc:.6f} class CE {final_loss:.6f} aux MSE {final_aux:.8f}", flush=True)
     check_student_finite(rc, train_aux, final_aux)
 
