@@ -132,13 +132,8 @@ def evaluate_class(model: SplitHeadModel, x: torch.Tensor, y: torch.Tensor, batc
 def host_values(*columns: list[torch.Tensor]) -> list[list]:
     """Lists of scalar tensors as lists of Python numbers, in one host copy (one device wait). Each value is
     the number its own ``.item()`` gives."""
-    stacked = [torch.stack(column).double() for column in columns if column]  # exact: float32 and counts
-    flat = torch.cat(stacked).tolist() if stacked else []
-    out, start = [], 0
-    for column in columns:
-        out.append(flat[start:start + len(column)])
-        start += len(column)
-    return out
+    filled = iter(host_lists([torch.stack(column) for column in columns if column]))
+    return [next(filled) if column else [] for column in columns]
 
 
 def majority_rate(labels: torch.Tensor) -> float:
@@ -233,12 +228,16 @@ def evaluate_stacked(students: list[SplitHeadModel], teachers: list[SplitHeadMod
         widths: dict[int, list[int]] = {}  # aux width -> its members' positions in the chunk
         for position, model in enumerate(models):
             widths.setdefault(model.aux_head.weight.shape[0], []).append(position)
+        # each member's row among the distinct bodies' features (None: the same rows), made once a chunk
+        class_rows = body_rows(index, len(owners), device)
+        aux_rows_of = {width: body_rows([index[p] for p in positions], len(owners), device)
+                       for width, positions in widths.items()}
 
         loss_rows, hit_rows = [], []
         for start in starts:
             x, y = test_x[start:start + batch_size], test_y[start:start + batch_size]
             h = stacked_features(x.reshape(1, x.shape[0], -1).expand(len(owners), -1, -1), body, activations)
-            logits = linear(member_rows(h, index, device), *class_head)
+            logits = linear(member_rows(h, class_rows), *class_head)
             loss_rows.append(F.cross_entropy(logits.flatten(0, 1), y.repeat(len(models)), reduction="none")
                              .view(len(models), -1).sum(1))
             hit_rows.append((logits.argmax(dim=2) == y).sum(1))
@@ -251,7 +250,7 @@ def evaluate_stacked(students: list[SplitHeadModel], teachers: list[SplitHeadMod
             h = stacked_features(x.reshape(x.shape[0], x.shape[1], -1), body, activations)
             for width, positions in widths.items():
                 target = same_or_stacked([inputs[p][2][j] for p in positions])
-                output = linear(member_rows(h, [index[p] for p in positions], device), *heads[width])
+                output = linear(member_rows(h, aux_rows_of[width]), *heads[width])
                 aux_rows[width].append((output - target).square().flatten(1).mean(1))
         read += [("aux", [members[p] for p in positions], batch_rows(aux_rows[width], len(positions), device))
                  for width, positions in widths.items()]
@@ -276,14 +275,20 @@ def batch_rows(rows: list[torch.Tensor], members: int, device: torch.device) -> 
     return torch.stack(rows, 1) if rows else torch.zeros(members, 0, device=device)
 
 
-def member_rows(h: torch.Tensor, index: list[int], device: torch.device) -> torch.Tensor:
-    """Features of distinct bodies [D, ...] as some members' [len(index), ...] (``index``: each one's body)."""
-    return h if index == list(range(h.shape[0])) else h.index_select(0, torch.tensor(index, device=device))
+def body_rows(index: list[int], bodies: int, device: torch.device) -> torch.Tensor | None:
+    """Some members' rows among ``bodies`` distinct bodies' features (``index``: each one's body), as an index
+    tensor; None where they are those rows in order."""
+    return None if index == list(range(bodies)) else torch.tensor(index, device=device)
+
+
+def member_rows(h: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """Features of distinct bodies [D, ...] as some members' (body_rows)."""
+    return h if rows is None else h.index_select(0, rows)
 
 
 def host_lists(tensors: list[torch.Tensor]) -> list[list]:
-    """1-D tensors (float32 or counts) as lists of Python numbers, in one host copy."""
-    flat = torch.cat([t.double() for t in tensors]).tolist() if tensors else []
+    """1-D tensors (float32 or counts) as lists of Python numbers, in one host copy (one device wait)."""
+    flat = torch.cat([t.double() for t in tensors]).tolist() if tensors else []  # exact: float32 and counts
     out, start = [], 0
     for t in tensors:
         out.append(flat[start:start + t.numel()])
