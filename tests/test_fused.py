@@ -303,3 +303,29 @@ def test_fused_runs_done_at_one_step_are_evaluated_together(tiny_data, tiny_cach
     assert len(m3) == 6
     some = [run for name, run in m3.items() if name.endswith(("_A,A,A,A", "_A,A,random,A"))]
     assert counted(some) == counted(list(m3.values()))
+
+
+def test_stacked_pair_values_in_chunks_equal_lone_pair_values():
+    """Pairs of several shapes stacked a few at a time (a small ``max_bytes``: chunk edges fall inside a
+    shape's pairs) give each pair the values pair_values gives it alone, norms shared by key."""
+    from sublearn.records import VALUE_NAMES, pair_values, stacked_pair_values
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {(name, k): torch.randn(shape, generator=generator)
+               for name, shape in (("fc1", (6, 5)), ("bias", (7,))) for k in range(5)}
+    tensors[("fc1", 5)] = tensors[("fc1", 0)].clone()  # an equal pair: difference 0, cosine 1
+    tensors[("bias", 5)] = torch.zeros(7)  # a zero side: cosine NaN
+    pairs = [(tensors[(name, 0)], tensors[(name, k)], (name, 0), (name, k))
+             for name in ("fc1", "bias") for k in range(1, 6)]
+    pairs.append((tensors[("fc1", 1)], tensors[("fc1", 2)], ("fc1", 1), ("fc1", 2)))
+    known: dict = {}
+    stacked_pair_values(pairs, known, max_bytes=3 * 4 * 30 * 2)  # two fc1 pairs a chunk
+    assert all(tuple(pair[2:]) in known for pair in pairs)
+    for pair, alone in zip(pairs, pair_values(pairs), strict=True):
+        mine = known[tuple(pair[2:])]
+        for name in VALUE_NAMES:
+            if math.isnan(alone[name]):
+                assert math.isnan(mine[name]), (pair[2:], name)
+            else:
+                assert mine[name] == pytest.approx(alone[name], rel=1e-6, abs=1e-6), (pair[2:], name)
+    assert known[(("fc1", 0), ("fc1", 5))]["diff_norm"] == 0.0
