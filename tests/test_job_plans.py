@@ -214,6 +214,28 @@ def test_the_papers_gpu_plan_trains_fig4s_tail_in_one_lockstep_set():
     assert job["lockstep_steps"] - 40960 < 40960  # the tail once
     assert len(batches) + len(teachers) <= 20
     assert sum(b["lockstep_steps"] for b in batches.values()) <= 50_000
+    # its job times allow each run a GPU's host work, not a CPU core's (which made the plan ~2.3 h of batch jobs)
+    for job in [*batches.values(), *teachers.values()]:
+        count = len(job["runs"] if "runs" in job else job["teachers"])
+        assert job["seconds"] == pytest.approx(job["flops"] / (cfg["batch"]["gflops"] * 1e9)
+                                               + count * cost.SECONDS_PER_RUN["cuda"])
+    assert sum(job["seconds"] for job in [*batches.values(), *teachers.values()]) < 3600
+
+
+def test_a_stack_plans_time_allows_each_run_the_host_work_of_its_device(capsys):
+    """`sublearn batch --plan` estimates a stack as its FLOPs at the rate plus each run's host work on the
+    device its job computes on: half a second on a CPU core, milliseconds on a GPU."""
+    runs = fig2_runs([0, 1])
+    stacks = grouping.stacks(runs)
+    totals = {}
+    for device_type in ("cpu", "cuda"):
+        grouping.print_plan(stacks, 1000.0, device_type)
+        totals[device_type] = float(re.search(r"\[plan\] total .* ~(\d+) s at 1000 GFLOP/s",
+                                              capsys.readouterr().out).group(1))
+    flops = sum(cost.stack_flops(stack, "mnist") for stack in stacks)
+    for device_type, total in totals.items():
+        assert total == pytest.approx(flops / 1e12 + len(runs) * cost.SECONDS_PER_RUN[device_type], abs=1)
+    assert cost.SECONDS_PER_RUN["cuda"] < cost.SECONDS_PER_RUN["cpu"]
 
 
 @pytest.mark.parametrize("cores", [2, 3])

@@ -17,7 +17,7 @@ from . import progress, status
 from .architecture import MODEL_TYPES
 from .catalog import dataset_key
 from .config import CASE_INSENSITIVE_SETTINGS, FLAG_SETTINGS, ExperimentConfig, config_from_flags, lower_text
-from .device import STACK_LAYERS, peak_memory, select_device
+from .device import STACK_LAYERS, peak_memory, planned_device, select_device
 from .errors import Fault, UsageError, bad_value
 from .outputs import check_writable
 from .plan import resolve, setting_flag
@@ -345,7 +345,7 @@ def cmd_batch(args) -> None:
     print(f"[batch] {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to compute in "
           f"{len(plan)} stacks", flush=True)
     if args.plan:
-        grouping.print_plan(plan, args.gflops)
+        grouping.print_plan(plan, args.gflops, planned_device(args.device))
         return
     if not todo:
         return

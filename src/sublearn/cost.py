@@ -11,7 +11,10 @@ from .architecture import ModelPlan, layers
 from .catalog import CATALOG, IMAGE_SHAPE, dataset_key
 from .plan import ResolvedConfig
 
-SECONDS_PER_RUN = 0.5  # an allowance for per-run work outside the matmuls (models, snapshots, metrics, files)
+# an allowance for a run's work outside the training matmuls (models, evaluations, snapshots, metrics, files),
+# by the device type its job computes on: on a CPU core its evaluations alone take ~0.1-0.2 s; on a GPU the
+# fused path's host work is ~4 ms a run (bench/bench_step.py), allowed 5x for a slower host
+SECONDS_PER_RUN = {"cpu": 0.5, "cuda": 0.02}
 
 
 def layer_macs(plan: ModelPlan, m: int, num_classes: int) -> list[tuple[str, int]]:
@@ -107,8 +110,9 @@ class JobCost:
         self.__init__()
 
 
-def estimated_seconds(flops: float, gflops_per_s: float, runs: int, seconds_per_run: float = SECONDS_PER_RUN) -> float:
-    return flops / (gflops_per_s * 1e9) + runs * seconds_per_run
+def estimated_seconds(flops: float, gflops_per_s: float, runs: int, device_type: str = "cpu") -> float:
+    """A job's estimated wall time: its FLOPs at ``gflops_per_s`` plus each run's allowance on its device."""
+    return flops / (gflops_per_s * 1e9) + runs * SECONDS_PER_RUN[device_type]
 
 
 def memory_mb(rc: ResolvedConfig) -> float:

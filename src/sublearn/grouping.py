@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .catalog import dataset_key
-from .cost import SECONDS_PER_RUN, JobCost, estimated_seconds, follower_memory_mb, memory_mb, run_flops, stack_flops
+from .cost import JobCost, estimated_seconds, follower_memory_mb, memory_mb, run_flops, stack_flops
 from .plan import ResolvedConfig
 
 T = TypeVar("T")
@@ -204,12 +204,13 @@ def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int, cores
     return out
 
 
-def print_plan(plan: list[list[Any]], gflops: float) -> None:
-    """`sublearn batch --plan`: each stack's runs, seed, teacher, noise, estimated FLOPs, memory and time."""
+def print_plan(plan: list[list[Any]], gflops: float, device_type: str = "cpu") -> None:
+    """`sublearn batch --plan`: each stack's runs, seed, teacher, noise, estimated FLOPs, memory and time (on a
+    device of ``device_type``)."""
     total_flops = total_seconds = 0.0
     for index, stack in enumerate(plan):
         flops = stack_flops(stack, dataset_key(stack[0].rc.config.dataset, stack[0].rc.config.emnist_split))
-        seconds = estimated_seconds(flops, gflops, len(stack), SECONDS_PER_RUN)
+        seconds = estimated_seconds(flops, gflops, len(stack), device_type)
         total_flops, total_seconds = total_flops + flops, total_seconds + seconds
         c = stack[0].rc.config
         print(f"[plan] stack {index}: {len(stack)} runs, seed {c.seed}, teacher {stack[0].rc.teacher_key()}, "

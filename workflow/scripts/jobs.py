@@ -79,7 +79,7 @@ def plan_batches(unique_runs, cfg, identities, teacher_path, cores=1):
     planned = [grouping.PlannedRun(r["run_key"], r["rc"], r["dataset"], batch_group(r)) for r in unique_runs]
     record_of = {r["run_key"]: r for r in unique_runs}
     out = {}
-    path, _ = job_training_path(cfg)
+    path, device = job_training_path(cfg)
     cut = grouping.cut_into_jobs(planned, settings["max_tflop"] * 1e12, settings["max_runs"],
                                  cores if plan == "cpu" and settings.get("fill_cores") else 1, plan == "gpu")
     for job in cut:
@@ -89,7 +89,7 @@ def plan_batches(unique_runs, cfg, identities, teacher_path, cores=1):
         batch_id = hashlib.sha256(" ".join(p.id for p in job).encode()).hexdigest()[:16]
         sheet_runs = [sheets.SheetRun(r["run_key"], Path(r["run_dir"]), r["rc"]) for r in runs]
         flops = sum(cost.stack_flops(stack, runs[0]["dataset"]) for stack in grouping.stacks(sheet_runs))
-        seconds = cost.estimated_seconds(flops, settings["gflops"], len(runs))
+        seconds = cost.estimated_seconds(flops, settings["gflops"], len(runs), device)
         memory = sum(cost.memory_mb(r["rc"]) for r in runs)
         stacks = grouping.plan_stacks(sheet_runs, settings["memory_mb"])  # as the job's runner will
         sets = grouping.lockstep_sets(stacks, settings["memory_mb"]) if path != "alone" else [[s] for s in stacks]
@@ -143,6 +143,7 @@ def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path, cores
         chunks = fill_cores(grouping.group_by(chunks, lambda chunk: json.dumps(order(chunk[0])[:2])), cores,
                             lambda teacher: flops_of[teacher["key"]])
     needed = {run["teacher_key"] for b in batches.values() for run in b["runs"]}
+    _, device = job_training_path(cfg)  # the device type the teacher jobs compute on, as the batch jobs
     out = {}
     for chunk in chunks:
         todo = [t for t in chunk if t["key"] in needed and (identities[t["dataset"]] is None or sheets.recorded_teacher(
@@ -151,7 +152,7 @@ def plan_teacher_sets(unique_runs, batches, cfg, identities, teacher_path, cores
             continue
         set_id = f"teachers-{hashlib.sha256(' '.join(t['key'] for t in chunk).encode()).hexdigest()[:16]}"
         flops = sum(flops_of[t["key"]] for t in todo)
-        seconds = cost.estimated_seconds(flops, cfg["batch"]["gflops"], len(todo))
+        seconds = cost.estimated_seconds(flops, cfg["batch"]["gflops"], len(todo), device)
         paths = [teacher_path(t["dataset"], t["key"]) for t in todo]
         out[set_id] = {
             "id": set_id, "teachers": todo, "flops": flops, "seconds": seconds, "dataset": todo[0]["dataset"],
