@@ -14,15 +14,17 @@ images; --tiny: 600 + 200). The lines, in order:
     step_ms fig2_set X ...                     a step of fig2's 36 runs x 20 seeds, fused
     step_ms fig4_mxN_set X ...                 a step of fig4's m = 1 .. 1024 trajectories of 20 seeds, fused
     prepare_ms_per_run X / finish_ms_per_run X a run's set-up and finish in a job (fig2's runs)
-    student_model step_ms = T0 + MFLOP / R     the fit of the three sets: a step's fixed time and the rate
+    student_model step_ms = T0 + GFLOP / R     the fit of the three sets (a step's own FLOPs, no evaluation):
+                                               a step's fixed time and the rate
     determinism identical|DIFFERS ...          one set distilled twice, every student compared bit for bit
     fig2_5seeds_s X ...                        fig2 for 5 seeds through `sublearn teachers` and `sublearn batch`
                                                on sheets made by the workflow's planner (profiles/gpu/gpu.yaml);
                                                stopped at --budget-s (default 480 s) from the start, and then
                                                the line says where
     paper_estimate_min X ...                   the paper's GPU plan: each lockstep set's steps x T0 plus its
-                                               FLOPs at R, plus runs x (prepare + finish), plus its teachers'
-                                               FLOPs at the teacher set's rate
+                                               distillation's FLOPs at R, plus runs x (prepare + finish, which
+                                               hold the evaluations), plus its teachers' FLOPs at the teacher
+                                               set's rate
 
 The estimate's plan is made before the determinism check (it takes ~40 s of host time), so that its line
 comes even where the CLI run is stopped. A step's time is the difference of two distillations of A and A + B
@@ -176,9 +178,10 @@ class Bench:
             self.prepare_s.append((self.sync() - started) / len(runs))
             times.append(self.distill(runs))
         seconds = times[1] - times[0]
-        runs = [SheetRun(str(i), Path("."), self.rc(seed, *x, "--teacher-epochs", "1", "--student-epochs", "1",
-                                                        "--noise-steps", "1")) for i, (seed, x) in enumerate(specs)]
-        flops = sum(cost.stack_flops(stack, "mnist") for stack in grouping.stacks(runs))
+        runs = [SheetRun(str(i), Path("."), self.rc(seed, *x)) for i, (seed, x) in enumerate(specs)]
+        # a step's own FLOPs: the evaluations happen in prepare and finish (measured per run)
+        flops = sum(cost.stack_flops(stack, "mnist", distillation_only=True, steps=1)
+                    for stack in grouping.stacks(runs))
         return max(seconds, 0.0) / extra * 1e3, flops, len(specs)
 
     def finish(self) -> float:
@@ -325,8 +328,8 @@ def main(argv: list[str] | None = None) -> None:
             measured[kind] = (ms, step_flops)
             if kind == "fig2_set":  # prepare_student of its runs, as a job prepares them
                 prepare_ms = min(bench.prepare_s) * 1e3
-            log(f"step_ms {kind} {ms:.3f} ({students} students, {step_flops / 1e9:.2f} GFLOP a step, "
-                f"{step_flops / max(ms, 1e-9) / 1e9:.2f} TFLOP/s)")
+            log(f"step_ms {kind} {ms:.3f} ({students} students, {step_flops / 1e9:.3g} GFLOP a step, "
+                f"{step_flops / max(ms, 1e-9) / 1e9:.3g} TFLOP/s)")
         log(f"prepare_ms_per_run {prepare_ms:.2f} (fig2's runs, its set's preparation)")
         finish_ms = bench.finish()
         log(f"finish_ms_per_run {finish_ms:.2f} (fig2's runs of 5 seeds, as a job finishes them)")
@@ -335,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         if rate <= 0 or not math.isfinite(rate):
             rate = f_big / (t_big / 1e3)
         t0 = max(t_small - f_small / rate * 1e3, 0.0)
-        log(f"student_model step_ms = {t0:.3f} + GFLOP / {rate / 1e12:.3f} TFLOP/s (fit of the three sets)")
+        log(f"student_model step_ms = {t0:.3f} + GFLOP / {rate / 1e12:.3g} TFLOP/s (fit of the three sets)")
 
         # the paper's plan takes a while on the host (~40 s on a 2-core CPU): made now, so that its line comes
         # back even where the CLI run below has to be cut short
@@ -350,8 +353,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def paper_estimate(tiny: bool, work: Path, t0: float, rate: float, run_ms: float, teacher_rate: float) -> str:
-    """The paper_estimate_min line: the GPU plan's lockstep sets (steps x T0 + FLOPs at R), its runs x
-    (prepare + finish) and its teachers' FLOPs at the teacher set's rate."""
+    """The paper_estimate_min line: the GPU plan's lockstep sets (steps x T0 + their distillation's FLOPs at
+    R), its runs x (prepare + finish, which hold the evaluations) and its teachers' FLOPs at the teacher set's
+    rate."""
     batches, teacher_sets = plan(paper_config(tiny, SIZES["tiny"]["paper_seeds"] if tiny else None), work, None)
     memory = paper_config(tiny)["batch"]["memory_mb"]
     sets_s = runs = steps = 0
@@ -360,7 +364,7 @@ def paper_estimate(tiny: bool, work: Path, t0: float, rate: float, run_ms: float
         sheet_runs = [SheetRun(r["run_key"], Path(r["run_dir"]), r["rc"]) for r in job["runs"]]
         for lockstep in grouping.lockstep_sets(grouping.plan_stacks(sheet_runs, memory), memory):
             longest = max(grouping.trajectory_steps(r) for stack in lockstep for r in stack)
-            flops = sum(cost.stack_flops(stack, job["dataset"]) for stack in lockstep)
+            flops = sum(cost.stack_flops(stack, job["dataset"], distillation_only=True) for stack in lockstep)
             sets_s += longest * t0 / 1e3 + flops / rate
             steps, set_flops = steps + longest, set_flops + flops
         runs += len(job["runs"])

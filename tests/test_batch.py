@@ -276,6 +276,11 @@ def test_cost_model_counts_the_students_matmuls():
     # the teacher's targets: 300 batches of distillation, 2 x 10 of evaluation
     assert flops["teacher_head"] == 320 * 1000 * 2 * 256 * 10
     assert flops["teacher_body"] == 320 * 1000 * 2 * (784 * 256 + 256 * 256)
+    # the distillation alone (no evaluation, no eval noise), and one step of it (a lockstep step's share)
+    alone = cost.run_flops(rc, "mnist", distillation_only=True)
+    assert alone == {"student": flops["student"], "teacher_head": 300 * 1000 * 2 * 256 * 10,
+                     "teacher_body": 300 * 1000 * 2 * (784 * 256 + 256 * 256), "evaluation": 0}
+    assert cost.run_flops(rc, "mnist", distillation_only=True, steps=1) == {k: v / 300 for k, v in alone.items()}
     frozen = resolve_argv(["--student-trainable", "fc1:false"])
     assert cost.run_flops(frozen, "mnist")["student"] < flops["student"]
     assert cost.teacher_flops(rc, "mnist") > 5 * 60_000 * 3 * 2 * 784 * 256
@@ -296,6 +301,9 @@ def test_cost_model_counts_the_students_matmuls():
     costs = [cost.run_flops(r, "mnist") for r in inits]
     assert cost.stack_flops(three, "mnist") == sum(c["student"] + c["evaluation"] for c in costs) \
         + costs[0]["teacher_body"] + costs[0]["teacher_head"]
+    step = [cost.run_flops(r, "mnist", distillation_only=True, steps=1) for r in inits]
+    assert cost.stack_flops(three, "mnist", distillation_only=True, steps=1) == sum(c["student"] for c in step) \
+        + step[0]["teacher_body"] + step[0]["teacher_head"]
     # so do runs that differ only in the student's class head or after distillation, but not in the
     # teacher's class head before its training, the student's aux head, or a perturbation that acts
     same = [resolve_argv(x) for x in (

@@ -36,18 +36,20 @@ def _train_step_flops(plan: ModelPlan, macs: list[tuple[str, int]], head: str) -
     return flops
 
 
-def run_flops(rc: ResolvedConfig, dataset_key: str) -> dict[str, float]:
+def run_flops(rc: ResolvedConfig, dataset_key: str, distillation_only: bool = False,
+              steps: int | None = None) -> dict[str, float]:
     """Estimated FLOPs of one student run: distillation, the teacher's forward passes that give its targets
     in distillation and on the eval noise (body and aux head, which a stack shares), and the student's
-    evaluation."""
+    evaluation. ``distillation_only``: the distillation's steps alone (no evaluation, no eval noise);
+    ``steps``: that many noise steps instead of the run's (1: what a run adds to a lockstep step)."""
     c = rc.config
     s_macs = layer_macs(rc.student, c.m, rc.num_classes)
     t_macs = layer_macs(rc.teacher, c.m, rc.num_classes)
     s_fwd = 2 * sum(v for n, v in s_macs if n != "class_head")
     t_body = 2 * sum(v for n, v in t_macs if n not in ("class_head", "aux_head"))
     t_aux = 2 * dict(t_macs)["aux_head"]
-    images = c.noise_steps * c.student_epochs * c.noise_bsize
-    eval_images = 2 * c.eval_noise_batches * c.eval_noise_bsize  # before and after distillation
+    images = (c.noise_steps * c.student_epochs if steps is None else steps) * c.noise_bsize
+    eval_images = 0 if distillation_only else 2 * c.eval_noise_batches * c.eval_noise_bsize  # before and after
     test = CATALOG[dataset_key].test_size
     if c.class_count:
         test = test * c.class_count // rc.num_classes if c.class_count < rc.num_classes else test
@@ -56,7 +58,7 @@ def run_flops(rc: ResolvedConfig, dataset_key: str) -> dict[str, float]:
         "student": images * _train_step_flops(rc.student, s_macs, "aux_head"),
         "teacher_head": (images + eval_images) * t_aux,
         "teacher_body": (images + eval_images) * t_body,
-        "evaluation": 2 * test * s_class + eval_images * s_fwd,
+        "evaluation": 0 if distillation_only else 2 * test * s_class + eval_images * s_fwd,
     }
 
 
@@ -69,11 +71,12 @@ def teacher_flops(rc: ResolvedConfig, dataset_key: str) -> float:
         + 2 * info.test_size * forward
 
 
-def stack_flops(runs: list[Any], dataset_key: str) -> float:
+def stack_flops(runs: list[Any], dataset_key: str, distillation_only: bool = False, steps: int | None = None) -> float:
     """FLOPs of a stack (runs with ``.id`` and ``.rc``): every member's evaluation, the distillation of each
     trajectory once (its longest run: runs of equal trajectory keys share it), each distinct teacher aux
-    head's targets and one teacher-body forward for as many steps as the longest run using them."""
-    costs = {r.id: run_flops(r.rc, dataset_key) for r in runs}
+    head's targets and one teacher-body forward for as many steps as the longest run using them.
+    ``distillation_only`` and ``steps`` as for run_flops (``steps=1``: one lockstep step of the stack)."""
+    costs = {r.id: run_flops(r.rc, dataset_key, distillation_only, steps) for r in runs}
     trajectories: dict[str, float] = {}
     heads: dict[str, float] = {}
     for r in runs:
