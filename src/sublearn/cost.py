@@ -15,6 +15,7 @@ from .plan import ResolvedConfig
 # by the device type its job computes on: on a CPU core its evaluations alone take ~0.1-0.2 s; on a GPU the
 # fused path's host work is ~4 ms a run (bench/bench_step.py), allowed 5x for a slower host
 SECONDS_PER_RUN = {"cpu": 0.5, "cuda": 0.02}
+JOB_START_SECONDS = 5.0  # a job's process start: Python, torch's import (~2 s here), CUDA's start, the data cache
 
 
 def layer_macs(plan: ModelPlan, m: int, num_classes: int) -> list[tuple[str, int]]:
@@ -113,9 +114,10 @@ class JobCost:
         self.__init__()
 
 
-def estimated_seconds(flops: float, gflops_per_s: float, runs: int, device_type: str = "cpu") -> float:
-    """A job's estimated wall time: its FLOPs at ``gflops_per_s`` plus each run's allowance on its device."""
-    return flops / (gflops_per_s * 1e9) + runs * SECONDS_PER_RUN[device_type]
+def estimated_seconds(flops: float, gflops_per_s: float, runs: int, device_type: str = "cpu", jobs: int = 1) -> float:
+    """The estimated wall time of ``jobs`` jobs' work (0: a part of a job): their process starts, the FLOPs at
+    ``gflops_per_s`` and each run's allowance on the device."""
+    return jobs * JOB_START_SECONDS + flops / (gflops_per_s * 1e9) + runs * SECONDS_PER_RUN[device_type]
 
 
 def memory_mb(rc: ResolvedConfig) -> float:

@@ -207,10 +207,10 @@ def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int, cores
 def print_plan(plan: list[list[Any]], gflops: float, device_type: str = "cpu") -> None:
     """`sublearn batch --plan`: each stack's runs, seed, teacher, noise, estimated FLOPs, memory and time (on a
     device of ``device_type``)."""
-    total_flops = total_seconds = 0.0
+    total_flops, total_seconds = 0.0, estimated_seconds(0.0, gflops, 0)  # the job's start
     for index, stack in enumerate(plan):
         flops = stack_flops(stack, dataset_key(stack[0].rc.config.dataset, stack[0].rc.config.emnist_split))
-        seconds = estimated_seconds(flops, gflops, len(stack), device_type)
+        seconds = estimated_seconds(flops, gflops, len(stack), device_type, jobs=0)
         total_flops, total_seconds = total_flops + flops, total_seconds + seconds
         c = stack[0].rc.config
         print(f"[plan] stack {index}: {len(stack)} runs, seed {c.seed}, teacher {stack[0].rc.teacher_key()}, "

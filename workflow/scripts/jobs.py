@@ -14,6 +14,7 @@ from pathlib import Path
 from sublearn import cost, grouping, sheets
 from sublearn.config import sheet_settings
 from sublearn.device import planned_device, stack_layers_setting, training_path
+from sublearn.progress import duration
 
 
 def rule_resources(cfg, resource):
@@ -220,11 +221,11 @@ def plan_summary(runs_table, unique_runs, batches, teacher_sets, figures, cfg, t
     scope = (f"plan for {', '.join(targets)} (only {'this target' if len(targets) == 1 else 'these targets'}; "
              "`snakemake all` plans every figure):\n") if targets else ""
     return (f"{scope}plan: {len(runs_table)} requested runs, {runs} distinct, {todo} to compute in {len(batches)} "
-            f"batch jobs; {flops / 1e12:.1f} TFLOP of students, ~{seconds / 3600:.2f} h of job time at {gflops:g} "
+            f"batch jobs; {flops / 1e12:.1f} TFLOP of students, ~{duration(seconds)} of job time at {gflops:g} "
             f"GFLOP/s per job (config batch.gflops; `sublearn batch --plan` prints a sheet's stacks)\n"
             f"plan: {sum(len(t['teachers']) for t in teacher_sets.values())} teachers to train in "
             f"{len(teacher_sets)} teacher jobs, {sum(t['flops'] for t in teacher_sets.values()) / 1e12:.1f} TFLOP, "
-            f"~{sum(t['seconds'] for t in teacher_sets.values()) / 3600:.2f} h of job time\n"
+            f"~{duration(sum(t['seconds'] for t in teacher_sets.values()))} of job time\n"
             f"plan by figure: {', '.join(per_figure)}\n"
             f"lockstep steps: {steps} (the batch jobs' lockstep sets one after another, each as long as its "
             f"longest trajectory; {len(batches) + len(teacher_sets)} teacher and batch jobs)\n"
