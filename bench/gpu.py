@@ -373,7 +373,7 @@ def paper_estimate(tiny: bool, work: Path, t0: float, rate: float, run_ms: float
     teachers_s = teacher_flops / teacher_rate
     total = (sets_s + per_run_s + teachers_s) / 60
     return (f"paper_estimate_min {total:.2f} (sets {sets_s / 60:.2f} min: {steps} lockstep steps x {t0:.3f} ms + "
-            f"{set_flops / 1e12:.0f} TFLOP at {rate / 1e12:.2f} TFLOP/s; {runs} runs x {run_ms:.1f} ms = "
+            f"{set_flops / 1e12:.4g} TFLOP at {rate / 1e12:.3g} TFLOP/s; {runs} runs x {run_ms:.1f} ms = "
             f"{per_run_s / 60:.2f} min; teachers {teacher_flops / 1e12:.0f} TFLOP = {teachers_s / 60:.2f} min; "
             f"{len(batches)} batch and {len(teacher_sets)} teacher jobs"
             f"{'; tiny: the plan of 1 seed at tiny sizes' if tiny else ''})")
