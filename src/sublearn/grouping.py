@@ -207,14 +207,16 @@ def cut_into_jobs(runs: list[PlannedRun], max_flops: float, max_runs: int, cores
 def print_plan(plan: list[list[Any]], gflops: float, device_type: str = "cpu") -> None:
     """`sublearn batch --plan`: each stack's runs, seed, teacher, noise, estimated FLOPs, memory and time (on a
     device of ``device_type``)."""
-    total_flops, total_seconds = 0.0, estimated_seconds(0.0, gflops, 0)  # the job's start
+    total_flops = 0.0
     for index, stack in enumerate(plan):
         flops = stack_flops(stack, dataset_key(stack[0].rc.config.dataset, stack[0].rc.config.emnist_split))
-        seconds = estimated_seconds(flops, gflops, len(stack), device_type, jobs=0)
-        total_flops, total_seconds = total_flops + flops, total_seconds + seconds
+        seconds = estimated_seconds(flops, gflops, len(stack), device_type, jobs=0)  # a part of the job
+        total_flops += flops
         c = stack[0].rc.config
         print(f"[plan] stack {index}: {len(stack)} runs, seed {c.seed}, teacher {stack[0].rc.teacher_key()}, "
               f"noise {c.noise_dist} x {c.noise_bsize}, {flops / 1e12:.3f} TFLOP, "
               f"{max(memory_mb(r.rc) for r in stack) * len(stack):.0f} MB at most, ~{seconds:.0f} s", flush=True)
-    print(f"[plan] total {sum(map(len, plan))} runs, {len(plan)} stacks, {total_flops / 1e12:.3f} TFLOP, "
+    runs = sum(map(len, plan))
+    total_seconds = estimated_seconds(total_flops, gflops, runs, device_type)  # the whole job, its start included
+    print(f"[plan] total {runs} runs, {len(plan)} stacks, {total_flops / 1e12:.3f} TFLOP, "
           f"~{total_seconds:.0f} s at {gflops:g} GFLOP/s", flush=True)
