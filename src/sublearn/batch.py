@@ -132,8 +132,11 @@ def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], d
             run_of[id(member)] = (run, data_of[id(stack)])
             stack_size[id(member)] = len(stack)
             members.append(member)
+    def data_of_member(member):
+        return run_of[id(member)][1]
+
     if together:
-        evaluate_prepared(members, lambda member: run_of[id(member)][1], device, shared)
+        evaluate_prepared(members, data_of_member, device, shared)
 
     def done(member, last_loss: float, seconds: float) -> None:
         run, data = run_of[id(member)]
@@ -162,5 +165,5 @@ def run_lockstep(lockstep: list[list[SheetRun]], checkpoints: dict[str, dict], d
             advance(run)
 
     evaluate_together = None if not together else \
-        (lambda runs: evaluate_finished(runs, lambda member: run_of[id(member)][1], device, shared))
+        (lambda runs: evaluate_finished(runs, data_of_member, device, shared))
     distill_stack(members, device, done, stack_layers, evaluate_together)

@@ -158,12 +158,18 @@ def evaluate_prepared(runs: list[StudentRun], test_of: Callable[[StudentRun], Da
     those of one shape and evaluation sizes together (evaluation.evaluate_stacked), the others each alone."""
     for group, test in stackable_groups(runs, test_of):
         if len(group) > 1:
-            values = evaluate_stacked([r.student for r in group], [r.teacher for r in group], [r.rc for r in group],
-                                      test.test_x, test.test_y, device, "student_initial", shared)
+            values = evaluate_group(group, test, device, "student_initial", shared)
         else:
             values = [evaluate_alone(group[0], test, device, "student_initial", shared)]
         for run, evaluated in zip(group, values, strict=True):
             set_initial_evaluation(run, evaluated)
+
+
+def evaluate_group(group: list[StudentRun], test: Dataset, device: torch.device, moment: str,
+                   shared: SharedEvaluations) -> list[tuple[float, float, float]]:
+    """One stackable group's students as they are now, together (evaluation.evaluate_stacked)."""
+    return evaluate_stacked([r.student for r in group], [r.teacher for r in group], [r.rc for r in group],
+                            test.test_x, test.test_y, device, moment, shared)
 
 
 def stackable_groups(runs: list[StudentRun], test_of: Callable[[StudentRun], Dataset]) \
@@ -211,9 +217,7 @@ def evaluate_finished(runs: list[StudentRun], test_of: Callable[[StudentRun], Da
             continue
         for run in group:
             settle_student(run, device)
-        values = evaluate_stacked([r.student for r in group], [r.teacher for r in group], [r.rc for r in group],
-                                  test.test_x, test.test_y, device, "student_final", shared)
-        for run, evaluated in zip(group, values, strict=True):
+        for run, evaluated in zip(group, evaluate_group(group, test, device, "student_final", shared), strict=True):
             run.final_evaluation = evaluated
         # their layer comparisons likewise: finish_student's layer_metrics then finds every keyed pair known
         stacked_pair_values([pair for run in group for pair in comparisons(
