@@ -14,7 +14,6 @@ from torch import nn
 
 from . import __version__
 from .config import RUNS_COLUMNS
-from .evaluation import host_lists
 from .model import SplitHeadModel, parameter_counts
 from .seeding import seed_bookkeeping
 
@@ -185,9 +184,12 @@ def stacked_pair_values(pairs: list[Pair], known: dict[tuple, Any], max_bytes: i
                       torch.linalg.vector_norm(refs - others, ord=2, dim=1),
                       torch.bmm(refs.unsqueeze(1), others.unsqueeze(2)).reshape(-1)]
             chunks.append(chunk)
-    numbers = iter(host_lists(parts))  # four lists a chunk
+    numbers = torch.cat(parts).tolist() if parts else []  # one op: all float32 (host_lists converts each)
+    start = 0
     for chunk in chunks:
-        ref_norms, other_norms, diffs, dots = (next(numbers) for _ in range(4))
+        n = len(chunk)
+        ref_norms, other_norms, diffs, dots = (numbers[start + i * n:start + (i + 1) * n] for i in range(4))
+        start += 4 * n
         for k, keys in enumerate(chunk):
             ref_norm = known.setdefault(("norm", keys[0]), ref_norms[k])
             other_norm = known.setdefault(("norm", keys[1]), other_norms[k])
